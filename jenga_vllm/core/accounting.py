@@ -1,0 +1,111 @@
+"""Accounting: where every byte of the pool is, per layer type, for metrics and benchmarks.
+
+Categories (they add up to the pool):
+    used      bytes of small pages some running request holds (incl. their rounding padding);
+    cached    bytes of small pages holding reusable KV no request holds (evictable);
+    empty     bytes of EMPTY small pages inside carved large pages (partially-used large pages);
+    free      bytes of FREE large pages (level 0), excluding the null page;
+    null      the null large page 0.
+Internal fragmentation, reported separately: ``padding`` (rounding inside used/cached pages),
+``partial`` (token slots of a request's last page it does not fill), ``empty`` above.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from jenga_vllm.core.cache import JengaCache
+
+
+@dataclass(slots=True)
+class TypeUsage:
+    name: str
+    used_pages: int = 0
+    cached_pages: int = 0
+    empty_pages: int = 0
+    used_bytes: int = 0
+    cached_bytes: int = 0
+    empty_bytes: int = 0
+    padding_bytes: int = 0
+    partial_bytes: int = 0
+
+
+@dataclass(slots=True)
+class PoolUsage:
+    pool_bytes: int
+    large_page_bytes: int
+    free_large_pages: int
+    evictable_large_pages: int
+    types: list[TypeUsage] = field(default_factory=list)
+
+    @property
+    def used_bytes(self) -> int:
+        return sum(t.used_bytes for t in self.types)
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(t.cached_bytes for t in self.types)
+
+    @property
+    def empty_bytes(self) -> int:
+        return sum(t.empty_bytes for t in self.types)
+
+    @property
+    def free_bytes(self) -> int:
+        return self.free_large_pages * self.large_page_bytes
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.pool_bytes - self.large_page_bytes  # minus the null page
+
+    @property
+    def fragmentation_bytes(self) -> int:
+        return self.empty_bytes + sum(t.padding_bytes + t.partial_bytes for t in self.types)
+
+    @property
+    def usage(self) -> float:
+        """Fraction of usable bytes held by running requests (vLLM's notion: cached = free)."""
+        return self.used_bytes / self.usable_bytes if self.usable_bytes else 0.0
+
+    @property
+    def utilization(self) -> float:
+        """Fraction of usable bytes holding KV that running requests need (no waste)."""
+        waste = sum(t.padding_bytes + t.partial_bytes for t in self.types)
+        return (self.used_bytes - waste) / self.usable_bytes if self.usable_bytes else 0.0
+
+
+def pool_usage(cache: JengaCache) -> PoolUsage:
+    """A full census (O(carved pages + requests)); for metrics, not the per-step hot path."""
+    plan = cache.plan
+    usage = PoolUsage(
+        pool_bytes=plan.pool_bytes,
+        large_page_bytes=plan.large_page_bytes,
+        free_large_pages=len(cache.allocator.free_large),
+        evictable_large_pages=cache.evictor.num_large(),
+        types=[TypeUsage(t.spec.name) for t in plan.types],
+    )
+    for large in cache.allocator.large_pages[1:]:
+        if not (large.num_used or large.num_cached):
+            continue
+        tu = usage.types[large.type_idx]
+        tl = plan.types[large.type_idx]
+        tu.used_pages += large.num_used
+        tu.cached_pages += large.num_cached
+        tu.empty_pages += len(large.empty_slots)
+        tu.padding_bytes += (large.num_used + large.num_cached) * tl.padding_bytes
+    for tu, tl in zip(usage.types, plan.types, strict=True):
+        tu.used_bytes = tu.used_pages * tl.small_page_bytes
+        tu.cached_bytes = tu.cached_pages * tl.small_page_bytes
+        tu.empty_bytes = tu.empty_pages * tl.small_page_bytes
+    for req in cache.requests.values():
+        for t, (table, tl) in enumerate(zip(req.tables, plan.types, strict=True)):
+            if (
+                tl.is_token_indexed
+                and table
+                and table[-1] is not None
+                and cache.policies[t].uses_token_prefix
+            ):
+                unfilled = len(table) * tl.block_tokens - req.num_tokens
+                if unfilled > 0:
+                    usage.types[t].partial_bytes += unfilled * tl.bytes_per_token
+    return usage

@@ -1,0 +1,340 @@
+"""Two-level page allocator (Jenga §3): LCM-sized large pages carved into per-type small pages.
+
+Level 0 is the free list of large pages; level 1 carves a large page into small pages of one layer
+type. A large page returns to level 0 the moment none of its small pages is USED or CACHED, so
+memory moves between layer types with no external fragmentation.
+
+Request-aware placement: a large page belongs to the request that pulled it. When a type needs a
+small page for a request, the allocator tries, in the paper's order:
+    1. an EMPTY slot in an ACTIVE large page this request owns;
+    2. a FREE large page from level 0 (the request becomes its owner);
+    3. evict a whole EVICTABLE large page (LRU; see evictor.py) and carve it;
+    4. an EMPTY slot in any ACTIVE large page of this type (an orphan is adopted);
+    5. evict one CACHED small page of this type (LRU) and use it.
+Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an
+allocation first computes each type's *minimum* large pages (what its slots in ACTIVE large pages
+cannot cover); a type may take a large page beyond its minimum only from the spare ones
+(``LargePageBudget``, the artifact's min/max quota).
+
+Feasibility (exact): with A_t = EMPTY + CACHED slots of type t inside ACTIVE large pages and
+L0 = FREE + EVICTABLE large pages, needing n_t pages of each type is feasible iff
+``Σ_t max(0, ⌈(n_t − A_t) / pages_per_large_t⌉) ≤ L0``.
+
+Invariants (checked by invariants.py): see pages.py for the page states. Additionally
+``num_empty_slots[t]`` = EMPTY slots over ACTIVE type-t large pages; ``with_empty[t]`` = those
+ACTIVE large pages with an EMPTY slot; the evictor's small queues hold exactly the CACHED pages of
+ACTIVE large pages and its large queues exactly the EVICTABLE large pages; ``free_large`` holds
+exactly the FREE large pages except the null page 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from jenga_vllm.core.evictor import Evictor
+from jenga_vllm.core.layout import LayoutPlan
+from jenga_vllm.core.pages import LargePage, SmallPage
+from jenga_vllm.core.prefix import PrefixIndex
+
+
+@dataclass(slots=True, eq=False)
+class PageOwner:
+    """What the allocator tracks per request: large pages it owns and which have EMPTY slots."""
+
+    owned: dict[LargePage, None]
+    with_empty: list[dict[LargePage, None]]
+
+    @staticmethod
+    def new(num_types: int) -> PageOwner:
+        return PageOwner({}, [{} for _ in range(num_types)])
+
+
+@dataclass(slots=True)
+class LargePageBudget:
+    """How many large pages each type may still pull in this allocation (min quota + spare)."""
+
+    min_needed: list[int]
+    spare: int
+
+    def may_claim(self, type_idx: int) -> bool:
+        return self.min_needed[type_idx] > 0 or self.spare > 0
+
+    def claimed(self, type_idx: int) -> None:
+        if self.min_needed[type_idx] > 0:
+            self.min_needed[type_idx] -= 1
+        else:
+            self.spare -= 1
+
+
+@dataclass(slots=True)
+class AllocatorCounters:
+    """Cumulative event counts, for metrics."""
+
+    large_pages_carved: int = 0
+    large_pages_evicted: int = 0
+    small_pages_evicted: int = 0
+    by_step: list[int] = field(default_factory=lambda: [0] * 5)
+
+
+class TwoLevelAllocator:
+    """Owns every page's state; knows nothing of requests' token positions (see cache.py)."""
+
+    def __init__(self, plan: LayoutPlan, evictor: Evictor, index: PrefixIndex) -> None:
+        self.plan = plan
+        self.evictor = evictor
+        self.index = index
+        num_types = len(plan.types)
+        self.large_pages = [LargePage(i) for i in range(plan.num_large_pages)]
+        # Stack; popping gives the lowest index first. Large page 0 is the null page.
+        self.free_large: list[int] = list(range(plan.num_large_pages - 1, 0, -1))
+        self.num_empty_slots = [0] * num_types
+        self.with_empty: list[dict[LargePage, None]] = [{} for _ in range(num_types)]
+        self.counters = AllocatorCounters()
+        self._pages_per_large = [t.pages_per_large for t in plan.types]
+
+    # ---- capacity ------------------------------------------------------------------------
+    def slots_in_active(self, type_idx: int) -> int:
+        """A_t: EMPTY + CACHED small pages of this type inside ACTIVE large pages."""
+        return self.num_empty_slots[type_idx] + self.evictor.num_small(type_idx)
+
+    def claimable_large_pages(self) -> int:
+        """L0: FREE + EVICTABLE large pages."""
+        return len(self.free_large) + self.evictor.num_large()
+
+    def budget_for(
+        self, needs: list[int], slot_delta: list[int] | None = None, large_delta: int = 0
+    ) -> LargePageBudget | None:
+        """The large-page budget that covers ``needs`` small pages per type, or None if infeasible.
+
+        ``slot_delta``/``large_delta`` adjust A_t / L0 for prefix hits about to be touched.
+        """
+        min_needed = []
+        total = 0
+        for t, need in enumerate(needs):
+            short = need - self.slots_in_active(t) - (slot_delta[t] if slot_delta else 0)
+            n = -(-short // self._pages_per_large[t]) if short > 0 else 0
+            min_needed.append(n)
+            total += n
+        spare = self.claimable_large_pages() + large_delta - total
+        if spare < 0:
+            return None
+        return LargePageBudget(min_needed, spare)
+
+    def touch_effect(self, pages: Iterable[SmallPage]) -> tuple[list[int], int]:
+        """How touching these (hit) pages changes A_t and L0, without changing anything."""
+        slot_delta = [0] * len(self.plan.types)
+        large_delta = 0
+        hits_in_evictable: dict[LargePage, int] = {}
+        for page in pages:
+            if page.ref_count:
+                continue
+            large = page.large
+            if large.num_used:
+                slot_delta[page.type_idx] -= 1
+            else:
+                hits_in_evictable[large] = hits_in_evictable.get(large, 0) + 1
+        for large, hits in hits_in_evictable.items():
+            large_delta -= 1
+            slot_delta[large.type_idx] += len(large.empty_slots) + large.num_cached - hits
+        return slot_delta, large_delta
+
+    # ---- the five-step allocation order -----------------------------------------------------
+    def allocate(self, owner: PageOwner, type_idx: int, budget: LargePageBudget) -> SmallPage:
+        """One small page of ``type_idx`` for ``owner``; the budget must come from budget_for."""
+        steps = self.counters.by_step
+        own = owner.with_empty[type_idx]
+        if own:
+            steps[0] += 1
+            return self._use_empty_slot(next(iter(own)))
+        if budget.may_claim(type_idx):
+            large = self._claim_large(owner, type_idx)
+            if large is not None:
+                budget.claimed(type_idx)
+                return self._use_empty_slot(large)
+        anywhere = self.with_empty[type_idx]
+        if anywhere:
+            steps[3] += 1
+            large = next(iter(anywhere))
+            if large.owner is None:
+                self._adopt(owner, large)
+            return self._use_empty_slot(large)
+        page = self.evictor.pop_small(type_idx)
+        assert page is not None, "allocate() called beyond the feasible budget"
+        steps[4] += 1
+        self.counters.small_pages_evicted += 1
+        self.index.remove(page)
+        large = page.large
+        large.num_cached -= 1
+        large.num_used += 1
+        page.ref_count = 1
+        page.is_stale = False
+        return page
+
+    def _claim_large(self, owner: PageOwner, type_idx: int) -> LargePage | None:
+        if self.free_large:
+            large = self.large_pages[self.free_large.pop()]
+            self.counters.by_step[1] += 1
+        else:
+            large = self.evictor.pop_large()
+            if large is None:
+                return None
+            self.counters.by_step[2] += 1
+            self.counters.large_pages_evicted += 1
+            self._drop_cached_pages(large)
+        ppl = self._pages_per_large[type_idx]
+        if large.type_idx != type_idx or not large.pages:
+            large.type_idx = type_idx
+            units_per_large = self.plan.units_per_large
+            step = self.plan.types[type_idx].units_per_small
+            base = large.index * units_per_large
+            large.pages = [SmallPage(base + j * step, type_idx, large, j) for j in range(ppl)]
+        large.empty_slots = list(range(ppl - 1, -1, -1))
+        large.owner = owner
+        owner.owned[large] = None
+        self.counters.large_pages_carved += 1
+        return large
+
+    def _adopt(self, owner: PageOwner, large: LargePage) -> None:
+        large.owner = owner
+        owner.owned[large] = None
+        if large.empty_slots:
+            owner.with_empty[large.type_idx][large] = None
+
+    def _use_empty_slot(self, large: LargePage) -> SmallPage:
+        t = large.type_idx
+        page = large.pages[large.empty_slots.pop()]
+        page.ref_count = 1
+        page.is_stale = False
+        if large.num_used or large.num_cached:  # was ACTIVE: one EMPTY slot fewer
+            self.num_empty_slots[t] -= 1
+            if not large.empty_slots:
+                del self.with_empty[t][large]
+                if large.owner is not None:
+                    large.owner.with_empty[t].pop(large, None)
+        elif large.empty_slots:  # freshly carved: it becomes ACTIVE with its remaining slots
+            self.num_empty_slots[t] += len(large.empty_slots)
+            self.with_empty[t][large] = None
+            large.owner.with_empty[t][large] = None
+        large.num_used += 1
+        return page
+
+    # ---- touching cached pages (prefix hits) ------------------------------------------------
+    def touch(self, page: SmallPage) -> None:
+        """A running request starts using ``page`` (a prefix hit)."""
+        if page.ref_count:
+            page.ref_count += 1
+            return
+        large = page.large
+        if not large.num_used:  # EVICTABLE → ACTIVE: its pages rejoin the per-type pools
+            self._activate(large)
+        self.evictor.remove_small(page)
+        large.num_cached -= 1
+        large.num_used += 1
+        page.ref_count = 1
+
+    def _activate(self, large: LargePage) -> None:
+        t = large.type_idx
+        self.evictor.remove_large(large)
+        cached = [p for p in large.pages if p.ref_count == 0 and p.block_hash is not None]
+        cached.sort(key=_rank_descending)
+        self.evictor.add_small_many(cached)
+        if large.empty_slots:
+            self.num_empty_slots[t] += len(large.empty_slots)
+            self.with_empty[t][large] = None
+            if large.owner is not None:
+                large.owner.with_empty[t][large] = None
+
+    # ---- releasing ----------------------------------------------------------------------------
+    def release(self, pages: list[SmallPage], is_stale: bool) -> None:
+        """Running requests let ``pages`` go; the order is the evictor's (suffix first)."""
+        for page in self.evictor.release_order(pages) if len(pages) > 1 else pages:
+            page.ref_count -= 1
+            if page.ref_count:
+                continue
+            large = page.large
+            if page.block_hash is not None:
+                page.is_stale = is_stale
+                large.num_cached += 1
+                self.evictor.add_small(page)
+            else:
+                large.empty_slots.append(page.slot)
+                t = page.type_idx
+                self.num_empty_slots[t] += 1
+                if len(large.empty_slots) == 1:
+                    self.with_empty[t][large] = None
+                    if large.owner is not None:
+                        large.owner.with_empty[t][large] = None
+            large.num_used -= 1
+            if not large.num_used:
+                self._deactivate(large)
+
+    def _deactivate(self, large: LargePage) -> None:
+        """An ACTIVE large page lost its last USED page: EVICTABLE or back to level 0."""
+        t = large.type_idx
+        if large.empty_slots:
+            self.num_empty_slots[t] -= len(large.empty_slots)
+            del self.with_empty[t][large]
+            if large.owner is not None:
+                large.owner.with_empty[t].pop(large, None)
+        if large.num_cached:
+            cached = [p for p in large.pages if p.ref_count == 0 and p.block_hash is not None]
+            for page in cached:
+                self.evictor.remove_small(page)
+            self.evictor.add_large(large, all(p.is_stale for p in cached))
+        else:
+            self._return_to_level0(large)
+
+    def _return_to_level0(self, large: LargePage) -> None:
+        if large.owner is not None:
+            large.owner.owned.pop(large, None)
+            large.owner = None
+        large.empty_slots = []
+        self.free_large.append(large.index)
+
+    def _drop_cached_pages(self, large: LargePage) -> None:
+        """Evict every CACHED page of an EVICTABLE large page (already out of the queues)."""
+        for page in large.pages:
+            if page.block_hash is not None:
+                self.index.remove(page)
+                page.is_stale = False
+        large.num_cached = 0
+        if large.owner is not None:
+            large.owner.owned.pop(large, None)
+            large.owner = None
+
+    def forget_owner(self, owner: PageOwner) -> None:
+        """The owner finished: its large pages become orphans, adoptable by the next request."""
+        for large in owner.owned:
+            large.owner = None
+        owner.owned.clear()
+        for d in owner.with_empty:
+            d.clear()
+
+    # ---- explicit eviction ----------------------------------------------------------------------
+    def evict_one(self) -> bool:
+        """Evict the evictor's first choice (a whole large page, else a small page); False if none."""
+        large = self.evictor.pop_large()
+        if large is not None:
+            self.counters.large_pages_evicted += 1
+            self._drop_cached_pages(large)
+            self._return_to_level0(large)
+            return True
+        for t in range(len(self.plan.types)):
+            page = self.evictor.pop_small(t)
+            if page is not None:
+                self.counters.small_pages_evicted += 1
+                self.index.remove(page)
+                page.large.num_cached -= 1
+                page.large.empty_slots.append(page.slot)
+                self.num_empty_slots[t] += 1
+                if len(page.large.empty_slots) == 1:
+                    self.with_empty[t][page.large] = None
+                    if page.large.owner is not None:
+                        page.large.owner.with_empty[t][page.large] = None
+                return True
+        return False
+
+
+def _rank_descending(page: SmallPage) -> int:
+    return -page.rank

@@ -1,0 +1,354 @@
+"""JengaCache: the engine-agnostic KV-cache manager — requests, page tables, prefix hits.
+
+It ties the pieces together: the layout plan (layout.py), one policy per layer type (policies/),
+the two-level allocator (allocator.py), the prefix index (prefix.py) and the evictor (evictor.py).
+An engine adapter (the vLLM one lives in jenga_vllm/manager.py) drives it with four verbs per
+scheduler step, mirroring what a scheduler asks:
+
+    find_longest_hit(hashes, max_tokens)  → PrefixHit        (pure: changes nothing)
+    allocate(request_id, num_tokens, hit) → new pages | None (atomic: all types or nothing)
+    cache_blocks(request_id, hashes, num_tokens)             (name full blocks for future hits)
+    release_unneeded(request_id, num_computed_tokens)        (out-of-window pages → cache, stale)
+    free(request_id)                                         (all pages → cache, suffix first)
+
+Page tables: per request and type, a list indexed by the type's block number; ``None`` marks a
+block the type no longer needs (vLLM's null block, unit id 0).
+
+Invariants: a request's table for type t has ``num_blocks_t(num_tokens)`` entries once allocated;
+entries before ``released[t]`` are None; every non-None entry holds one reference on its page.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+from jenga_vllm.core.allocator import PageOwner, TwoLevelAllocator
+from jenga_vllm.core.errors import JengaAllocationError, JengaConfigError
+from jenga_vllm.core.evictor import EVICTORS, Evictor
+from jenga_vllm.core.layout import LayoutPlan
+from jenga_vllm.core.pages import SmallPage
+from jenga_vllm.core.policies import POLICY_REGISTRY, LayerPolicy
+from jenga_vllm.core.prefix import PrefixIndex
+
+
+@dataclass(slots=True, eq=False)
+class RequestPages:
+    """One request's page tables and allocation bookkeeping."""
+
+    request_id: str
+    tables: list[list[SmallPage | None]]
+    released: list[int]  # per type: leading blocks already released (None in the table)
+    cached_upto: list[int]  # per type: blocks already offered to the prefix index
+    owner: PageOwner
+    num_tokens: int = 0
+    encoder_key: Hashable | None = None
+    encoder_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixHit:
+    """A prefix-cache hit valid for every layer type: ``num_tokens`` and each type's pages."""
+
+    num_tokens: int
+    pages: tuple[tuple[SmallPage | None, ...], ...]
+
+    @property
+    def num_pages(self) -> int:
+        return sum(1 for per_type in self.pages for p in per_type if p is not None)
+
+
+NO_HIT_CACHE: dict[int, PrefixHit] = {}
+
+
+def empty_hit(num_types: int) -> PrefixHit:
+    hit = NO_HIT_CACHE.get(num_types)
+    if hit is None:
+        hit = NO_HIT_CACHE[num_types] = PrefixHit(0, ((),) * num_types)
+    return hit
+
+
+class JengaCache:
+    """The whole Jenga KV-cache manager, independent of any serving engine."""
+
+    def __init__(
+        self,
+        plan: LayoutPlan,
+        *,
+        evictor: str | Evictor = "prefix_subset",
+        enable_caching: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.plan = plan
+        num_types = len(plan.types)
+        if isinstance(evictor, str):
+            if evictor not in EVICTORS:
+                raise JengaConfigError(
+                    f"unknown evictor {evictor!r}; choose one of {', '.join(EVICTORS)}"
+                )
+            evictor = EVICTORS[evictor](num_types)
+        self.evictor = evictor
+        self.index = PrefixIndex(num_types)
+        self.allocator = TwoLevelAllocator(plan, evictor, self.index)
+        self.policies: list[LayerPolicy] = [
+            POLICY_REGISTRY[t.spec.kind](t.spec, t.block_tokens, plan.block_size)
+            for t in plan.types
+        ]
+        self.prefix_types = [i for i, p in enumerate(self.policies) if p.uses_token_prefix]
+        self.encoder_types = [i for i, p in enumerate(self.policies) if not p.uses_token_prefix]
+        self.enable_caching = enable_caching
+        self.requests: dict[str, RequestPages] = {}
+        self._item_rank = random.Random(seed)
+
+    # ---- lookups ---------------------------------------------------------------------------
+    def find_longest_hit(self, hashes: Sequence[Hashable], max_tokens: int) -> PrefixHit:
+        """Longest prefix (≤ max_tokens) every layer type can serve from cache; changes nothing.
+
+        Each type answers "the longest valid hit ≤ L"; iterating over the types until no one
+        shrinks L gives the longest length valid for all (Jenga §4.3, vLLM's fixed point).
+        """
+        num_types = len(self.policies)
+        if not self.enable_caching:
+            return empty_hit(num_types)
+        length = min(len(hashes), max_tokens // self.plan.block_size)
+        if length <= 0:
+            return empty_hit(num_types)
+        lookups = [self._cached_lookup(t, hashes) for t in range(num_types)]
+        stable = False
+        while not stable and length > 0:
+            stable = True
+            for t in self.prefix_types:
+                found = self.policies[t].longest_valid_hit(length, lookups[t])
+                if found < length:
+                    length, stable = found, False
+        if length <= 0:
+            return empty_hit(num_types)
+        pages = []
+        for t, policy in enumerate(self.policies):
+            if t not in self.prefix_types:
+                pages.append(())
+                continue
+            n = length // policy.hash_ratio
+            first = policy.first_needed_block(n * policy.block_tokens)
+            pages.append(
+                (None,) * first
+                + tuple(self.index.get(t, hashes[policy.hash_index(i)]) for i in range(first, n))
+            )
+        return PrefixHit(length * self.plan.block_size, tuple(pages))
+
+    def _cached_lookup(self, type_idx: int, hashes: Sequence[Hashable]):
+        policy = self.policies[type_idx]
+        entries = self.index.by_type[type_idx]
+
+        def is_cached(block: int) -> bool:
+            return hashes[policy.hash_index(block)] in entries
+
+        return is_cached
+
+    # ---- allocation --------------------------------------------------------------------------
+    def pages_needed(
+        self, request_id: str, num_tokens: int, hit: PrefixHit | None = None
+    ) -> list[int]:
+        """New small pages per type that allocate(request_id, num_tokens, hit) would take."""
+        req = self.requests.get(request_id)
+        needs = []
+        for t, policy in enumerate(self.policies):
+            if not policy.uses_token_prefix:
+                needs.append(0)
+                continue
+            have = len(req.tables[t]) if req else (len(hit.pages[t]) if hit else 0)
+            needs.append(len(policy.new_blocks(have, num_tokens)))
+        return needs
+
+    def allocate(
+        self,
+        request_id: str,
+        num_tokens: int,
+        hit: PrefixHit | None = None,
+        *,
+        encoder_key: Hashable | None = None,
+        encoder_tokens: int = 0,
+    ) -> list[list[SmallPage]] | None:
+        """Make ``request_id`` hold pages for ``num_tokens`` tokens; returns new pages per type.
+
+        A new request may bring a ``hit`` (from find_longest_hit, in the same step) and an encoder
+        input (``encoder_key`` names it for sharing; ``encoder_tokens`` its length). Returns None
+        — changing nothing — when memory cannot cover it; the caller preempts or waits.
+        """
+        if num_tokens < 0:
+            raise JengaAllocationError(f"num_tokens must be ≥ 0, got {num_tokens}")
+        req = self.requests.get(request_id)
+        is_new = req is None
+        if not is_new and hit is not None and hit.num_tokens:
+            raise JengaAllocationError(
+                f"request {request_id!r} already holds pages; a prefix hit applies only to a new "
+                "request (free it first)"
+            )
+        if hit is None:
+            hit = empty_hit(len(self.policies))
+        if not is_new and num_tokens < req.num_tokens:
+            num_tokens = req.num_tokens  # never shrink; vLLM asks with computed+new ≥ before
+
+        needs = self.pages_needed(request_id, num_tokens, hit)
+        hit_pages = [p for per_type in hit.pages for p in per_type if p is not None]
+        encoder_plan: list[tuple[int, list[SmallPage | None]]] = []
+        if is_new and encoder_tokens and self.encoder_types:
+            for t in self.encoder_types:
+                shared = self._encoder_pages(t, encoder_key, encoder_tokens)
+                encoder_plan.append((t, shared))
+                hit_pages.extend(p for p in shared if p is not None)
+                needs[t] = sum(1 for p in shared if p is None)
+
+        if not hit_pages and not any(needs):
+            if is_new:
+                self._admit(request_id, num_tokens, hit, encoder_key, encoder_tokens)
+            else:
+                req.num_tokens = num_tokens
+            return [[] for _ in self.policies]
+        slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
+        budget = self.allocator.budget_for(needs, slot_delta, large_delta)
+        if budget is None:
+            return None
+
+        for page in hit_pages:
+            self.allocator.touch(page)
+        if is_new:
+            req = self._admit(request_id, num_tokens, hit, encoder_key, encoder_tokens)
+        new_pages: list[list[SmallPage]] = []
+        for t, policy in enumerate(self.policies):
+            table = req.tables[t]
+            fresh: list[SmallPage] = []
+            if policy.uses_token_prefix:
+                for block in policy.new_blocks(len(table), num_tokens):
+                    if block > len(table):  # state types skip intermediate states
+                        table.extend([None] * (block - len(table)))
+                    page = self.allocator.allocate(req.owner, t, budget)
+                    page.rank = policy.eviction_rank(block)
+                    table.append(page)
+                    fresh.append(page)
+            new_pages.append(fresh)
+        for t, shared in encoder_plan:
+            rank = self._item_rank.randrange(1 << 30)
+            table = req.tables[t]
+            for i, page in enumerate(shared):
+                if page is None:
+                    page = self.allocator.allocate(req.owner, t, budget)
+                    page.rank = rank
+                    new_pages[t].append(page)
+                    if self.enable_caching and encoder_key is not None:
+                        self.index.insert(page, (encoder_key, i))
+                table.append(page)
+        req.num_tokens = num_tokens
+        return new_pages
+
+    def _encoder_pages(self, t: int, key: Hashable, tokens: int) -> list[SmallPage | None]:
+        count = -(-tokens // self.plan.types[t].block_tokens)
+        if key is None or not self.enable_caching:
+            return [None] * count
+        return [self.index.get(t, (key, i)) for i in range(count)]
+
+    def _admit(
+        self, request_id: str, num_tokens: int, hit: PrefixHit, key: Hashable, enc: int
+    ) -> RequestPages:
+        num_types = len(self.policies)
+        tables = [list(per_type) for per_type in hit.pages]
+        released = [0] * num_types
+        for t, table in enumerate(tables):
+            while released[t] < len(table) and table[released[t]] is None:
+                released[t] += 1
+        req = RequestPages(
+            request_id=request_id,
+            tables=tables,
+            released=released,
+            cached_upto=[len(table) for table in tables],
+            owner=PageOwner.new(num_types),
+            num_tokens=num_tokens,
+            encoder_key=key,
+            encoder_tokens=enc,
+        )
+        self.requests[request_id] = req
+        return req
+
+    # ---- per-step bookkeeping ----------------------------------------------------------------
+    def cache_blocks(self, request_id: str, hashes: Sequence[Hashable], num_tokens: int) -> None:
+        """Offer every block complete within ``num_tokens`` tokens to the prefix index."""
+        if not self.enable_caching:
+            return
+        req = self._get(request_id)
+        for t in self.prefix_types:
+            policy = self.policies[t]
+            table = req.tables[t]
+            full = min(num_tokens // policy.block_tokens, len(table))
+            upto = req.cached_upto[t]
+            if full <= upto:
+                continue
+            limit = min(full, len(hashes) // policy.hash_ratio)
+            for block in range(upto, limit):
+                page = table[block]
+                if page is not None and page.block_hash is None and policy.is_cacheable(block):
+                    self.index.insert(page, hashes[policy.hash_index(block)])
+            req.cached_upto[t] = max(upto, limit)
+
+    def release_unneeded(self, request_id: str, num_computed_tokens: int) -> int:
+        """Release pages a running request no longer needs (out of window, old states).
+
+        They go to the cache stamped stale. Returns the number of pages released.
+        """
+        req = self._get(request_id)
+        to_release: list[SmallPage] = []
+        for t in self.prefix_types:
+            policy = self.policies[t]
+            table = req.tables[t]
+            target = min(policy.first_needed_block(num_computed_tokens), len(table))
+            for block in range(req.released[t], target):
+                page = table[block]
+                if page is not None:
+                    to_release.append(page)
+                    table[block] = None
+            if target > req.released[t]:
+                req.released[t] = target
+        if to_release:
+            self.allocator.release(to_release, is_stale=True)
+        return len(to_release)
+
+    def free(self, request_id: str) -> None:
+        """The request finished or was preempted: every page goes to the cache, suffix first."""
+        req = self.requests.get(request_id)
+        if req is None:
+            raise JengaAllocationError(
+                f"free of unknown request {request_id!r}: it was never allocated or was already "
+                "freed (double free)"
+            )
+        del self.requests[request_id]
+        pages = [p for table in req.tables for p in table if p is not None]
+        self.allocator.release(pages, is_stale=False)
+        self.allocator.forget_owner(req.owner)
+
+    def reset_prefix_cache(self) -> bool:
+        """Drop every cached page. Refused (False) while any request holds pages."""
+        if self.requests:
+            return False
+        while self.allocator.evict_one():
+            pass
+        return True
+
+    def evict_one(self) -> bool:
+        return self.allocator.evict_one()
+
+    # ---- views -------------------------------------------------------------------------------
+    def block_ids(self, request_id: str) -> tuple[list[int], ...]:
+        """Unit ids per type (vLLM block ids); 0 for released blocks."""
+        req = self._get(request_id)
+        return tuple([p.unit_id if p is not None else 0 for p in table] for table in req.tables)
+
+    def _get(self, request_id: str) -> RequestPages:
+        req = self.requests.get(request_id)
+        if req is None:
+            raise JengaAllocationError(
+                f"unknown request {request_id!r}: allocate() it first (or it was already freed)"
+            )
+        return req
+
+    def num_free_large_pages(self) -> int:
+        return len(self.allocator.free_large)

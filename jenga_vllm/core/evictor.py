@@ -1,0 +1,128 @@
+"""Evictors: which cached page goes when memory is needed.
+
+The prefix-subset evictor (Jenga §5), in plain words
+    LRU over pages with key (last access ascending, prefix rank descending). Pages become
+    evictable when the last request using them lets them go; that moment is their last access.
+    A request releases all its pages at once, ordered deepest token first *across all layer
+    types*, so within one timestamp the suffix goes first and every type loses the same tokens
+    (aligned eviction); all types share the timestamp (balanced eviction). Pages released while
+    their request still runs (out of the sliding window / chunk, superseded Mamba states) are
+    *stale*: they sit in a separate queue that is always evicted first, as if stamped long ago.
+    Eviction is two-level: a whole evictable large page (all its small pages cached, none used;
+    its age is that of its newest small page) is evicted before any single small page, so any
+    layer type can reuse it.
+
+Queues are insertion-ordered dicts (O(1) append, O(1) remove, O(1) pop-oldest); since pages are
+appended at the moment they become evictable, insertion order is last-access order.
+
+``PerTypeLRUEvictor`` is the baseline: plain per-type LRU. Each type releases its own pages in its
+own order and stale pages get no priority, which is what a per-type manager does.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from jenga_vllm.core.pages import LargePage, SmallPage
+
+_MISSING = object()
+
+
+class Evictor(ABC):
+    """Owns the evictable-page queues; the allocator tells it every state change."""
+
+    def __init__(self, num_types: int) -> None:
+        self.num_types = num_types
+        self.small_fresh: list[dict[SmallPage, None]] = [{} for _ in range(num_types)]
+        self.small_stale: list[dict[SmallPage, None]] = [{} for _ in range(num_types)]
+        self.large_fresh: dict[LargePage, None] = {}
+        self.large_stale: dict[LargePage, None] = {}
+
+    @abstractmethod
+    def release_order(self, pages: list[SmallPage]) -> list[SmallPage]:
+        """The order in which a batch of pages released together becomes evictable."""
+
+    def uses_stale_queue(self) -> bool:
+        return True
+
+    # Small pages of ACTIVE large pages.
+    def add_small(self, page: SmallPage) -> None:
+        stale = page.is_stale and self.uses_stale_queue()
+        (self.small_stale if stale else self.small_fresh)[page.type_idx][page] = None
+
+    def add_small_many(self, pages: Iterable[SmallPage]) -> None:
+        for page in pages:
+            self.add_small(page)
+
+    def remove_small(self, page: SmallPage) -> None:
+        if self.small_stale[page.type_idx].pop(page, _MISSING) is _MISSING:
+            del self.small_fresh[page.type_idx][page]
+
+    def pop_small(self, type_idx: int) -> SmallPage | None:
+        for queue in (self.small_stale[type_idx], self.small_fresh[type_idx]):
+            if queue:
+                page = next(iter(queue))
+                del queue[page]
+                return page
+        return None
+
+    def num_small(self, type_idx: int) -> int:
+        return len(self.small_stale[type_idx]) + len(self.small_fresh[type_idx])
+
+    # Whole EVICTABLE large pages.
+    def add_large(self, large: LargePage, is_stale: bool) -> None:
+        stale = is_stale and self.uses_stale_queue()
+        (self.large_stale if stale else self.large_fresh)[large] = None
+
+    def remove_large(self, large: LargePage) -> None:
+        if self.large_stale.pop(large, _MISSING) is _MISSING:
+            del self.large_fresh[large]
+
+    def pop_large(self) -> LargePage | None:
+        for queue in (self.large_stale, self.large_fresh):
+            if queue:
+                large = next(iter(queue))
+                del queue[large]
+                return large
+        return None
+
+    def num_large(self) -> int:
+        return len(self.large_stale) + len(self.large_fresh)
+
+    def contains_small(self, page: SmallPage) -> bool:
+        return page in self.small_fresh[page.type_idx] or page in self.small_stale[page.type_idx]
+
+    def contains_large(self, large: LargePage) -> bool:
+        return large in self.large_fresh or large in self.large_stale
+
+
+class PrefixSubsetEvictor(Evictor):
+    """Jenga's evictor: aligned (deepest token first across types), stale first, large first."""
+
+    def release_order(self, pages: list[SmallPage]) -> list[SmallPage]:
+        return sorted(pages, key=_rank_descending)
+
+
+class PerTypeLRUEvictor(Evictor):
+    """Baseline: per-type LRU, types released one after another, no stale priority."""
+
+    def release_order(self, pages: list[SmallPage]) -> list[SmallPage]:
+        return sorted(pages, key=_type_then_rank_descending)
+
+    def uses_stale_queue(self) -> bool:
+        return False
+
+
+def _rank_descending(page: SmallPage) -> int:
+    return -page.rank
+
+
+def _type_then_rank_descending(page: SmallPage) -> tuple[int, int]:
+    return (page.type_idx, -page.rank)
+
+
+EVICTORS: dict[str, type[Evictor]] = {
+    "prefix_subset": PrefixSubsetEvictor,
+    "per_type_lru": PerTypeLRUEvictor,
+}

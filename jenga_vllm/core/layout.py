@@ -1,0 +1,289 @@
+"""Layout planner: small pages per layer type, the large page (their LCM), and the unit-id map.
+
+What it owns
+    From the layer types of a model (their per-token or per-request bytes, layer counts, windows)
+    and one token block size, it decides:
+    - each type's *small page*: ``block_tokens × Σ per-layer bytes per token`` for token-indexed
+      types, ``Σ per-layer state bytes`` for state types (Mamba / linear attention);
+    - the *large page*: the LCM of all small pages, so any free large page can be carved into
+      small pages of any type with zero padding;
+    - the *unit*: the GCD of all small pages. Every small page is addressed by the index of its first
+      unit (what vLLM calls a block id): type t's page at large page k, slot j has unit id
+      ``k·(LCM/u) + j·(S_t/u)``, and starts at byte ``unit_id·u`` of the pool;
+    - inside a small page, layers of the type follow each other: layer i starts at byte
+      ``layer_offsets[i]``.
+
+Guard against a huge LCM
+    Arbitrary state sizes (Mamba) can make the LCM the product of the sizes. When
+    ``LCM > max_pages_per_large × max(S_t)``, small pages are rounded up to a granule (the smallest
+    power of two ≥ 16 bytes that brings the LCM under the cap) and the padding is reported per
+    type in ``TypeLayout.padding_bytes`` — it is never hidden.
+
+Invariants
+    - ``large_page_bytes % small_page_bytes == 0`` for every type; ``unit_bytes`` divides every
+      small page and is a multiple of 16 bytes (kernels need aligned page starts);
+    - ``padding_bytes == small_page_bytes - content_bytes ≥ 0``;
+    - large page 0 (units ``[0, units_per_large)``) is the null page: unit id 0 means "no page".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from jenga_vllm.core.errors import JengaConfigError
+
+ALIGN_BYTES = 16
+DEFAULT_MAX_PAGES_PER_LARGE = 64
+MAX_UNIT_IDS = 2**31 - 1  # vLLM block tables are int32
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTypeSpec:
+    """One layer type of a model: a group of layers that share a policy and a page table.
+
+    ``layer_bytes[i]`` is layer i's bytes per token (token-indexed types) or its whole state bytes
+    (state types such as Mamba). ``block_tokens`` overrides the common block size for this type
+    (it must be a multiple of it): Mamba uses it as its checkpoint interval.
+    """
+
+    name: str
+    kind: str
+    layer_bytes: tuple[int, ...]
+    window: int | None = None
+    chunk: int | None = None
+    block_tokens: int | None = None
+    layer_names: tuple[str, ...] = ()
+
+    @staticmethod
+    def uniform(
+        name: str,
+        kind: str,
+        num_layers: int,
+        bytes_per_layer: int,
+        **extra: object,
+    ) -> LayerTypeSpec:
+        """A type whose ``num_layers`` layers all have ``bytes_per_layer`` (per token or state)."""
+        if num_layers <= 0:
+            raise JengaConfigError(
+                f"layer type {name!r}: num_layers must be positive, got {num_layers}"
+            )
+        return LayerTypeSpec(name, kind, (bytes_per_layer,) * num_layers, **extra)  # type: ignore[arg-type]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeLayout:
+    """Where one layer type's small pages live in the pool."""
+
+    spec: LayerTypeSpec
+    block_tokens: int
+    content_bytes: int  # bytes of KV/state one small page really holds
+    small_page_bytes: int  # content + rounding padding
+    pages_per_large: int
+    units_per_small: int
+    layer_offsets: tuple[int, ...]  # byte offset of each layer inside the small page
+    is_token_indexed: bool
+
+    @property
+    def padding_bytes(self) -> int:
+        return self.small_page_bytes - self.content_bytes
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Content bytes one token costs across all layers of the type (0 for state types)."""
+        return self.content_bytes // self.block_tokens if self.is_token_indexed else 0
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutPlan:
+    """The whole pool: per-type small pages inside LCM-sized large pages, addressed in units."""
+
+    types: tuple[TypeLayout, ...]
+    block_size: int
+    unit_bytes: int
+    large_page_bytes: int
+    num_large_pages: int  # including the null large page 0
+    type_index: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def units_per_large(self) -> int:
+        return self.large_page_bytes // self.unit_bytes
+
+    @property
+    def num_units(self) -> int:
+        return self.num_large_pages * self.units_per_large
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.num_large_pages * self.large_page_bytes
+
+    @property
+    def usable_large_pages(self) -> int:
+        return self.num_large_pages - 1
+
+    def unit_id(self, type_idx: int, large_page: int, slot: int) -> int:
+        t = self.types[type_idx]
+        return large_page * self.units_per_large + slot * t.units_per_small
+
+    def locate(self, type_idx: int, unit_id: int) -> tuple[int, int]:
+        """(large page, slot) of a type's small page from its unit id."""
+        large_page, unit_in_large = divmod(unit_id, self.units_per_large)
+        slot, rest = divmod(unit_in_large, self.types[type_idx].units_per_small)
+        if rest:
+            raise JengaConfigError(
+                f"unit id {unit_id} is not the start of a {self.types[type_idx].spec.name!r} "
+                "small page"
+            )
+        return large_page, slot
+
+    def byte_offset(self, unit_id: int) -> int:
+        return unit_id * self.unit_bytes
+
+    def describe(self) -> str:
+        """One line a user understands: types, small-page bytes, large-page bytes, padding."""
+        parts = [
+            f"{t.spec.name}({t.spec.kind}, {t.spec.num_layers} layers): small page "
+            f"{t.small_page_bytes} B = {t.block_tokens if t.is_token_indexed else 1} "
+            f"{'tokens' if t.is_token_indexed else 'state'}, {t.pages_per_large}/large page, "
+            f"padding {t.padding_bytes} B ({100.0 * t.padding_bytes / t.small_page_bytes:.2f}%)"
+            for t in self.types
+        ]
+        return (
+            f"large page {self.large_page_bytes} B, unit {self.unit_bytes} B, "
+            f"{self.usable_large_pages} usable large pages; " + "; ".join(parts)
+        )
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def _validate(
+    specs: list[LayerTypeSpec], block_size: int, max_model_len: int | None, kinds: dict
+) -> None:
+    if block_size <= 0:
+        raise JengaConfigError(f"block_size must be a positive number of tokens, got {block_size}")
+    if not specs:
+        raise JengaConfigError("no layer types given: a layout needs at least one layer type")
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.name in seen:
+            raise JengaConfigError(
+                f"layer type name {spec.name!r} is used twice; names must be unique"
+            )
+        seen.add(spec.name)
+        if spec.kind not in kinds:
+            raise JengaConfigError(
+                f"layer type {spec.name!r} has unknown kind {spec.kind!r}; "
+                f"known kinds: {', '.join(sorted(kinds))} (register a new policy to add one)"
+            )
+        if not spec.layer_bytes:
+            raise JengaConfigError(f"layer type {spec.name!r} has no layers")
+        bad = [b for b in spec.layer_bytes if not isinstance(b, int) or b <= 0]
+        if bad:
+            raise JengaConfigError(
+                f"layer type {spec.name!r} has non-positive or non-integer layer bytes {bad[:3]}; "
+                "every layer needs > 0 bytes per token (or per state)"
+            )
+        if spec.block_tokens is not None and (
+            spec.block_tokens <= 0 or spec.block_tokens % block_size
+        ):
+            raise JengaConfigError(
+                f"layer type {spec.name!r}: block_tokens={spec.block_tokens} must be a positive "
+                f"multiple of the common block size {block_size}"
+            )
+        kinds[spec.kind].validate_spec(spec, max_model_len)
+
+
+def plan_layout(
+    specs: list[LayerTypeSpec] | tuple[LayerTypeSpec, ...],
+    block_size: int,
+    memory_bytes: int | None = None,
+    *,
+    max_model_len: int | None = None,
+    max_pages_per_large: int = DEFAULT_MAX_PAGES_PER_LARGE,
+) -> LayoutPlan:
+    """Plan the two-level layout for ``specs`` and (optionally) a pool of ``memory_bytes``.
+
+    ``memory_bytes`` None plans the geometry only (``num_large_pages`` = 1, the null page).
+    Raises JengaConfigError for impossible inputs, naming the fix.
+    """
+    from jenga_vllm.core.policies import POLICY_REGISTRY
+
+    specs = list(specs)
+    _validate(specs, block_size, max_model_len, POLICY_REGISTRY)
+    if max_pages_per_large < 1:
+        raise JengaConfigError(f"max_pages_per_large must be ≥ 1, got {max_pages_per_large}")
+
+    contents: list[int] = []
+    block_tokens: list[int] = []
+    token_indexed: list[bool] = []
+    for spec in specs:
+        is_tok = POLICY_REGISTRY[spec.kind].is_token_indexed
+        bt = spec.block_tokens or block_size
+        token_indexed.append(is_tok)
+        block_tokens.append(bt)
+        contents.append(sum(spec.layer_bytes) * (bt if is_tok else 1))
+
+    # Every small page starts 16-byte aligned; then shrink the LCM under the cap with a granule.
+    base = [_round_up(c, ALIGN_BYTES) for c in contents]
+    cap = max_pages_per_large * max(base)
+    granule = ALIGN_BYTES
+    while True:
+        sizes = [_round_up(b, granule) for b in base]
+        large = math.lcm(*sizes)
+        if large <= cap:
+            break
+        granule *= 2
+        if granule > max(base):  # all pages one granule: LCM == max page, always under the cap
+            sizes = [max(sizes)] * len(sizes)
+            large = sizes[0]
+            break
+    unit = math.gcd(*sizes)
+    assert unit % ALIGN_BYTES == 0 and all(large % s == 0 for s in sizes)
+
+    types = []
+    for spec, content, size, bt, is_tok in zip(
+        specs, contents, sizes, block_tokens, token_indexed, strict=True
+    ):
+        per_layer = [b * (bt if is_tok else 1) for b in spec.layer_bytes]
+        offsets = tuple(sum(per_layer[:i]) for i in range(len(per_layer)))
+        types.append(
+            TypeLayout(
+                spec=spec,
+                block_tokens=bt,
+                content_bytes=content,
+                small_page_bytes=size,
+                pages_per_large=large // size,
+                units_per_small=size // unit,
+                layer_offsets=offsets,
+                is_token_indexed=is_tok,
+            )
+        )
+
+    num_large = 1
+    if memory_bytes is not None:
+        if memory_bytes < 2 * large:
+            raise JengaConfigError(
+                f"KV memory of {memory_bytes} bytes holds fewer than 2 large pages of {large} bytes "
+                "(one is the null page); give more KV cache memory "
+                "(e.g. --kv-cache-memory-bytes) or use fewer/smaller layers"
+            )
+        num_large = memory_bytes // large
+    if num_large * (large // unit) > MAX_UNIT_IDS:
+        raise JengaConfigError(
+            f"{num_large * (large // unit)} unit ids exceed vLLM's int32 block ids; "
+            "use less KV memory per engine"
+        )
+    return LayoutPlan(
+        types=tuple(types),
+        block_size=block_size,
+        unit_bytes=unit,
+        large_page_bytes=large,
+        num_large_pages=num_large,
+        type_index={t.spec.name: i for i, t in enumerate(types)},
+    )

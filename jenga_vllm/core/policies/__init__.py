@@ -1,0 +1,34 @@
+"""Layer-type policies. Adding a layer type = one class + one line in POLICY_REGISTRY."""
+
+from __future__ import annotations
+
+from jenga_vllm.core.policies.base import FullAttentionPolicy, LayerPolicy
+from jenga_vllm.core.policies.chunked_local import ChunkedLocalPolicy
+from jenga_vllm.core.policies.cross_attention import CrossAttentionPolicy
+from jenga_vllm.core.policies.mamba import MambaPolicy
+from jenga_vllm.core.policies.sliding_window import SlidingWindowPolicy
+
+POLICY_REGISTRY: dict[str, type[LayerPolicy]] = {
+    "full": FullAttentionPolicy,
+    "sliding_window": SlidingWindowPolicy,
+    "chunked_local": ChunkedLocalPolicy,
+    "mamba": MambaPolicy,
+    "cross_attention": CrossAttentionPolicy,
+}
+
+
+def register_policy(policy: type[LayerPolicy]) -> None:
+    """Make a new layer type known to the planner and the cache (the paper's custom_kv_cache)."""
+    POLICY_REGISTRY[policy.kind] = policy
+
+
+__all__ = [
+    "POLICY_REGISTRY",
+    "ChunkedLocalPolicy",
+    "CrossAttentionPolicy",
+    "FullAttentionPolicy",
+    "LayerPolicy",
+    "MambaPolicy",
+    "SlidingWindowPolicy",
+    "register_policy",
+]

@@ -1,0 +1,109 @@
+"""The layer-specific caching API (Jenga §4): one small class per layer type.
+
+A policy answers, for its layer type, four questions the paper's hooks ask. How our methods map
+onto the paper (arXiv names / SOSP names):
+
+- ``first_needed_block(n)`` — *active_pages* / ``update_last_access``: after ``n`` computed tokens a
+  running request still needs the blocks ``[first_needed_block(n), num_blocks(n))``. Blocks before
+  it are released at once into the prefix cache, stamped *stale* (old), so they are evicted before
+  anything still useful. Pages a request keeps stay in use; their LRU stamp is taken when the
+  request lets them go, one stamp per request per release, shared by all types (balanced eviction).
+- ``eviction_rank(block)`` — ``set_prefix_length``: the tie-break inside one release; the token
+  position, the same in every type, so eviction removes the same tokens in every type, suffix first
+  (aligned eviction).
+- ``longest_valid_hit(max_blocks, is_cached)`` — ``get_possible_prefix``: the longest prefix
+  length (in common blocks, ≤ max_blocks) this type can serve from cache. The coordinator
+  (``JengaCache.find_longest_hit``) intersects all types by iterating to a fixed point.
+- ``is_cacheable(block)`` — which released blocks are worth keeping (Mamba: checkpoints only).
+
+Every hook defaults to full attention; a new layer type overrides what differs and registers
+itself in ``POLICY_REGISTRY`` (one line in ``jenga_vllm/core/policies/__init__.py``).
+
+Blocks: a policy's block ``i`` covers tokens ``[i·block_tokens, (i+1)·block_tokens)``. Its prefix
+hash is the common-block chain hash at the block's last common block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from jenga_vllm.core.layout import LayerTypeSpec
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class LayerPolicy:
+    """Full attention: every token is needed forever; a hit needs an unbroken run from token 0."""
+
+    kind: ClassVar[str] = "full"
+    is_token_indexed: ClassVar[bool] = True
+    uses_token_prefix: ClassVar[bool] = True  # False: pages keyed by an encoder input, not tokens
+
+    def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
+        self.spec = spec
+        self.block_tokens = block_tokens
+        self.hash_ratio = block_tokens // hash_block_tokens
+
+    @classmethod
+    def validate_spec(cls, spec: LayerTypeSpec, max_model_len: int | None) -> None:
+        """Raise JengaConfigError for specs this kind cannot serve."""
+
+    def num_blocks(self, num_tokens: int) -> int:
+        """Page-table length for ``num_tokens`` tokens."""
+        return cdiv(num_tokens, self.block_tokens)
+
+    def first_needed_block(self, num_computed_tokens: int) -> int:
+        """Blocks before this index are no longer needed by a request past this many tokens."""
+        return 0
+
+    def new_blocks(self, have: int, num_tokens: int) -> range | list[int]:
+        """Blocks to allocate when a table of ``have`` blocks grows to ``num_tokens`` tokens."""
+        return range(have, self.num_blocks(num_tokens))
+
+    def eviction_rank(self, block: int) -> int:
+        """Larger ranks are evicted first among pages released together: the token position."""
+        return block * self.block_tokens
+
+    def is_cacheable(self, block: int) -> bool:
+        return True
+
+    def hash_index(self, block: int) -> int:
+        """Index into the common-block hash chain that names this type's block."""
+        return (block + 1) * self.hash_ratio - 1
+
+    def longest_valid_hit(self, max_blocks: int, is_cached: Callable[[int], bool]) -> int:
+        """Longest hit ≤ ``max_blocks`` common blocks; ``is_cached(i)`` asks about *this type's*
+        block i. Generic rule: length L (tokens) is valid when L is on this type's block grid and
+        every block in ``[first_needed_block(L), L/block_tokens)`` is cached.
+        """
+        ratio = self.hash_ratio
+        length = max_blocks // ratio  # in this type's blocks
+        cached_memo: dict[int, bool] = {}
+
+        def cached(i: int) -> bool:
+            hit = cached_memo.get(i)
+            if hit is None:
+                hit = cached_memo[i] = is_cached(i)
+            return hit
+
+        while length > 0:
+            first = self.first_needed_block(length * self.block_tokens)
+            missing = next((i for i in range(length - 1, first - 1, -1) if not cached(i)), None)
+            if missing is None:
+                return length * ratio
+            length = missing  # no length covering a missing block can be valid except via first
+        return 0
+
+
+class FullAttentionPolicy(LayerPolicy):
+    """Full attention, with a forward scan (its valid hits are downward closed)."""
+
+    def longest_valid_hit(self, max_blocks: int, is_cached: Callable[[int], bool]) -> int:
+        n = max_blocks // self.hash_ratio
+        for i in range(n):
+            if not is_cached(i):
+                return i * self.hash_ratio
+        return n * self.hash_ratio

@@ -1,0 +1,37 @@
+"""Sliding-window attention (window W): a token attends to itself and the W-1 tokens before it.
+
+Active pages: after n tokens the next token (position n) needs positions ≥ n-W+1, so blocks
+before ``(n-W+1) // block_tokens`` are released at once, stamped stale.
+Valid hits: L is valid when the blocks holding the last W-1 tokens before L are cached (the
+generic rule of the base class); also any L inside an unbroken cached run from token 0.
+"""
+
+from __future__ import annotations
+
+from jenga_vllm.core.errors import JengaConfigError
+from jenga_vllm.core.layout import LayerTypeSpec
+from jenga_vllm.core.policies.base import LayerPolicy
+
+
+class SlidingWindowPolicy(LayerPolicy):
+    kind = "sliding_window"
+
+    def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
+        super().__init__(spec, block_tokens, hash_block_tokens)
+        assert spec.window is not None
+        self.window = spec.window
+
+    @classmethod
+    def validate_spec(cls, spec: LayerTypeSpec, max_model_len: int | None) -> None:
+        if spec.window is None or spec.window <= 0:
+            raise JengaConfigError(
+                f"sliding-window layer type {spec.name!r} needs a positive window, got {spec.window}"
+            )
+        if max_model_len is not None and spec.window > max_model_len:
+            raise JengaConfigError(
+                f"sliding-window layer type {spec.name!r}: window {spec.window} is larger than "
+                f"max_model_len {max_model_len}; use kind 'full' for it or raise max_model_len"
+            )
+
+    def first_needed_block(self, num_computed_tokens: int) -> int:
+        return max(0, num_computed_tokens - self.window + 1) // self.block_tokens

@@ -1,0 +1,273 @@
+"""JengaCache behaviour with hand-computed expectations."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from jenga_vllm.core import (
+    JengaAllocationError,
+    JengaCache,
+    LayerTypeSpec,
+    block_hashes,
+    check_invariants,
+    plan_layout,
+    pool_usage,
+)
+from tests.core.helpers import BS, make_cache, three_type_specs
+
+
+def snapshot(cache: JengaCache):
+    return (
+        {rid: cache.block_ids(rid) for rid in cache.requests},
+        list(cache.allocator.free_large),
+        [cache.evictor.num_small(t) for t in range(len(cache.policies))],
+        cache.evictor.num_large(),
+        len(cache.index),
+    )
+
+
+def run_prompt(cache, rid, tokens, hit=True):
+    hashes = block_hashes(tokens, BS)
+    found = cache.find_longest_hit(hashes, len(tokens) - 1) if hit else None
+    new = cache.allocate(rid, len(tokens), found)
+    assert new is not None
+    cache.cache_blocks(rid, hashes, len(tokens))
+    cache.release_unneeded(rid, len(tokens))
+    check_invariants(cache)
+    return found
+
+
+def test_sliding_window_pages_leave_as_the_window_moves():
+    cache = make_cache(three_type_specs(window=40), large_pages=20)
+    tokens = list(range(100))
+    run_prompt(cache, "a", tokens)
+    full_ids, swa_ids, mamba_ids = cache.block_ids("a")
+    assert len(full_ids) == len(swa_ids) == 7 and all(full_ids)
+    # 100 tokens computed: the next token needs positions >= 61 -> blocks 3.. of 16 tokens.
+    assert swa_ids[:3] == [0, 0, 0] and all(swa_ids[3:])
+    # Mamba (interval 32): the newest state (after 100 tokens, block 3) and the checkpoint at 96
+    # (block 2) were allocated; the checkpoint was then released to the cache.
+    assert mamba_ids == [0, 0, 0, mamba_ids[3]] and mamba_ids[3] != 0
+    assert len(cache.evictor.small_stale[2]) + len(cache.evictor.large_stale) >= 1
+    # The released SWA pages hold valid KV: they sit in the cache, stale.
+    stale = cache.evictor.small_stale[1]
+    assert len(stale) == 3 and all(p.is_stale for p in stale)
+
+
+def test_prefix_hit_is_the_longest_length_every_type_accepts():
+    cache = make_cache(three_type_specs(window=40, mamba_interval=32), large_pages=20)
+    prompt = list(range(200))
+    run_prompt(cache, "a", prompt)
+    cache.free("a")
+    check_invariants(cache)
+    # Same 200-token prefix + new tail. Full attention could reuse 12 blocks (192 tokens), but the
+    # Mamba state is cached only every 32 tokens -> 192 is a checkpoint; SWA needs the window.
+    hit = run_prompt(cache, "b", prompt + [999] * 30)
+    assert hit.num_tokens == 192
+    full_ids, swa_ids, mamba_ids = cache.block_ids("b")
+    assert all(full_ids[:12])
+    first_swa = (192 - 40 + 1) // BS  # 9
+    assert hit.pages[1][:first_swa] == (None,) * first_swa and all(hit.pages[1][first_swa:12])
+    assert hit.pages[2] == (None,) * 5 + (hit.pages[2][5],) and hit.pages[2][5] is not None
+
+
+def test_mamba_state_missing_limits_the_hit_for_all_types():
+    cache = make_cache(three_type_specs(window=40, mamba_interval=64), large_pages=20)
+    prompt = list(range(100))
+    run_prompt(cache, "a", prompt)
+    cache.free("a")
+    # Mamba checkpoints exist at 64 only (the 128 boundary was never reached).
+    hit = cache.find_longest_hit(block_hashes(prompt + [1] * 60, BS), 159)
+    assert hit.num_tokens == 64
+
+
+def test_request_aware_placement_frees_whole_large_pages():
+    specs = [LayerTypeSpec.uniform("full", "full", 1, 64)]  # 1 KiB pages
+    plan = plan_layout(specs, BS, max_pages_per_large=4)
+    assert plan.types[0].pages_per_large == 1
+    # Two types so that large pages hold several small pages.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 256, window=1024),
+    ]
+    cache = make_cache(specs, large_pages=40)
+    assert cache.plan.types[0].pages_per_large == 4
+    for step in range(1, 9):  # two requests grow in lock step, one block at a time
+        for rid in ("a", "b"):
+            assert cache.allocate(rid, step * BS) is not None
+    owners = {}
+    for large in cache.allocator.large_pages[1:]:
+        if large.num_used:
+            holders = {
+                rid
+                for rid in ("a", "b")
+                for t in cache.requests[rid].tables
+                for p in t
+                if p is not None and p.large is large
+            }
+            owners[large.index] = holders
+    assert owners and all(len(h) == 1 for h in owners.values())  # never mixed
+    free_before = len(cache.allocator.free_large)
+    cache.free("a")
+    check_invariants(cache)
+    released = len(cache.allocator.free_large) - free_before
+    assert released == sum(1 for h in owners.values() if h == {"a"})
+
+
+def test_homogeneous_model_behaves_like_a_plain_paged_allocator():
+    rng = random.Random(7)
+    cache = make_cache([LayerTypeSpec.uniform("full", "full", 4, 128)], large_pages=65)
+    assert cache.plan.types[0].pages_per_large == 1
+    capacity = cache.plan.usable_large_pages
+    plain_tokens: dict[str, int] = {}
+
+    def plain_used() -> int:
+        return sum(-(-n // BS) for n in plain_tokens.values())
+
+    for step in range(600):
+        rid = f"r{rng.randrange(12)}"
+        if rid in plain_tokens and rng.random() < 0.15:
+            cache.free(rid)
+            del plain_tokens[rid]
+        else:
+            n = plain_tokens.get(rid, 0) + rng.randrange(1, 40)
+            needed = -(-n // BS) - -(-plain_tokens.get(rid, 0) // BS)
+            fits = plain_used() + needed <= capacity
+            got = cache.allocate(rid, n)
+            assert (got is not None) == fits, f"step {step}: jenga {got is not None}, plain {fits}"
+            if got is not None:
+                plain_tokens[rid] = n
+                assert len(got[0]) == needed
+        usage = pool_usage(cache)
+        assert usage.types[0].used_pages == plain_used()
+    check_invariants(cache)
+
+
+def test_out_of_memory_returns_none_and_changes_nothing():
+    cache = make_cache(three_type_specs(), large_pages=4)
+    run_prompt(cache, "a", list(range(60)))
+    before = snapshot(cache)
+    assert cache.allocate("b", 100_000) is None
+    assert cache.allocate("a", 100_000) is None
+    assert snapshot(cache) == before
+    check_invariants(cache)
+
+
+@pytest.mark.parametrize(
+    "action", ["free_unknown", "double_free", "hit_on_running", "release_unknown"]
+)
+def test_bad_calls_raise_and_leave_state_unchanged(action):
+    cache = make_cache(three_type_specs(), large_pages=10)
+    run_prompt(cache, "a", list(range(50)))
+    run_prompt(cache, "gone", list(range(50)))
+    cache.free("gone")
+    before = snapshot(cache)
+    with pytest.raises(JengaAllocationError) as err:
+        if action == "free_unknown":
+            cache.free("nope")
+        elif action == "double_free":
+            cache.free("gone")
+        elif action == "hit_on_running":
+            hit = cache.find_longest_hit(block_hashes(list(range(50)), BS), 49)
+            assert hit.num_tokens
+            cache.allocate("a", 80, hit)
+        else:
+            cache.release_unneeded("nope", 10)
+    assert "request" in str(err.value)
+    assert snapshot(cache) == before
+    check_invariants(cache)
+
+
+def test_cross_attention_pages_are_shared_per_encoder_input():
+    specs = [
+        LayerTypeSpec.uniform("self", "full", 2, 64),
+        LayerTypeSpec.uniform("cross", "cross_attention", 2, 64),
+    ]
+    cache = make_cache(specs, large_pages=30)
+    a = cache.allocate("a", 20, encoder_key="audio-1", encoder_tokens=100)
+    b = cache.allocate("b", 20, encoder_key="audio-1", encoder_tokens=100)
+    c = cache.allocate("c", 20, encoder_key="audio-2", encoder_tokens=100)
+    assert len(a[1]) == 7 and b[1] == [] and len(c[1]) == 7
+    assert cache.block_ids("a")[1] == cache.block_ids("b")[1] != cache.block_ids("c")[1]
+    for rid in ("a", "b", "c"):
+        cache.free(rid)
+    d = cache.allocate("d", 20, encoder_key="audio-1", encoder_tokens=100)
+    assert d[1] == []  # whole item still cached
+    check_invariants(cache)
+
+
+def equal_page_cache(evictor: str) -> JengaCache:
+    # Same small-page size for both types -> one small page per large page: eviction order is
+    # directly visible page by page.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 64, window=1000),
+    ]
+    return make_cache(specs, large_pages=40, evictor=evictor)
+
+
+@pytest.mark.parametrize("evictor", ["prefix_subset", "per_type_lru"])
+def test_eviction_is_aligned_and_suffix_first_only_with_prefix_subset(evictor):
+    cache = equal_page_cache(evictor)
+    prompt = list(range(160))  # 10 blocks per type
+    run_prompt(cache, "a", prompt)
+    cache.free("a")
+    for _ in range(6):
+        assert cache.evict_one()
+    check_invariants(cache)
+    hit = cache.find_longest_hit(block_hashes(prompt, BS), 159)
+    if evictor == "prefix_subset":
+        # The 3 deepest blocks of each type went: the 7-block prefix survives in both.
+        assert hit.num_tokens == 7 * BS
+    else:
+        # Per-type LRU drained 6 blocks of one type: the common prefix is 4 blocks.
+        assert hit.num_tokens == 4 * BS
+
+
+def test_pages_that_left_the_window_are_evicted_first():
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 64, window=64),
+    ]
+    cache = make_cache(specs, large_pages=40)
+    old = list(range(1000, 1048))  # fits the window: nothing of it is stale
+    run_prompt(cache, "old", old)
+    cache.free("old")  # fresh cached pages of a finished request
+    run_prompt(cache, "live", list(range(160)))  # releases SWA pages out of its window: stale
+    stale_ids = {p.unit_id for p in cache.evictor.small_stale[1]}
+    stale_ids |= {p.unit_id for large in cache.evictor.large_stale for p in large.pages}
+    assert stale_ids
+    evicted = 0
+    while stale_ids and cache.evict_one():
+        evicted += 1
+        alive = {p.unit_id for t in range(2) for p in cache.evictor.small_stale[t]}
+        alive |= {p.unit_id for large in cache.evictor.large_stale for p in large.pages}
+        stale_ids &= alive
+    # Every stale page went before any page of the finished request's prompt.
+    assert cache.find_longest_hit(block_hashes(old, BS), 47).num_tokens == 32
+
+
+def test_reset_prefix_cache_refuses_while_running_then_frees_everything():
+    cache = make_cache(three_type_specs(), large_pages=12)
+    run_prompt(cache, "a", list(range(90)))
+    assert not cache.reset_prefix_cache()
+    cache.free("a")
+    assert cache.reset_prefix_cache()
+    assert len(cache.allocator.free_large) == cache.plan.usable_large_pages
+    assert len(cache.index) == 0
+    check_invariants(cache)
+
+
+def test_accounting_adds_up_and_reports_partial_pages():
+    cache = make_cache(three_type_specs(window=1000), large_pages=12)
+    cache.allocate("a", 20)  # 2 full + 2 swa blocks, 12 tokens of each unused
+    usage = pool_usage(cache)
+    full = usage.types[0]
+    assert full.used_pages == 2
+    assert full.partial_bytes == 12 * 2 * 64
+    assert usage.used_bytes + usage.cached_bytes + usage.empty_bytes + usage.free_bytes == (
+        usage.usable_bytes
+    )
+    assert 0 < usage.utilization < usage.usage <= 1

@@ -1,0 +1,126 @@
+import math
+
+import pytest
+
+from jenga_vllm.core import JengaConfigError, LayerTypeSpec, plan_layout
+
+
+def test_paper_worked_example():
+    # Jenga §3: 2 cross-attention layers (256 B pages) and 3 self-attention layers (384 B pages)
+    # at 1 token per page, 128 B per token per layer -> large page lcm(256, 384) = 768 B.
+    plan = plan_layout(
+        [
+            LayerTypeSpec.uniform("cross", "cross_attention", 2, 128),
+            LayerTypeSpec.uniform("self", "full", 3, 128),
+        ],
+        block_size=1,
+    )
+    assert plan.large_page_bytes == 768
+    assert [t.small_page_bytes for t in plan.types] == [256, 384]
+    assert [t.pages_per_large for t in plan.types] == [3, 2]
+    assert plan.unit_bytes == math.gcd(256, 384) == 128
+    assert all(t.padding_bytes == 0 for t in plan.types)
+
+
+def test_zero_padding_when_sizes_divide_the_lcm():
+    # Gemma-4-like: sliding 4 layers × 2·32·2 heads·4 B, full 2 layers × 2·64·1 head·4 B.
+    specs = [
+        LayerTypeSpec.uniform("sliding", "sliding_window", 4, 2 * 32 * 2 * 4, window=64),
+        LayerTypeSpec.uniform("full", "full", 2, 2 * 64 * 1 * 4),
+    ]
+    plan = plan_layout(specs, 16, 10_000_000)
+    for t in plan.types:
+        assert t.padding_bytes == 0
+        assert plan.large_page_bytes % t.small_page_bytes == 0
+        assert t.small_page_bytes == t.content_bytes == 16 * sum(t.spec.layer_bytes)
+    assert plan.pool_bytes <= 10_000_000
+    assert plan.num_large_pages == 10_000_000 // plan.large_page_bytes
+
+
+def test_unit_ids_map_to_disjoint_byte_ranges():
+    specs = [
+        LayerTypeSpec.uniform("a", "full", 1, 48),
+        LayerTypeSpec.uniform("b", "sliding_window", 1, 80, window=32),
+    ]
+    plan = plan_layout(specs, 16, 50_000)
+    for t_idx, t in enumerate(plan.types):
+        ranges = []
+        for slot in range(t.pages_per_large):
+            uid = plan.unit_id(t_idx, 3, slot)
+            assert plan.locate(t_idx, uid) == (3, slot)
+            start = plan.byte_offset(uid)
+            ranges.append((start, start + t.small_page_bytes))
+        ranges.sort()
+        assert ranges[0][0] == 3 * plan.large_page_bytes
+        assert ranges[-1][1] == 4 * plan.large_page_bytes
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def test_layer_offsets_inside_small_page():
+    spec = LayerTypeSpec("mixed", "full", (32, 64, 32))
+    plan = plan_layout([spec], 16)
+    assert plan.types[0].layer_offsets == (0, 32 * 16, 96 * 16)
+    assert plan.types[0].small_page_bytes == 128 * 16
+
+
+def test_huge_lcm_is_rounded_and_padding_reported():
+    # Coprime-ish Mamba state sizes would make the LCM their product.
+    specs = [
+        LayerTypeSpec.uniform("attn", "full", 1, 1024),
+        LayerTypeSpec.uniform("mamba", "mamba", 1, 1_000_003 * 16 + 16),
+    ]
+    plan = plan_layout(specs, 16, max_pages_per_large=8)
+    assert plan.large_page_bytes <= 8 * max(t.small_page_bytes for t in plan.types)
+    assert any(t.padding_bytes > 0 for t in plan.types)
+    for t in plan.types:
+        assert t.small_page_bytes == t.content_bytes + t.padding_bytes
+        assert plan.large_page_bytes % t.small_page_bytes == 0
+    assert "padding" in plan.describe()
+
+
+def test_mamba_small_page_is_whole_state_independent_of_block_size():
+    spec = LayerTypeSpec.uniform("m", "mamba", 3, 4096, block_tokens=64)
+    for bs in (16, 32):
+        plan = plan_layout([spec], bs)
+        assert plan.types[0].small_page_bytes == 3 * 4096
+        assert plan.types[0].block_tokens == 64
+
+
+@pytest.mark.parametrize(
+    "specs, block_size, kw, fragment",
+    [
+        ([LayerTypeSpec.uniform("x", "paged_magic", 1, 8)], 16, {}, "unknown kind"),
+        ([LayerTypeSpec("x", "full", (0,))], 16, {}, "non-positive"),
+        ([LayerTypeSpec("x", "full", (-4, 8))], 16, {}, "non-positive"),
+        ([LayerTypeSpec.uniform("x", "full", 1, 8)], 0, {}, "block_size"),
+        ([], 16, {}, "no layer types"),
+        (
+            [LayerTypeSpec.uniform("x", "sliding_window", 1, 8, window=4096)],
+            16,
+            {"max_model_len": 2048},
+            "larger than max_model_len",
+        ),
+        ([LayerTypeSpec.uniform("x", "sliding_window", 1, 8)], 16, {}, "positive window"),
+        ([LayerTypeSpec.uniform("x", "chunked_local", 1, 8, chunk=0)], 16, {}, "chunk"),
+        (
+            [LayerTypeSpec.uniform("x", "full", 1, 8), LayerTypeSpec.uniform("x", "full", 1, 8)],
+            16,
+            {},
+            "used twice",
+        ),
+        ([LayerTypeSpec.uniform("m", "mamba", 1, 64, block_tokens=24)], 16, {}, "multiple"),
+    ],
+)
+def test_bad_input_names_the_problem(specs, block_size, kw, fragment):
+    with pytest.raises(JengaConfigError, match=fragment):
+        plan_layout(specs, block_size, **kw)
+
+
+def test_uniform_rejects_zero_layers():
+    with pytest.raises(JengaConfigError, match="num_layers"):
+        LayerTypeSpec.uniform("x", "full", 0, 8)
+
+
+def test_too_little_memory_says_what_to_do():
+    with pytest.raises(JengaConfigError, match="kv-cache-memory-bytes"):
+        plan_layout([LayerTypeSpec.uniform("x", "full", 1, 64)], 16, 1000)

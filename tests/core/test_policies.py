@@ -1,0 +1,78 @@
+"""Each policy against hand-computed expectations (block size 16)."""
+
+import pytest
+
+from jenga_vllm.core import POLICY_REGISTRY, LayerTypeSpec
+
+
+def policy(kind: str, block_tokens: int = 16, **extra):
+    spec = LayerTypeSpec.uniform("t", kind, 1, 8, **extra)
+    return POLICY_REGISTRY[kind](spec, block_tokens, 16)
+
+
+def cached_set(blocks):
+    blocks = set(blocks)
+    return lambda i: i in blocks
+
+
+def test_full_attention_needs_everything_and_an_unbroken_run():
+    p = policy("full")
+    assert p.first_needed_block(1000) == 0
+    assert p.num_blocks(33) == 3
+    assert p.longest_valid_hit(10, cached_set({0, 1, 2, 4, 5})) == 3
+    assert p.longest_valid_hit(2, cached_set({0, 1, 2})) == 2
+    assert p.longest_valid_hit(5, cached_set({1, 2, 3})) == 0
+
+
+@pytest.mark.parametrize(
+    "computed, first",
+    [(0, 0), (39, 0), (40, 0), (47, 0), (48, 0), (55, 1), (56, 1), (100, 3), (103, 4)],
+)
+def test_sliding_window_releases_blocks_left_of_the_window(computed, first):
+    # W=40: the next token (position n) needs positions >= n-39.
+    p = policy("sliding_window", window=40)
+    assert p.first_needed_block(computed) == first
+
+
+def test_sliding_window_hit_needs_only_the_window():
+    p = policy("sliding_window", window=40)
+    # Length 8 blocks = 128 tokens needs positions >= 89, i.e. blocks 5..7.
+    assert p.longest_valid_hit(8, cached_set({5, 6, 7})) == 8
+    # Block 6 missing: 7 blocks (112 tokens) needs blocks 4..6 - missing; 6 needs 3..5 - no 3/4.
+    assert p.longest_valid_hit(8, cached_set({0, 1, 5, 7})) == 2
+    assert p.longest_valid_hit(8, cached_set({3, 4, 5, 7})) == 6
+
+
+def test_chunked_local_hit_at_chunk_boundary_needs_nothing():
+    p = policy("chunked_local", chunk=64)  # 4 blocks per chunk
+    assert p.first_needed_block(64) == 4
+    assert p.first_needed_block(70) == 4
+    assert p.first_needed_block(63) == 0
+    assert p.longest_valid_hit(8, cached_set(set())) == 8  # 128 tokens: a chunk boundary
+    assert p.longest_valid_hit(7, cached_set({4, 5})) == 6  # 96 tokens needs blocks 4, 5
+    assert p.longest_valid_hit(7, cached_set({5, 6})) == 4  # block 4 missing: back to 64
+    assert p.longest_valid_hit(7, cached_set({4, 5, 6})) == 7
+
+
+def test_mamba_keeps_one_state_and_hits_only_at_cached_checkpoints():
+    p = policy("mamba", block_tokens=64)  # checkpoint every 64 tokens = 4 common blocks
+    assert p.num_blocks(130) == 3
+    assert p.first_needed_block(130) == 2
+    assert p.first_needed_block(128) == 1  # the state after token 128 lives in block 1
+    assert p.hash_index(1) == 7
+    # max 11 common blocks -> candidate lengths 2 mamba blocks (8 common) then 1 (4 common)
+    assert p.longest_valid_hit(11, cached_set({1})) == 8
+    assert p.longest_valid_hit(11, cached_set({0})) == 4
+    assert p.longest_valid_hit(11, cached_set(set())) == 0
+
+
+def test_cross_attention_never_limits_a_token_prefix():
+    p = policy("cross_attention")
+    assert not p.uses_token_prefix
+    assert p.longest_valid_hit(9, cached_set(set())) == 9
+
+
+def test_eviction_rank_is_the_token_position_in_every_type():
+    assert policy("full").eviction_rank(3) == 48
+    assert policy("sliding_window", window=40).eviction_rank(3) == 48
+    assert policy("mamba", block_tokens=64).eviction_rank(3) == 192
