@@ -45,6 +45,10 @@ class RequestPages:
     num_tokens: int = 0
     encoder_key: Hashable | None = None
     encoder_tokens: int = 0
+    # O(1) fast paths for the common decode step (see _refresh_thresholds):
+    covered_tokens: float = 0  # tokens the current tables can hold without a new page
+    next_full: float = 0  # token count at which some type completes a new block to cache
+    next_release: float = 0  # computed-token count at which some type releases a page
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +103,7 @@ class JengaCache:
         self.encoder_types = [i for i, p in enumerate(self.policies) if not p.uses_token_prefix]
         self.enable_caching = enable_caching
         self.requests: dict[str, RequestPages] = {}
+        self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
         self._item_rank = random.Random(seed)
 
     # ---- lookups ---------------------------------------------------------------------------
@@ -169,7 +174,7 @@ class JengaCache:
         *,
         encoder_key: Hashable | None = None,
         encoder_tokens: int = 0,
-    ) -> list[list[SmallPage]] | None:
+    ) -> Sequence[Sequence[SmallPage]] | None:
         """Make ``request_id`` hold pages for ``num_tokens`` tokens; returns new pages per type.
 
         A new request may bring a ``hit`` (from find_longest_hit, in the same step) and an encoder
@@ -180,6 +185,10 @@ class JengaCache:
             raise JengaAllocationError(f"num_tokens must be ≥ 0, got {num_tokens}")
         req = self.requests.get(request_id)
         is_new = req is None
+        if not is_new and num_tokens <= req.covered_tokens and not (hit and hit.num_tokens):
+            if num_tokens > req.num_tokens:
+                req.num_tokens = num_tokens
+            return self._no_new_pages
         if not is_new and hit is not None and hit.num_tokens:
             raise JengaAllocationError(
                 f"request {request_id!r} already holds pages; a prefix hit applies only to a new "
@@ -202,9 +211,9 @@ class JengaCache:
 
         if not hit_pages and not any(needs):
             if is_new:
-                self._admit(request_id, num_tokens, hit, encoder_key, encoder_tokens)
-            else:
-                req.num_tokens = num_tokens
+                req = self._admit(request_id, num_tokens, hit, encoder_key, encoder_tokens)
+            req.num_tokens = num_tokens
+            self._refresh_thresholds(req)
             return [[] for _ in self.policies]
         slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
         budget = self.allocator.budget_for(needs, slot_delta, large_delta)
@@ -240,7 +249,18 @@ class JengaCache:
                         self.index.insert(page, (encoder_key, i))
                 table.append(page)
         req.num_tokens = num_tokens
+        self._refresh_thresholds(req)
         return new_pages
+
+    def _refresh_thresholds(self, req: RequestPages) -> None:
+        covered = full = release = float("inf")
+        for t in self.prefix_types:
+            policy = self.policies[t]
+            bt = policy.block_tokens
+            covered = min(covered, len(req.tables[t]) * bt)
+            full = min(full, (req.cached_upto[t] + 1) * bt)
+            release = min(release, policy.release_threshold(req.released[t]))
+        req.covered_tokens, req.next_full, req.next_release = covered, full, release
 
     def _encoder_pages(self, t: int, key: Hashable, tokens: int) -> list[SmallPage | None]:
         count = -(-tokens // self.plan.types[t].block_tokens)
@@ -276,6 +296,8 @@ class JengaCache:
         if not self.enable_caching:
             return
         req = self._get(request_id)
+        if num_tokens < req.next_full:
+            return
         for t in self.prefix_types:
             policy = self.policies[t]
             table = req.tables[t]
@@ -289,6 +311,7 @@ class JengaCache:
                 if page is not None and page.block_hash is None and policy.is_cacheable(block):
                     self.index.insert(page, hashes[policy.hash_index(block)])
             req.cached_upto[t] = max(upto, limit)
+        self._refresh_thresholds(req)
 
     def release_unneeded(self, request_id: str, num_computed_tokens: int) -> int:
         """Release pages a running request no longer needs (out of window, old states).
@@ -296,6 +319,8 @@ class JengaCache:
         They go to the cache stamped stale. Returns the number of pages released.
         """
         req = self._get(request_id)
+        if num_computed_tokens < req.next_release:
+            return 0
         to_release: list[SmallPage] = []
         for t in self.prefix_types:
             policy = self.policies[t]
@@ -310,6 +335,7 @@ class JengaCache:
                 req.released[t] = target
         if to_release:
             self.allocator.release(to_release, is_stale=True)
+        self._refresh_thresholds(req)
         return len(to_release)
 
     def free(self, request_id: str) -> None:

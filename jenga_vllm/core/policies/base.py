@@ -59,6 +59,13 @@ class LayerPolicy:
         """Blocks before this index are no longer needed by a request past this many tokens."""
         return 0
 
+    def release_threshold(self, released_blocks: int) -> float:
+        """Fewest computed tokens at which ``first_needed_block`` passes ``released_blocks``.
+
+        Lets the cache skip ``release_unneeded`` in O(1) on most steps; ``inf`` = never.
+        """
+        return float("inf")
+
     def new_blocks(self, have: int, num_tokens: int) -> range | list[int]:
         """Blocks to allocate when a table of ``have`` blocks grows to ``num_tokens`` tokens."""
         return range(have, self.num_blocks(num_tokens))

@@ -34,3 +34,7 @@ class ChunkedLocalPolicy(LayerPolicy):
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return (num_computed_tokens // self.chunk * self.chunk) // self.block_tokens
+
+    def release_threshold(self, released_blocks: int) -> float:
+        boundary = (released_blocks + 1) * self.block_tokens
+        return -(-boundary // self.chunk) * self.chunk

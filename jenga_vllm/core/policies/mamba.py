@@ -24,6 +24,9 @@ class MambaPolicy(LayerPolicy):
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return max(0, cdiv(num_computed_tokens, self.block_tokens) - 1)
 
+    def release_threshold(self, released_blocks: int) -> float:
+        return (released_blocks + 1) * self.block_tokens + 1
+
     def new_blocks(self, have: int, num_tokens: int) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
         checkpoint = num_tokens // self.block_tokens - 1

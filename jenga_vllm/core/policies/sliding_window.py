@@ -35,3 +35,6 @@ class SlidingWindowPolicy(LayerPolicy):
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return max(0, num_computed_tokens - self.window + 1) // self.block_tokens
+
+    def release_threshold(self, released_blocks: int) -> float:
+        return (released_blocks + 1) * self.block_tokens + self.window - 1
