@@ -20,6 +20,7 @@ entries before ``released[t]`` are None; every non-None entry holds one referenc
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -64,6 +65,10 @@ class PrefixHit:
 
 
 NO_HIT_CACHE: dict[int, PrefixHit] = {}
+
+# Whole-pool invariant check after every state-changing operation that is not a fast path
+# (O(pool): tests and debugging only; `make test` turns it on).
+DEBUG_INVARIANTS = os.environ.get("JENGA_DEBUG_INVARIANTS", "") not in ("", "0")
 
 
 def empty_hit(num_types: int) -> PrefixHit:
@@ -250,7 +255,15 @@ class JengaCache:
                 table.append(page)
         req.num_tokens = num_tokens
         self._refresh_thresholds(req)
+        if DEBUG_INVARIANTS:
+            self.check()
         return new_pages
+
+    def check(self) -> None:
+        """Run the whole-pool invariant checker (raises InvariantError)."""
+        from jenga_vllm.core.invariants import check_invariants
+
+        check_invariants(self)
 
     def _refresh_thresholds(self, req: RequestPages) -> None:
         covered = full = release = float("inf")
@@ -336,6 +349,8 @@ class JengaCache:
         if to_release:
             self.allocator.release(to_release, is_stale=True)
         self._refresh_thresholds(req)
+        if DEBUG_INVARIANTS:
+            self.check()
         return len(to_release)
 
     def free(self, request_id: str) -> None:
@@ -350,6 +365,8 @@ class JengaCache:
         pages = [p for table in req.tables for p in table if p is not None]
         self.allocator.release(pages, is_stale=False)
         self.allocator.forget_owner(req.owner)
+        if DEBUG_INVARIANTS:
+            self.check()
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached page. Refused (False) while any request holds pages."""

@@ -4,17 +4,17 @@ Checks: every carved small page is exactly one of USED / CACHED / EMPTY and its 
 counters agree; reference counts equal the number of page-table entries naming the page; no
 small page appears twice in one table; the prefix index, the evictor's queues, the per-type
 EMPTY-slot pools and the level-0 free list hold exactly the pages their state says; all bytes add
-up to the pool. Costs O(pool); call it from tests or behind JENGA_DEBUG_INVARIANTS=1.
+up to the pool. Costs O(pool); tests call it, and JengaCache runs it after every operation when
+JENGA_DEBUG_INVARIANTS=1 (cache.DEBUG_INVARIANTS).
 """
 
 from __future__ import annotations
 
-import os
-
-from jenga_vllm.core.cache import JengaCache
+from jenga_vllm.core.cache import DEBUG_INVARIANTS, JengaCache
 from jenga_vllm.core.pages import LargePageState
 
-DEBUG_INVARIANTS = os.environ.get("JENGA_DEBUG_INVARIANTS", "") not in ("", "0")
+
+__all__ = ["DEBUG_INVARIANTS", "InvariantError", "check_invariants"]
 
 
 class InvariantError(AssertionError):
