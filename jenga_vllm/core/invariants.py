@@ -13,7 +13,6 @@ from __future__ import annotations
 from jenga_vllm.core.cache import DEBUG_INVARIANTS, JengaCache
 from jenga_vllm.core.pages import LargePageState
 
-
 __all__ = ["DEBUG_INVARIANTS", "InvariantError", "check_invariants"]
 
 
