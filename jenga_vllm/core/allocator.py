@@ -168,7 +168,7 @@ class TwoLevelAllocator:
         large.num_cached -= 1
         large.num_used += 1
         page.ref_count = 1
-        page.is_stale = False
+        page.is_stale = page.served_hit = False
         return page
 
     def _claim_large(self, owner: PageOwner, type_idx: int) -> LargePage | None:
@@ -205,7 +205,7 @@ class TwoLevelAllocator:
         t = large.type_idx
         page = large.pages[large.empty_slots.pop()]
         page.ref_count = 1
-        page.is_stale = False
+        page.is_stale = page.served_hit = False
         if large.num_used or large.num_cached:  # was ACTIVE: one EMPTY slot fewer
             self.num_empty_slots[t] -= 1
             if not large.empty_slots:
@@ -222,6 +222,7 @@ class TwoLevelAllocator:
     # ---- touching cached pages (prefix hits) ------------------------------------------------
     def touch(self, page: SmallPage) -> None:
         """A running request starts using ``page`` (a prefix hit)."""
+        page.served_hit = True
         if page.ref_count:
             page.ref_count += 1
             return
@@ -254,7 +255,10 @@ class TwoLevelAllocator:
                 continue
             large = page.large
             if page.block_hash is not None:
-                page.is_stale = is_stale
+                # Pages that already served a hit mark a shared-prefix junction: keep them fresh.
+                page.is_stale = is_stale and not (
+                    page.served_hit and self.evictor.protects_junctions
+                )
                 large.num_cached += 1
                 self.evictor.add_small(page)
             else:

@@ -7,7 +7,11 @@ The prefix-subset evictor (Jenga §5), in plain words
     types*, so within one timestamp the suffix goes first and every type loses the same tokens
     (aligned eviction); all types share the timestamp (balanced eviction). Pages released while
     their request still runs (out of the sliding window / chunk, superseded Mamba states) are
-    *stale*: they sit in a separate queue that is always evicted first, as if stamped long ago.
+    *stale*: they sit in a separate queue that is always evicted first, as if stamped long ago —
+    unless the page already served a prefix hit. Such a page sits just before a shared-prefix
+    junction (a system prompt's end, say) where the next request will need exactly it, so it
+    ages normally. (Measured: without this exception stale-first eviction lost up to 9% hit rate
+    to plain LRU on multi-turn chat; with it, it wins — benchmarks/results/eviction_quality.md.)
     Eviction is two-level: a whole evictable large page (all its small pages cached, none used;
     its age is that of its newest small page) is evicted before any single small page, so any
     layer type can reuse it.
@@ -31,6 +35,8 @@ _MISSING = object()
 
 class Evictor(ABC):
     """Owns the evictable-page queues; the allocator tells it every state change."""
+
+    protects_junctions = True  # pages that served a hit are never released as stale
 
     def __init__(self, num_types: int) -> None:
         self.num_types = num_types
@@ -104,6 +110,12 @@ class PrefixSubsetEvictor(Evictor):
         return sorted(pages, key=_rank_descending)
 
 
+class StrictPrefixSubsetEvictor(PrefixSubsetEvictor):
+    """The artifact's rule taken literally: every page that left a window is stale (ablation)."""
+
+    protects_junctions = False
+
+
 class PerTypeLRUEvictor(Evictor):
     """Baseline: per-type LRU, types released one after another, no stale priority."""
 
@@ -124,5 +136,6 @@ def _type_then_rank_descending(page: SmallPage) -> tuple[int, int]:
 
 EVICTORS: dict[str, type[Evictor]] = {
     "prefix_subset": PrefixSubsetEvictor,
+    "prefix_subset_strict": StrictPrefixSubsetEvictor,
     "per_type_lru": PerTypeLRUEvictor,
 }

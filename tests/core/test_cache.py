@@ -271,3 +271,25 @@ def test_accounting_adds_up_and_reports_partial_pages():
         usage.usable_bytes
     )
     assert 0 < usage.utilization < usage.usage <= 1
+
+
+def test_window_pages_that_served_a_hit_are_not_released_stale():
+    """A shared prefix's last window (e.g. a system prompt) stays useful after it leaves the
+    window of the request that hit it; only never-reused out-of-window pages go stale."""
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 64, window=32),
+    ]
+    cache = make_cache(specs, large_pages=40)
+    system = list(range(64))
+    run_prompt(cache, "first", system)
+    cache.free("first")
+    hit = run_prompt(cache, "second", system + list(range(500, 600)))
+    assert hit.num_tokens == 64
+    reused = {p.unit_id for p in hit.pages[1] if p is not None}
+    stale = {p.unit_id for p in cache.evictor.small_stale[1]}
+    stale |= {p.unit_id for large in cache.evictor.large_stale for p in large.pages}
+    fresh = {p.unit_id for p in cache.evictor.small_fresh[1]}
+    fresh |= {p.unit_id for large in cache.evictor.large_fresh for p in large.pages}
+    assert reused and reused <= fresh and not reused & stale
+    assert stale  # the second request's own out-of-window pages are stale
