@@ -190,8 +190,9 @@ class TwoLevelAllocator:
             base = large.index * units_per_large
             large.pages = [SmallPage(base + j * step, type_idx, large, j) for j in range(ppl)]
         large.empty_slots = list(range(ppl - 1, -1, -1))
-        large.owner = owner
-        owner.owned[large] = None
+        if ppl > 1:  # a one-slot large page never holds another request's pages: no owner
+            large.owner = owner
+            owner.owned[large] = None
         self.counters.large_pages_carved += 1
         return large
 
@@ -215,7 +216,8 @@ class TwoLevelAllocator:
         elif large.empty_slots:  # freshly carved: it becomes ACTIVE with its remaining slots
             self.num_empty_slots[t] += len(large.empty_slots)
             self.with_empty[t][large] = None
-            large.owner.with_empty[t][large] = None
+            if large.owner is not None:
+                large.owner.with_empty[t][large] = None
         large.num_used += 1
         return page
 
@@ -249,43 +251,64 @@ class TwoLevelAllocator:
     # ---- releasing ----------------------------------------------------------------------------
     def release(self, pages: list[SmallPage], is_stale: bool) -> None:
         """Running requests let ``pages`` go; the order is the evictor's (suffix first)."""
-        for page in self.evictor.release_order(pages) if len(pages) > 1 else pages:
+        self.release_in_order(
+            self.evictor.release_order(pages) if len(pages) > 1 else pages, is_stale
+        )
+
+    def release_in_order(self, pages: list[SmallPage], is_stale: bool) -> None:
+        """``release`` for pages already in the evictor's release order."""
+        evictor = self.evictor
+        protects = evictor.protects_junctions
+        for page in pages:
             page.ref_count -= 1
             if page.ref_count:
                 continue
             large = page.large
+            large.num_used -= 1
             if page.block_hash is not None:
                 # Pages that already served a hit mark a shared-prefix junction: keep them fresh.
-                page.is_stale = is_stale and not (
-                    page.served_hit and self.evictor.protects_junctions
-                )
+                page.is_stale = is_stale and not (page.served_hit and protects)
                 large.num_cached += 1
-                self.evictor.add_small(page)
+                if large.num_used:
+                    evictor.add_small(page)
+                else:
+                    self._deactivate(large)
             else:
                 large.empty_slots.append(page.slot)
-                t = page.type_idx
-                self.num_empty_slots[t] += 1
-                if len(large.empty_slots) == 1:
-                    self.with_empty[t][large] = None
-                    if large.owner is not None:
-                        large.owner.with_empty[t][large] = None
-            large.num_used -= 1
-            if not large.num_used:
-                self._deactivate(large)
+                if large.num_used:
+                    t = page.type_idx
+                    self.num_empty_slots[t] += 1
+                    if len(large.empty_slots) == 1:
+                        self.with_empty[t][large] = None
+                        if large.owner is not None:
+                            large.owner.with_empty[t][large] = None
+                else:
+                    self._deactivate(large, slot_freed=True)
 
-    def _deactivate(self, large: LargePage) -> None:
-        """An ACTIVE large page lost its last USED page: EVICTABLE or back to level 0."""
+    def _deactivate(self, large: LargePage, slot_freed: bool = False) -> None:
+        """An ACTIVE large page lost its last USED page: EVICTABLE or back to level 0.
+
+        The page whose release caused this is not yet in any pool: if it became EMPTY
+        (``slot_freed``) its slot is not counted in ``num_empty_slots``; if it became CACHED it is
+        not in the evictor's small queue.
+        """
         t = large.type_idx
-        if large.empty_slots:
-            self.num_empty_slots[t] -= len(large.empty_slots)
+        counted = len(large.empty_slots) - slot_freed
+        if counted:
+            self.num_empty_slots[t] -= counted
             del self.with_empty[t][large]
             if large.owner is not None:
                 large.owner.with_empty[t].pop(large, None)
         if large.num_cached:
-            cached = [p for p in large.pages if p.ref_count == 0 and p.block_hash is not None]
-            for page in cached:
-                self.evictor.remove_small(page)
-            self.evictor.add_large(large, all(p.is_stale for p in cached))
+            if len(large.pages) == 1:
+                is_stale = large.pages[0].is_stale
+            else:
+                cached = [p for p in large.pages if p.ref_count == 0 and p.block_hash is not None]
+                for page in cached:
+                    if self.evictor.contains_small(page):
+                        self.evictor.remove_small(page)
+                is_stale = all(p.is_stale for p in cached)
+            self.evictor.add_large(large, is_stale)
         else:
             self._return_to_level0(large)
 

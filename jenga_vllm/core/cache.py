@@ -220,8 +220,11 @@ class JengaCache:
             req.num_tokens = num_tokens
             self._refresh_thresholds(req)
             return [[] for _ in self.policies]
-        slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
-        budget = self.allocator.budget_for(needs, slot_delta, large_delta)
+        if hit_pages:
+            slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
+            budget = self.allocator.budget_for(needs, slot_delta, large_delta)
+        else:
+            budget = self.allocator.budget_for(needs)
         if budget is None:
             return None
 
@@ -308,7 +311,7 @@ class JengaCache:
         """Offer every block complete within ``num_tokens`` tokens to the prefix index."""
         if not self.enable_caching:
             return
-        req = self._get(request_id)
+        req = self.requests.get(request_id) or self._get(request_id)
         if num_tokens < req.next_full:
             return
         for t in self.prefix_types:
@@ -331,7 +334,7 @@ class JengaCache:
 
         They go to the cache stamped stale. Returns the number of pages released.
         """
-        req = self._get(request_id)
+        req = self.requests.get(request_id) or self._get(request_id)
         if num_computed_tokens < req.next_release:
             return 0
         to_release: list[SmallPage] = []
@@ -362,8 +365,13 @@ class JengaCache:
                 "freed (double free)"
             )
         del self.requests[request_id]
-        pages = [p for table in req.tables for p in table if p is not None]
-        self.allocator.release(pages, is_stale=False)
+        tables = [table for table in req.tables if table]
+        if len(tables) == 1:  # already in release order: deepest token first
+            pages = [p for p in reversed(tables[0]) if p is not None]
+            self.allocator.release_in_order(pages, is_stale=False)
+        else:
+            pages = [p for table in tables for p in reversed(table) if p is not None]
+            self.allocator.release(pages, is_stale=False)
         self.allocator.forget_owner(req.owner)
         if DEBUG_INVARIANTS:
             self.check()
