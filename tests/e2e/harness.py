@@ -1,0 +1,152 @@
+"""Shared engine runs for the end-to-end tests: one vLLM engine per (zoo model, manager).
+
+``run_scenarios(model, manager)`` starts one real vLLM engine (CPU, fp32, greedy) on a KV byte
+budget small enough to force preemption, runs every scenario on it and returns the generated
+token ids plus the deltas of vLLM's own counters (prefix-cache hits, preemptions) per scenario.
+Results are memoised per process, so each engine starts once per test session.
+
+Scenarios
+    prefix  one prompt, then three more sharing its 288-token prefix (prefix-cache hits);
+    long    eight prompts of 180-292 tokens decoding 160 tokens each, batched: admitted prompts
+            fit, their decodes do not, so vLLM preempts and recomputes (and every sequence
+            exceeds the sliding windows of 64 and 128 tokens and the chunk of 128 in the zoo).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+from dataclasses import dataclass, field
+
+from jenga_vllm.zoo import build_model, word_token_ids
+
+MAX_MODEL_LEN = 512
+BLOCK_SIZE = 32
+LONG_DECODE = 160
+# Bytes of KV per token summed over every layer, read off the zoo recipes (fp32, K and V).
+FULL_BYTES_PER_TOKEN = {
+    "llama": 2048,
+    "gemma3": 3072,
+    "gemma4": 3584,
+    "gpt_oss": 2048,
+    "llama4": 4096,
+}
+# KV budget, in max-length full-attention requests: small enough that the long scenario preempts,
+# large enough that stock vLLM fits one max-length request (Gemma-4-like: stock pads its pages).
+BUDGET_REQUESTS = {"gemma4": 2.0}
+DEFAULT_BUDGET_REQUESTS = 1.2
+ENGINE_LOCK = "/tmp/jenga-engine.lock"  # one engine at a time on shared CI/dev machines
+
+
+@dataclass
+class ScenarioResult:
+    outputs: list[list[int]]
+    prefix_hits: int
+    preemptions: int
+
+
+@dataclass
+class EngineRun:
+    model: str
+    manager: str
+    scenarios: dict[str, ScenarioResult] = field(default_factory=dict)
+    kv_cache_size_tokens: int | None = None
+    final_usage: float | None = None
+
+
+_RUNS: dict[tuple[str, str], EngineRun] = {}
+
+
+def kv_budget(model: str) -> int:
+    requests = BUDGET_REQUESTS.get(model, DEFAULT_BUDGET_REQUESTS)
+    return int(requests * FULL_BYTES_PER_TOKEN[model] * MAX_MODEL_LEN)
+
+
+def prompts() -> dict[str, list[list[int]]]:
+    shared = word_token_ids(7, 288)
+    return {
+        "prefix": [word_token_ids(100 + i, 20 + 7 * i, prefix=shared) for i in range(4)],
+        "long": [word_token_ids(200 + i, 180 + 16 * i) for i in range(8)],
+    }
+
+
+def _counters(llm) -> dict[str, float]:
+    return {
+        m.name: m.value
+        for m in llm.get_metrics()
+        if m.name in ("vllm:prefix_cache_hits", "vllm:num_preemptions")
+    }
+
+
+def _run(llm, token_prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    outs = llm.generate(
+        [TokensPrompt(prompt_token_ids=p) for p in token_prompts], params, use_tqdm=False
+    )
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def run_scenarios(model: str, manager: str, *, plain_vllm: bool = False) -> EngineRun:
+    """Run every scenario on one engine. ``plain_vllm`` uses ``vllm.LLM`` with no jenga keyword
+    (so no jenga code runs when vLLM's plugin loading is off)."""
+    key = (model, manager)
+    if key in _RUNS and not plain_vllm:
+        return _RUNS[key]
+    if plain_vllm:
+        assert manager == "vllm"
+        from vllm import LLM
+
+        switch: dict = {}
+    else:
+        from jenga_vllm import LLM
+
+        switch = {"kv_cache_manager": manager}
+
+    path = build_model(model)
+    run = EngineRun(model, manager)
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        llm = LLM(
+            str(path),
+            **switch,
+            dtype="float32",
+            max_model_len=MAX_MODEL_LEN,
+            block_size=BLOCK_SIZE,
+            kv_cache_memory_bytes=kv_budget(model),
+            enable_prefix_caching=True,
+            enforce_eager=True,
+            disable_log_stats=False,
+            max_num_seqs=8,
+            seed=0,
+        )
+        try:
+            run.kv_cache_size_tokens = llm.llm_engine.vllm_config.cache_config.kv_cache_size_tokens
+            all_prompts = prompts()
+            for name, max_tokens, batches in (
+                ("prefix", 8, [all_prompts["prefix"][:1], all_prompts["prefix"][1:]]),
+                ("long", LONG_DECODE, [all_prompts["long"]]),
+            ):
+                before = _counters(llm)
+                outputs = [out for batch in batches for out in _run(llm, batch, max_tokens)]
+                after = _counters(llm)
+                run.scenarios[name] = ScenarioResult(
+                    outputs,
+                    int(after["vllm:prefix_cache_hits"] - before["vllm:prefix_cache_hits"]),
+                    int(after["vllm:num_preemptions"] - before["vllm:num_preemptions"]),
+                )
+        finally:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+    if not plain_vllm:
+        _RUNS[key] = run
+    return run
+
+
+def zoo_models() -> list[str]:
+    only = os.environ.get("JENGA_E2E_MODELS")
+    return only.split(",") if only else list(FULL_BYTES_PER_TOKEN)

@@ -1,0 +1,126 @@
+"""JengaKVCacheManager driven through vLLM's own objects (Request, block hasher, KVCacheBlocks).
+
+What the scheduler relies on, checked without starting an engine: block ids are unit ids of the
+right type; sliding-window pages leave as the window moves; a second request sharing a prefix
+gets a hit in every layer type and adopts it; out of memory returns None and changes nothing;
+after free + reset every byte is back (usage 0, all large pages free).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+torch = pytest.importorskip("torch")
+
+BLOCK = 32
+
+
+@pytest.fixture(scope="module")
+def config():
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
+
+    from jenga_vllm.kv_config import build_kv_cache_configs
+    from jenga_vllm.zoo import build_model
+
+    vllm_config = EngineArgs(
+        model=str(build_model("gemma4")),
+        dtype="float32",
+        block_size=BLOCK,
+        max_model_len=512,
+        additional_config={"kv_cache_manager": "jenga"},
+    ).create_engine_config()
+    specs = {}
+    for i in range(6):
+        if i in (2, 5):
+            specs[f"l{i}"] = FullAttentionSpec(
+                block_size=BLOCK, num_kv_heads=1, head_size=96, dtype=torch.float32
+            )
+        else:
+            specs[f"l{i}"] = SlidingWindowSpec(
+                block_size=BLOCK,
+                num_kv_heads=2,
+                head_size=32,
+                dtype=torch.float32,
+                sliding_window=64,
+            )
+    return build_kv_cache_configs(vllm_config, [specs], [3_000_000])[0]
+
+
+@pytest.fixture
+def manager(config):
+    from jenga_vllm.manager import JengaKVCacheManager
+
+    return JengaKVCacheManager(
+        config, max_model_len=512, scheduler_block_size=BLOCK, hash_block_size=BLOCK, log_stats=True
+    )
+
+
+def make_request(request_id: str, tokens: list[int]):
+    from vllm import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.request import Request
+
+    init_none_hash(sha256)
+    return Request(
+        request_id,
+        tokens,
+        SamplingParams(max_tokens=8),
+        None,
+        block_hasher=get_request_block_hasher(BLOCK, sha256),
+    )
+
+
+def test_prefill_decode_window_release_and_prefix_hit(manager, config):
+    plan = config.plan
+    full, swa = (0, 1) if plan.types[0].spec.kind == "full" else (1, 0)
+    prompt = list(range(10, 10 + 200))
+    first = make_request("a", prompt)
+    blocks = manager.allocate_slots(first, len(prompt))
+    assert blocks is not None
+    ids = blocks.get_block_ids()
+    assert len(ids[full]) == len(ids[swa]) == 7  # cdiv(200, 32)
+    for t, type_ids in enumerate(ids):
+        assert all(plan.locate(t, u)[0] >= 1 for u in type_ids)  # never the null large page
+    first.num_computed_tokens = len(prompt)
+    # Next step: the window (64) has left blocks 0..3 of the sliding type behind.
+    first.append_output_token_ids(7)
+    assert manager.allocate_slots(first, 1) is not None
+    table = manager.get_block_ids("a")
+    assert table[swa][:4] == [0, 0, 0, 0] and all(table[swa][4:])
+    assert all(table[full])
+
+    second = make_request("b", prompt[:160] + [3] * 40)
+    hit_blocks, hit_tokens, _ = manager.get_computed_blocks(second)
+    assert hit_tokens == 160
+    hit_ids = hit_blocks.get_block_ids()
+    assert hit_ids[full] == table[full][:5]
+    assert hit_ids[swa][:3] == [0, 0, 0]  # only the window before token 160 is needed
+    assert manager.allocate_slots(second, 40, hit_tokens, hit_blocks) is not None
+    assert manager.get_block_ids("b")[full][:5] == table[full][:5]
+    manager.record_prefix_cache_stats(second, hit_tokens)
+    assert manager.make_prefix_cache_stats().hits == 160
+
+
+def test_out_of_memory_changes_nothing_then_everything_returns(manager, config):
+    plan = config.plan
+    requests = [make_request(f"r{i}", [i] * 480) for i in range(64)]
+    admitted = []
+    for req in requests:
+        before = manager.available_bytes()
+        if manager.allocate_slots(req, 480, full_sequence_must_fit=True) is None:
+            assert manager.available_bytes() == before
+            assert manager.get_block_ids(req.request_id) == ([], [])
+            break
+        admitted.append(req)
+    assert 1 <= len(admitted) < len(requests)
+    assert manager.usage > 0.5
+    assert not manager.reset_prefix_cache()  # refused while pages are held
+    for req in admitted:
+        manager.free(req)
+    assert manager.usage == 0.0
+    assert manager.reset_prefix_cache()
+    assert manager.cache.num_free_large_pages() == plan.usable_large_pages
