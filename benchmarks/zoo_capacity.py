@@ -1,0 +1,88 @@
+"""Per zoo model, same KV bytes: jenga/stock ratio of KV capacity and of max-length concurrency.
+
+For every zoo model and both managers it serves the model (``vllm serve``, fp32, CPU, block 32,
+max_model_len 512) with the same ``--kv-cache-memory-bytes``, reads vLLM's startup capacity line,
+then sends N requests of max length at once (prompt max_model_len-16 tokens, 16 generated) and
+samples ``/metrics`` for the peak number running together. Prints one table and writes
+benchmarks/results/zoo_capacity.md. Expected from the layouts' arithmetic (a target, not a
+test): ≥1.5x on Gemma-4-like, ≥1.0x on Llama-like.
+
+Run: ``python benchmarks/zoo_capacity.py [--models gemma4,llama] [--requests 12]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from demo import ENGINE_LOCK, RESULTS, serve_and_measure  # noqa: E402
+
+from jenga_vllm.zoo import ZOO, build_model, word_token_ids, words  # noqa: E402
+
+MAX_MODEL_LEN = 512
+DECODE = 16
+# Same bytes for both managers: 4 max-length requests' worth of full-attention KV.
+FULL_BYTES_PER_TOKEN = {
+    "llama": 2048,
+    "gemma3": 3072,
+    "gemma4": 3584,
+    "gpt_oss": 2048,
+    "llama4": 4096,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(FULL_BYTES_PER_TOKEN))
+    parser.add_argument("--requests", type=int, default=12)
+    parser.add_argument("--budget-requests", type=float, default=4.0)
+    args = parser.parse_args()
+
+    rows = []
+    for model in args.models.split(","):
+        kv_bytes = int(args.budget_requests * FULL_BYTES_PER_TOKEN[model] * MAX_MODEL_LEN)
+        prompts = [
+            words(word_token_ids(500 + i, MAX_MODEL_LEN - DECODE)) for i in range(args.requests)
+        ]
+        runs = {}
+        with open(ENGINE_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for manager in ("vllm", "jenga"):
+                print(f"{model}: --kv-cache-manager {manager} ...", flush=True)
+                runs[manager] = serve_and_measure(
+                    build_model(model),
+                    manager,
+                    kv_bytes=kv_bytes,
+                    prompts=prompts,
+                    max_tokens=DECODE,
+                    max_model_len=MAX_MODEL_LEN,
+                )
+        s, j = runs["vllm"], runs["jenga"]
+        rows.append(
+            f"| {model} | {kv_bytes:,} | {s.capacity_tokens:,} | {j.capacity_tokens:,} | "
+            f"{j.capacity_tokens / s.capacity_tokens:.2f}x | {s.peak_running} | {j.peak_running} | "
+            f"{j.peak_running / max(s.peak_running, 1):.2f}x |"
+        )
+        print(rows[-1], flush=True)
+    header = (
+        "| model | KV bytes | stock capacity (tokens) | jenga capacity (tokens) | capacity ratio "
+        "| stock peak running (max-length) | jenga peak running | concurrency ratio |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    text = header + "\n" + "\n".join(rows)
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    descriptions = "\n".join(f"- {m}: {ZOO[m].description}" for m in args.models.split(","))
+    (RESULTS / "zoo_capacity.md").write_text(
+        "# Zoo capacity: jenga vs stock vLLM at the same KV bytes\n\n"
+        f"max_model_len {MAX_MODEL_LEN}, block 32, fp32, CPU; {args.requests} requests of "
+        f"{MAX_MODEL_LEN - DECODE}+{DECODE} tokens sent at once.\n\n{descriptions}\n\n{text}\n"
+    )
+
+
+if __name__ == "__main__":
+    main()
