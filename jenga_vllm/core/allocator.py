@@ -11,7 +11,9 @@ small page for a request, the allocator tries, in the paper's order:
     3. evict a whole EVICTABLE large page (LRU; see evictor.py) and carve it;
     4. an EMPTY slot in any ACTIVE large page of this type (an orphan is adopted);
     5. evict one CACHED small page of this type (LRU) and use it.
-Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an
+Types with more than REQUEST_AWARE_MAX_PAGES small pages per large page (attention pages beside
+huge Mamba states) try step 4 before step 2: one request would otherwise strand most of a large
+page. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an
 allocation first computes each type's *minimum* large pages (what its slots in ACTIVE large pages
 cannot cover); a type may take a large page beyond its minimum only from the spare ones
 (``LargePageBudget``, the artifact's min/max quota).
@@ -36,6 +38,11 @@ from jenga_vllm.core.evictor import Evictor
 from jenga_vllm.core.layout import LayoutPlan
 from jenga_vllm.core.pages import LargePage, SmallPage
 from jenga_vllm.core.prefix import PrefixIndex
+
+
+# Request-aware placement (steps 1-2 before 4) only for types with at most this many small pages
+# per large page; beyond it a request could strand most of a large page, so the type is packed.
+REQUEST_AWARE_MAX_PAGES = 32
 
 
 @dataclass(slots=True, eq=False)
@@ -92,6 +99,7 @@ class TwoLevelAllocator:
         self.with_empty: list[dict[LargePage, None]] = [{} for _ in range(num_types)]
         self.counters = AllocatorCounters()
         self._pages_per_large = [t.pages_per_large for t in plan.types]
+        self._packed = [t.pages_per_large > REQUEST_AWARE_MAX_PAGES for t in plan.types]
 
     # ---- capacity ------------------------------------------------------------------------
     def slots_in_active(self, type_idx: int) -> int:
@@ -147,6 +155,11 @@ class TwoLevelAllocator:
         if own:
             steps[0] += 1
             return self._use_empty_slot(next(iter(own)))
+        if self._packed[type_idx] and self.with_empty[type_idx]:
+            # Many small pages per large page: a fresh large page per request would strand up to
+            # a whole large page per request, so fill shared large pages first (step 4 early).
+            steps[3] += 1
+            return self._use_empty_slot(next(iter(self.with_empty[type_idx])))
         if budget.may_claim(type_idx):
             large = self._claim_large(owner, type_idx)
             if large is not None:

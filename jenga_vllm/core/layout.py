@@ -14,10 +14,11 @@ What it owns
       ``layer_offsets[i]``.
 
 Guard against a huge LCM
-    Arbitrary state sizes (Mamba) can make the LCM the product of the sizes. When
-    ``LCM > max_pages_per_large × max(S_t)``, small pages are rounded up to a granule (the smallest
-    power of two ≥ 16 bytes that brings the LCM under the cap) and the padding is reported per
-    type in ``TypeLayout.padding_bytes`` — it is never hidden.
+    Arbitrary state sizes (Mamba) can make the LCM the product of the sizes. When the LCM exceeds
+    the caps (``max_pages_per_large × max(S_t)``; 1/16 of the pool), the largest page is padded
+    to a multiple of the others' LCM if that is cheap, else pages are rounded to a granule
+    (``_choose_page_sizes``); the padding is reported per type in ``TypeLayout.padding_bytes`` —
+    it is never hidden.
 
 Invariants
     - ``large_page_bytes % small_page_bytes == 0`` for every type; ``unit_bytes`` divides every
@@ -162,6 +163,46 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
+def _choose_page_sizes(
+    contents: list[int], max_pages_per_large: int, memory_bytes: int | None
+) -> tuple[list[int], int]:
+    """Small-page sizes (≥ content, 16-byte aligned) and the large page (their LCM).
+
+    In order of preference: (1) the exact LCM (zero padding) when it is at most
+    ``max_pages_per_large ×`` the largest page and at most 1/16 of the pool; (2) pad only the
+    largest page up to a multiple of the others' LCM when that costs ≤ 1/64 of it (the large page
+    is then that one page — what Mamba hybrids need, whose state pages dwarf attention pages: a
+    few GB-sized large pages could not be shared out); (3) the exact LCM under the page-count cap
+    alone; (4) round every page up to a power-of-two granule until the LCM fits.
+    """
+    base = [_round_up(c, ALIGN_BYTES) for c in contents]
+    biggest = max(base)
+    cap = max_pages_per_large * biggest
+    pool_cap = memory_bytes // 16 if memory_bytes is not None else cap
+    exact = math.lcm(*base)
+    if exact <= min(cap, pool_cap):
+        return base, exact
+    i_big = base.index(biggest)
+    others = [b for i, b in enumerate(base) if i != i_big]
+    lcm_others = math.lcm(*others) if others else biggest
+    if lcm_others <= biggest:
+        padded = _round_up(biggest, lcm_others)
+        if (padded - biggest) * 64 <= biggest:
+            return [padded if i == i_big else b for i, b in enumerate(base)], padded
+    if exact <= cap:
+        return base, exact
+    granule = ALIGN_BYTES
+    while True:
+        sizes = [_round_up(b, granule) for b in base]
+        large = math.lcm(*sizes)
+        if large <= cap:
+            return sizes, large
+        granule *= 2
+        if granule > biggest:  # all pages one granule: LCM == max page, always under the cap
+            sizes = [max(sizes)] * len(sizes)
+            return sizes, sizes[0]
+
+
 def _validate(
     specs: list[LayerTypeSpec], block_size: int, max_model_len: int | None, kinds: dict
 ) -> None:
@@ -229,20 +270,7 @@ def plan_layout(
         block_tokens.append(bt)
         contents.append(sum(spec.layer_bytes) * (bt if is_tok else 1))
 
-    # Every small page starts 16-byte aligned; then shrink the LCM under the cap with a granule.
-    base = [_round_up(c, ALIGN_BYTES) for c in contents]
-    cap = max_pages_per_large * max(base)
-    granule = ALIGN_BYTES
-    while True:
-        sizes = [_round_up(b, granule) for b in base]
-        large = math.lcm(*sizes)
-        if large <= cap:
-            break
-        granule *= 2
-        if granule > max(base):  # all pages one granule: LCM == max page, always under the cap
-            sizes = [max(sizes)] * len(sizes)
-            large = sizes[0]
-            break
+    sizes, large = _choose_page_sizes(contents, max_pages_per_large, memory_bytes)
     unit = math.gcd(*sizes)
     assert unit % ALIGN_BYTES == 0 and all(large % s == 0 for s in sizes)
 

@@ -124,3 +124,18 @@ def test_uniform_rejects_zero_layers():
 def test_too_little_memory_says_what_to_do():
     with pytest.raises(JengaConfigError, match="kv-cache-memory-bytes"):
         plan_layout([LayerTypeSpec.uniform("x", "full", 1, 64)], 16, 1000)
+
+
+def test_mamba_hybrid_large_page_is_the_padded_state_page():
+    # Nemotron-H-like: ~450 MB of Mamba state per request vs 640 KiB attention pages. The exact
+    # LCM would be a multi-GB large page (a few per pool); padding the state page by less than
+    # one attention page makes the state page itself the large page.
+    attn = LayerTypeSpec.uniform("attn", "full", 10, 2 * 8 * 128 * 2)
+    mamba = LayerTypeSpec.uniform("mamba", "mamba", 54, 8_388_608 + 12_345 * 16, block_tokens=512)
+    plan = plan_layout([attn, mamba], 16, 40 * 2**30)
+    state = plan.types[1]
+    assert plan.large_page_bytes == state.small_page_bytes
+    assert state.pages_per_large == 1
+    assert 0 < state.padding_bytes < plan.types[0].small_page_bytes
+    assert plan.types[0].padding_bytes == 0
+    assert plan.usable_large_pages >= 80
