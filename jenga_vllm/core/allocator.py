@@ -39,7 +39,6 @@ from jenga_vllm.core.layout import LayoutPlan
 from jenga_vllm.core.pages import LargePage, SmallPage
 from jenga_vllm.core.prefix import PrefixIndex
 
-
 # Request-aware placement (steps 1-2 before 4) only for types with at most this many small pages
 # per large page; beyond it a request could strand most of a large page, so the type is packed.
 REQUEST_AWARE_MAX_PAGES = 32
