@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import hashlib
+import os
 import platform
 import random
 import statistics
@@ -200,6 +201,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small run for CI smoke tests")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
+    if os.environ.get("JENGA_DEBUG_INVARIANTS", "") not in ("", "0"):
+        ap.error("unset JENGA_DEBUG_INVARIANTS: the whole-pool check per operation voids timings")
     if args.quick:
         args.pages, args.concurrency, args.steps, args.repeats = 8192, 64, 40, 1
 

@@ -32,9 +32,12 @@ ENGINE_LOCK = "/tmp/jenga-engine.lock"
 DEFAULT_MODELS = ("gemma4", "gemma3", "gpt_oss", "llama4", "llama")
 
 
-def workload(num_requests: int, seed: int = 11) -> list[list[int]]:
+def workload(num_requests: int, seed: int = 11, max_length: int = 0) -> list[list[int]]:
+    """Prompts: 96–223 tokens, half sharing a 128-token prefix; or ``max_length`` tokens each."""
     from jenga_vllm.zoo import word_token_ids
 
+    if max_length:
+        return [word_token_ids(500 + i, max_length) for i in range(num_requests)]
     shared = word_token_ids(seed, 128)
     prompts = []
     for i in range(num_requests):
@@ -80,7 +83,9 @@ def child(args: argparse.Namespace) -> None:
     startup = time.perf_counter() - started
     engine = llm.llm_engine
     params = SamplingParams(temperature=0.0, max_tokens=args.output_len, ignore_eos=True)
-    prompts = workload(args.num_requests)
+    prompts = workload(
+        args.num_requests, max_length=args.max_model_len - args.output_len if args.max_length else 0
+    )
     before = metric_values(llm)
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
@@ -128,7 +133,7 @@ def run_engine(model: str, manager: str, args: argparse.Namespace) -> dict:
         "--output-len", str(args.output_len), "--max-model-len", str(args.max_model_len),
         "--block-size", str(args.block_size), "--dtype", args.dtype,
         "--max-num-seqs", str(args.max_num_seqs),
-    ]  # fmt: skip
+    ] + (["--max-length"] if args.max_length else [])  # fmt: skip
     if args.model_path:
         cmd += ["--model-path", args.model_path]
     with open(ENGINE_LOCK, "a") as lock:
@@ -187,6 +192,11 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=32)
     ap.add_argument("--max-num-seqs", type=int, default=32)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument(
+        "--max-length",
+        action="store_true",
+        help="every prompt is max_model_len - output_len tokens (max-length concurrency)",
+    )
     ap.add_argument("--quick", action="store_true", help="one small model, few requests (CI)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--manager", default="vllm", help=argparse.SUPPRESS)
@@ -197,6 +207,8 @@ def main() -> int:
         return 0
     if args.quick:
         args.models, args.num_requests, args.output_len = "gemma4", 8, 32
+    if args.max_length and args.output_len == 128:
+        args.output_len = 16
     args.kv_bytes_for = lambda m: args.kv_bytes or 4 * FULL_BYTES_PER_TOKEN[m] * args.max_model_len
     models = [args.model_path] if args.model_path else args.models.split(",")
     rows = []
@@ -215,8 +227,14 @@ def main() -> int:
         "",
         f"Same engine arguments except `kv_cache_manager` (fp32, greedy, block {args.block_size}, "
         f"max_model_len {args.max_model_len}, max_num_seqs {args.max_num_seqs}, prefix caching "
-        f"on), same {args.num_requests} prompts (96–223 tokens, half sharing a 128-token prefix), "
-        f"{args.output_len} output tokens each, all submitted at once. KV bytes fixed per model "
+        f"on), same {args.num_requests} prompts ("
+        + (
+            f"{args.max_model_len - args.output_len} tokens each: max-length requests"
+            if args.max_length
+            else "96–223 tokens, half sharing a 128-token prefix"
+        )
+        + f"), {args.output_len} output tokens each, all submitted at once. Peak running = max "
+        "over scheduler steps of vLLM's `vllm:num_requests_running`. KV bytes fixed per model "
         "(4 max-length full-attention requests). Engines run one after the other on a 2-core "
         "CPU; `python benchmarks/e2e_throughput.py`.",
         "",
@@ -239,8 +257,9 @@ def main() -> int:
     print(text)
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "e2e_throughput.md").write_text(text)
-        plot(rows, RESULTS / "e2e_throughput.png")
+        stem = "e2e_max_length" if args.max_length else "e2e_throughput"
+        (RESULTS / f"{stem}.md").write_text(text)
+        plot(rows, RESULTS / f"{stem}.png")
     return 0
 
 

@@ -80,7 +80,10 @@ def main() -> None:
     (RESULTS / "zoo_capacity.md").write_text(
         "# Zoo capacity: jenga vs stock vLLM at the same KV bytes\n\n"
         f"max_model_len {MAX_MODEL_LEN}, block 32, fp32, CPU; {args.requests} requests of "
-        f"{MAX_MODEL_LEN - DECODE}+{DECODE} tokens sent at once.\n\n{descriptions}\n\n{text}\n"
+        f"{MAX_MODEL_LEN - DECODE}+{DECODE} tokens sent at once. Capacity is vLLM's start-up "
+        "line. Peak running is `/metrics` polled every 0.2 s and can miss the true peak; the "
+        "per-scheduler-step peak is in e2e_max_length.md (benchmarks/e2e_throughput.py "
+        f"--max-length).\n\n{descriptions}\n\n{text}\n"
     )
 
 

@@ -1,0 +1,148 @@
+"""benchmarks/simulate.py: the baseline is vLLM's own decision, accounting matches a hand trace."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import simulate as sim  # noqa: E402
+
+from jenga_vllm.model_shapes import load_model_shapes  # noqa: E402
+from jenga_vllm.vllm_layout import VllmLayoutError, vllm_layout  # noqa: E402
+
+CONFIGS = REPO / "benchmarks" / "model_configs"
+
+
+def test_vllm_decision_moves_when_a_spec_changes() -> None:
+    """Gemma-4's full layers (2 heads × 512) make vLLM scale their block to 32 tokens; give them
+    the sliding layers' shape and vLLM's own functions go back to 16-token blocks everywhere."""
+    s = load_model_shapes(CONFIGS / "gemma-4-26b-a4b.json")
+    real = vllm_layout(s, 8 << 30, max_model_len=8192)
+    full = [g for g in real.groups if g.kind == "FullAttentionSpec"]
+    assert full and full[0].block_size == 32
+    assert real.scheduler_block_size == 32
+    same = dataclasses.replace(
+        s,
+        layers=tuple(
+            dataclasses.replace(layer, num_kv_heads=8, head_dim=256, head_dim_v=256)
+            for layer in s.layers
+        ),
+    )
+    changed = vllm_layout(same, 8 << 30, max_model_len=8192)
+    assert {g.block_size for g in changed.groups} == {16}
+    assert changed.scheduler_block_size == 16
+    assert changed.max_concurrency < real.max_concurrency  # full layers now cost 2x per token
+
+
+def test_hybrid_manager_modes_come_from_vllm() -> None:
+    s = load_model_shapes(CONFIGS / "llama-4-scout-17b-16e-instruct.json")
+    on = vllm_layout(s, 40 << 30, max_model_len=131072, hma="on")
+    off = vllm_layout(s, 40 << 30, max_model_len=131072, hma="off")
+    assert on.hybrid_enabled and not off.hybrid_enabled
+    assert any(g.kind == "ChunkedLocalAttentionSpec" for g in on.groups)
+    assert [g.kind for g in off.groups] == ["FullAttentionSpec"]
+    assert on.max_concurrency > 2 * off.max_concurrency
+    nemotron = load_model_shapes(CONFIGS / "nemotron-h-8b-base-8k.json")
+    with pytest.raises(VllmLayoutError, match="promote"):
+        vllm_layout(nemotron, 8 << 30, max_model_len=8192, hma="off")
+    default = vllm_layout(nemotron, 8 << 30, max_model_len=8192)
+    assert {g.block_size for g in default.groups} == {1040}  # vLLM's inflated attention block
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """A 2-layer full-attention model: 1 KV head × 8 dims, bf16 → 32 B/token/layer."""
+    path = tmp_path_factory.mktemp("tiny") / "config.json"
+    path.write_text(
+        json.dumps(
+            {
+                "model_type": "llama",
+                "architectures": ["LlamaForCausalLM"],
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 1,
+                "num_hidden_layers": 2,
+                "vocab_size": 128,
+                "max_position_embeddings": 64,
+                "torch_dtype": "bfloat16",
+            }
+        )
+    )
+    return load_model_shapes(path)
+
+
+def test_accounting_matches_the_oracle_on_a_hand_computed_trace(tiny) -> None:
+    """6 requests of 16 prompt + 16 output tokens; a page (16 tokens × 2 layers × 32 B) is
+    1,024 B; the budget is 11 pages. Step 1 admits all 6 (one page each: 6,144 B needed).
+    Step 2: each grows to 32 tokens (2 pages); only 5 fit in the 10 usable pages (the 11th is
+    the null page for the paged managers; the oracle has 11,264 B and 6 × 2,048 does not fit
+    either), so the newest is preempted once; 5 finish; it is re-admitted and finishes at step 3.
+    """
+    assert tiny.needed_bytes(32) == 2048
+    kv = 11 * 1024
+    trace = [sim.TraceRequest(list(range(i * 100, i * 100 + 16)), [7] * 16) for i in range(6)]
+    layout = vllm_layout(tiny, kv, max_model_len=64)
+    assert layout.num_blocks == 11 and layout.block_bytes == 1024
+    managers = [
+        sim.JengaManager(tiny, sim.plan_for_budget(tiny, 16, kv, 64)),
+        sim.VllmManager(layout, "vllm"),
+        sim.OracleManager(tiny, kv),
+    ]
+    for manager in managers:
+        r = sim.run_trace(manager, trace, tiny, kv)
+        assert (r.max_running, r.preemptions, r.completed, r.steps) == (6, 1, 6, 3), manager.name
+        assert r.peak_util == pytest.approx(6 * 1024 / kv), manager.name
+        assert r.util_series == pytest.approx([6144 / kv, 1024 / kv, 0.0]), manager.name
+    assert managers[0].held_bytes() == 0 and managers[2].held_bytes() == 0
+
+
+def test_quick_run_writes_a_wellformed_table(tmp_path: Path) -> None:
+    rc = sim.main(
+        [
+            "--models",
+            "llama-3.1-8b-instruct,gpt-oss-20b",
+            "--workloads",
+            "chat,multiturn",
+            "--kv-gib",
+            "2",
+            "--max-requests",
+            "40",
+            "--max-model-len",
+            "4096",
+            "--out",
+            str(tmp_path),
+            "--quick",
+        ]
+    )
+    assert rc == 0
+    text = (tmp_path / "simulate_quick.md").read_text()
+    rows = [
+        line for line in text.splitlines() if line.startswith("| llama") or line.startswith("| gpt")
+    ]
+    assert len(rows) == 4
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        ratio = float(cells[4])  # jenga ÷ vllm max concurrency
+        assert 0.5 < ratio < 2.0
+
+
+def test_exact_need_counts_shared_prefix_blocks_once(tiny) -> None:
+    """Two running requests sharing a 32-token prefix: 2 shared + 2 private 1,024-B blocks."""
+    need = sim.ExactNeed(tiny)
+    a = sim.Running("a", 0, list(range(48)), 48, 0, 48)
+    b = sim.Running("b", 1, list(range(32)) + [999] * 16, 48, 0, 48)
+    need.set(a, 48)
+    assert need.total == 3 * 1024
+    assert need.cost_of(b, 48) == 1024
+    need.set(b, 48)
+    assert need.total == 4 * 1024
+    need.remove(a)
+    assert need.total == 3 * 1024
