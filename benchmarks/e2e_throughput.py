@@ -147,15 +147,11 @@ def run_engine(model: str, manager: str, args: argparse.Namespace) -> dict:
     )
 
 
-# KV budget per model: about 4 max-length requests' worth of full-attention KV (fp32), so that
-# stock vLLM runs out of KV memory long before max_num_seqs.
-FULL_BYTES_PER_TOKEN = {
-    "llama": 2048,
-    "gemma3": 3072,
-    "gemma4": 3072,
-    "gpt_oss": 2048,
-    "llama4": 4096,
-}
+def full_bytes_per_token(model: str) -> int:
+    """KV budget yardstick: bytes a token costs if every layer kept it (jenga_vllm.zoo)."""
+    from jenga_vllm.zoo import FULL_KV_BYTES_PER_TOKEN
+
+    return FULL_KV_BYTES_PER_TOKEN[model]
 
 
 def plot(rows: list[tuple[str, dict, dict]], path: Path) -> None:
@@ -209,7 +205,7 @@ def main() -> int:
         args.models, args.num_requests, args.output_len = "gemma4", 8, 32
     if args.max_length and args.output_len == 128:
         args.output_len = 16
-    args.kv_bytes_for = lambda m: args.kv_bytes or 4 * FULL_BYTES_PER_TOKEN[m] * args.max_model_len
+    args.kv_bytes_for = lambda m: args.kv_bytes or 4 * full_bytes_per_token(m) * args.max_model_len
     models = [args.model_path] if args.model_path else args.models.split(",")
     rows = []
     for model in models:

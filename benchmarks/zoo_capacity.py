@@ -21,18 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo import ENGINE_LOCK, RESULTS, serve_and_measure  # noqa: E402
 
-from jenga_vllm.zoo import ZOO, build_model, word_token_ids, words  # noqa: E402
+from jenga_vllm.zoo import (  # noqa: E402
+    FULL_KV_BYTES_PER_TOKEN,
+    ZOO,
+    build_model,
+    word_token_ids,
+    words,
+)
 
 MAX_MODEL_LEN = 512
 DECODE = 16
 # Same bytes for both managers: 4 max-length requests' worth of full-attention KV.
-FULL_BYTES_PER_TOKEN = {
-    "llama": 2048,
-    "gemma3": 3072,
-    "gemma4": 3584,
-    "gpt_oss": 2048,
-    "llama4": 4096,
-}
+FULL_BYTES_PER_TOKEN = FULL_KV_BYTES_PER_TOKEN
 
 
 def main() -> None:

@@ -148,6 +148,17 @@ ZOO: dict[str, Recipe] = {
 }
 
 
+# KV bytes one token costs across all layers, as if every layer kept every token (fp32, K and V):
+# the yardstick benchmarks size their fixed KV budgets with, so stock and jenga get equal bytes.
+FULL_KV_BYTES_PER_TOKEN = {
+    "llama": 2048,
+    "gemma3": 3072,
+    "gemma4": 3584,
+    "gpt_oss": 2048,
+    "llama4": 4096,
+}
+
+
 def zoo_dir() -> Path:
     return Path(os.environ.get("JENGA_ZOO_DIR", Path.home() / ".cache" / "jenga_vllm" / "zoo"))
 
