@@ -11,9 +11,9 @@ small page for a request, the allocator tries, in the paper's order:
     3. evict a whole EVICTABLE large page (LRU; see evictor.py) and carve it;
     4. an EMPTY slot in any ACTIVE large page of this type (an orphan is adopted);
     5. evict one CACHED small page of this type (LRU) and use it.
-Types with more than REQUEST_AWARE_MAX_PAGES small pages per large page (attention pages beside
-huge Mamba states) try step 4 before step 2: one request would otherwise strand most of a large
-page. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an
+Types whose large page holds far more than one request uses (attention pages beside huge Mamba
+states; REQUEST_AWARE_MAX_TOKENS) try step 4 before step 2: one request would otherwise strand
+most of a large page. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an
 allocation first computes each type's *minimum* large pages (what its slots in ACTIVE large pages
 cannot cover); a type may take a large page beyond its minimum only from the spare ones
 (``LargePageBudget``, the artifact's min/max quota).
@@ -39,9 +39,15 @@ from jenga_vllm.core.layout import LayoutPlan
 from jenga_vllm.core.pages import LargePage, SmallPage
 from jenga_vllm.core.prefix import PrefixIndex
 
-# Request-aware placement (steps 1-2 before 4) only for types with at most this many small pages
-# per large page; beyond it a request could strand most of a large page, so the type is packed.
-REQUEST_AWARE_MAX_PAGES = 32
+# Request-aware placement (steps 1-2 before 4) pays when one request fills about a large page of
+# the type: at request end the large page goes back whole. When a large page holds far more than a
+# request uses (attention pages beside Mamba states of 10-900 MB), each request would strand most
+# of one, so such a type is packed instead. Token types pack above this many tokens per large
+# page, state types above this many states. A heuristic, calibrated with benchmarks/simulate.py on
+# Jamba (2,128 tokens: request-aware wins) vs Qwen3-Next (3,216) and Nemotron-H (22k-50k): packing
+# wins; a rule from each request's expected length is future work.
+REQUEST_AWARE_MAX_TOKENS = 2560
+REQUEST_AWARE_MAX_STATES = 32
 
 
 @dataclass(slots=True, eq=False)
@@ -98,7 +104,12 @@ class TwoLevelAllocator:
         self.with_empty: list[dict[LargePage, None]] = [{} for _ in range(num_types)]
         self.counters = AllocatorCounters()
         self._pages_per_large = [t.pages_per_large for t in plan.types]
-        self._packed = [t.pages_per_large > REQUEST_AWARE_MAX_PAGES for t in plan.types]
+        self._packed = [
+            t.pages_per_large * t.block_tokens > REQUEST_AWARE_MAX_TOKENS
+            if t.is_token_indexed
+            else t.pages_per_large > REQUEST_AWARE_MAX_STATES
+            for t in plan.types
+        ]
 
     # ---- capacity ------------------------------------------------------------------------
     def slots_in_active(self, type_idx: int) -> int:

@@ -296,14 +296,14 @@ def test_window_pages_that_served_a_hit_are_not_released_stale():
 
 
 def test_types_with_many_pages_per_large_page_are_packed_across_requests():
-    # 64 attention pages per large page: giving each request its own large page would strand
-    # up to 63 pages per request, so requests share large pages of that type.
+    # 256 attention pages (4,096 tokens) per large page: giving each request its own large page
+    # would strand most of it, so requests share large pages of that type.
     specs = [
         LayerTypeSpec.uniform("attn", "full", 1, 64),  # 1 KiB pages
-        LayerTypeSpec.uniform("state", "mamba", 1, 64 * 1024, block_tokens=64),  # 64 KiB
+        LayerTypeSpec.uniform("state", "mamba", 1, 256 * 1024, block_tokens=64),  # 256 KiB
     ]
     cache = make_cache(specs, large_pages=12)
-    assert cache.plan.types[0].pages_per_large == 64
+    assert cache.plan.types[0].pages_per_large == 256
     for i in range(6):
         assert cache.allocate(f"r{i}", 40) is not None  # 3 attention pages + 1 state page each
     attn_large = {p.large.index for i in range(6) for p in cache.requests[f"r{i}"].tables[0]}
