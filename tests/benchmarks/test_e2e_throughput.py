@@ -1,0 +1,32 @@
+"""benchmarks/e2e_throughput.py --quick: two real vLLM engines (stock, jenga) on the Gemma-4-like
+zoo model; the printed table is well-formed, tokens are identical, jenga's capacity is not lower."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.e2e
+
+
+def test_e2e_throughput_quick_run_is_well_formed():
+    env = {k: v for k, v in os.environ.items() if k != "JENGA_DEBUG_INVARIANTS"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e_throughput.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| gemma4 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    stock_cap, jenga_cap = (int(x) for x in re.findall(r"\d+", cells[2]))
+    assert jenga_cap >= stock_cap > 0
+    assert re.fullmatch(r"\*\*\d+\.\d\dx\*\*", cells[7])
+    assert cells[8] == "True"  # identical generated tokens
