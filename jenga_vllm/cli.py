@@ -33,34 +33,14 @@ def _parse_bytes(text: str) -> int:
     return int(float(t))
 
 
-MIN_LARGE_PAGES = 16
-
-
 def plan_for_budget(
     shapes: ModelShapes, block_size: int, kv_bytes: int, max_model_len: int
 ) -> LayoutPlan:
-    """The jenga layout for ``shapes``: the core's default LCM cap, unless it leaves fewer than
-    ``MIN_LARGE_PAGES`` large pages in the budget (huge Mamba states: Nemotron-H 56B's 54-layer
-    state page is 912 MB and its LCM with the attention page 36.5 GB); then the largest cap that
-    does, so small pages get rounded to a granule (reported as padding) instead."""
+    """The jenga layout for ``shapes`` in ``kv_bytes``: the core planner, as the engine calls it
+    (it trades padding against large pages too big to share out a small pool, e.g. Nemotron-H
+    56B's 912 MB state page whose exact LCM with the attention page is 36.5 GB)."""
     specs = shapes.layer_type_specs(block_size)
-    best: LayoutPlan | None = None
-    for cap in (64, 32, 16, 8, 4, 2, 1):
-        try:
-            plan = plan_layout(
-                specs, block_size, kv_bytes, max_model_len=max_model_len, max_pages_per_large=cap
-            )
-        except JengaConfigError:
-            continue
-        if plan.usable_large_pages >= MIN_LARGE_PAGES:
-            return plan
-        if best is None or plan.usable_large_pages > best.usable_large_pages:
-            best = plan
-    if best is None:
-        raise JengaConfigError(
-            f"{shapes.name}: no jenga layout fits {kv_bytes} bytes; give more KV memory"
-        )
-    return best
+    return plan_layout(specs, block_size, kv_bytes, max_model_len=max_model_len)
 
 
 def jenga_max_requests(plan: LayoutPlan, max_model_len: int, limit: int = 100_000) -> int:

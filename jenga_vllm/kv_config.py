@@ -2,8 +2,9 @@
 
 What it owns
     - ``layer_types_from_specs``: groups vLLM layers into Jenga *layer types* (full attention,
-      sliding window W, chunked local C), one type per (kind, window/chunk), and reads each layer's
-      bytes per token from its vLLM ``KVCacheSpec``;
+      sliding window W, chunked local C, Mamba/linear state), one type per (kind, window/chunk),
+      and reads each layer's bytes per token (state: bytes per state) from its vLLM
+      ``KVCacheSpec``;
     - ``build_kv_cache_configs``: the replacement for ``vllm.v1.engine.core.get_kv_cache_configs``.
       It plans the two-level layout (``jenga_vllm.core.layout.plan_layout``) and expresses it
       with stock ``KVCacheTensor`` placements in the single unit-id namespace (DESIGN §3): one
@@ -14,13 +15,15 @@ What it owns
       computed for the jenga layout, plus one INFO line describing the layout.
 
 Invariants
-    - every group's spec has the one common token block size (``cache_config.block_size``), so
-      vLLM's request block hashes (computed at that size) name every type's blocks;
+    - every attention group's spec has the one common token block size
+      (``cache_config.block_size``), so vLLM's request block hashes (computed at that size) name
+      every type's blocks; a Mamba group keeps vLLM's "none"-mode spec (block = max_model_len:
+      one state page per request, no prefix hits — jenga refuses Mamba with prefix caching on);
     - ``num_blocks`` = the number of units; the backing allocation is the pool plus one largest
       small page (less one unit) of slack, so strided views of the last unit ids stay inside;
     - unit id 0 (large page 0) is the null page that padded block-table entries point at;
-    - ``JengaKVCacheConfig.needs_kv_cache_zeroing`` is False: vLLM's zeroer assumes one page size
-      per block id and would clobber neighbouring small pages.
+    - new small pages are zeroed when vLLM would zero blocks (Mamba hybrids, mixed precision),
+      by jenga's unit zeroer in the worker: vLLM's assumes one page size per block id.
 """
 
 from __future__ import annotations
@@ -59,7 +62,12 @@ class JengaKVCacheConfig(KVCacheConfig):
 
     @property
     def needs_kv_cache_zeroing(self) -> bool:
-        return False
+        """As vLLM decides (Mamba state is read before it is fully written; mixed precisions
+        decode stale bytes to NaN), but the zeroing itself is jenga's: the scheduler sends the
+        unit ids of every new small page and ``jenga_vllm.worker.UnitZeroer`` clears those
+        units, since vLLM's zeroer would clear one page per layer at every id and clobber the
+        neighbours of a small page."""
+        return super().needs_kv_cache_zeroing
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +88,23 @@ class VllmLayerType:
         )
 
 
-def _kind_of(layer: str, spec: KVCacheSpec) -> tuple[str, dict]:
+def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]:
     """(Jenga kind, extra LayerTypeSpec fields) for one vLLM layer spec."""
-    if isinstance(spec, (MambaSpec, CrossAttentionSpec)):
+    if isinstance(spec, CrossAttentionSpec):
         raise JengaUnsupportedError(
             f"layer {layer} has a {type(spec).__name__}; the jenga vLLM adapter serves full, "
-            "sliding-window and chunked-local attention so far. Serve this model with "
-            "--kv-cache-manager vllm"
+            "sliding-window and chunked-local attention and Mamba/linear state so far. Serve "
+            "this model with --kv-cache-manager vllm"
         )
+    if isinstance(spec, MambaSpec):
+        if spec.mamba_cache_mode != "none" or spec.num_speculative_blocks:
+            raise JengaUnsupportedError(
+                f"layer {layer}: jenga serves Mamba/linear-attention state with prefix caching "
+                "off (one state page per request); pass --no-enable-prefix-caching, drop "
+                "speculative decoding, or use --kv-cache-manager vllm"
+            )
+        # vLLM's "none" mode: one state per request, table width cdiv(max_model_len, block).
+        return "mamba", {"block_tokens": cdiv(spec.block_size, block_size) * block_size}
     if isinstance(spec, SlidingWindowSpec):
         if spec.extra_retained_tokens:
             raise JengaUnsupportedError(
@@ -121,17 +138,22 @@ def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> li
                 f"layer {layer} has a padded page; jenga plans pages itself (unset "
                 "page-padding options)"
             )
-        kind, extra = _kind_of(layer, spec)
+        kind, extra = _kind_of(layer, spec, block_size)
         key = (kind, *sorted(extra.items()))
-        buckets.setdefault(key, []).append((layer, replace(spec, block_size=block_size)))
+        if kind != "mamba":  # a state's table keeps vLLM's width (its spec's block size)
+            spec = replace(spec, block_size=block_size)
+        buckets.setdefault(key, []).append((layer, spec))
         extras[key] = extra
     types = []
     for key, layers in buckets.items():
         kind = key[0]
-        suffix = "".join(f"_{v}" for _, v in sorted(extras[key].items()))
-        layer_bytes = tuple(s.page_size_bytes // block_size for _, s in layers)
-        if any(s.page_size_bytes % block_size for _, s in layers):
-            raise JengaConfigError("a layer's page is not a whole number of bytes per token")
+        suffix = "".join(f"_{v}" for k, v in sorted(extras[key].items()) if k != "block_tokens")
+        if kind == "mamba":  # whole state bytes per layer
+            layer_bytes = tuple(s.page_size_bytes for _, s in layers)
+        else:  # bytes per token per layer
+            layer_bytes = tuple(s.page_size_bytes // block_size for _, s in layers)
+            if any(s.page_size_bytes % block_size for _, s in layers):
+                raise JengaConfigError("a layer's page is not a whole number of bytes per token")
         spec = LayerTypeSpec(
             name=f"{kind}{suffix}",
             kind=kind,

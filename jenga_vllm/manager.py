@@ -161,7 +161,7 @@ class JengaKVCacheManager:
                 "decode/prefill context parallelism is not supported by jenga; "
                 "use --kv-cache-manager vllm"
             )
-        if hash_block_size != plan.block_size:
+        if enable_caching and hash_block_size != plan.block_size:
             raise JengaUnsupportedError(
                 f"prefix hashes at {hash_block_size} tokens but jenga pages hold "
                 f"{plan.block_size}; leave --prefix-match-unit unset"
@@ -198,6 +198,10 @@ class JengaKVCacheManager:
         self._small_bytes = [t.small_page_bytes for t in plan.types]
         self._admission_caps = [self._admission_cap(t) for t in range(len(plan.types))]
         self._usable_bytes = plan.usable_large_pages * plan.large_page_bytes
+        # Unit ids of new small pages for the worker to zero (vLLM's rule for when to zero).
+        self._zero_new_pages = kv_cache_config.needs_kv_cache_zeroing
+        self._units_to_zero: list[int] = []
+        self._units_per_small = [t.units_per_small for t in plan.types]
         logger.info("Jenga KV cache manager active: %s", plan.describe())
 
     # ---- capacity ------------------------------------------------------------------------
@@ -332,6 +336,8 @@ class JengaKVCacheManager:
         new_pages = cache.allocate(request_id, num_tokens, hit)
         if new_pages is None:
             return None
+        if self._zero_new_pages:
+            self._record_units_to_zero(new_pages)
         if self.enable_caching and not delay_cache_blocks:
             cache.cache_blocks(
                 request_id,
@@ -447,10 +453,20 @@ class JengaKVCacheManager:
             )
         )
 
-    # ---- worker hand-offs jenga does not use (zeroing, copy-on-write, connector offloads) ----
-    def take_new_block_ids(self) -> list[int]:
-        return []
+    # ---- worker hand-offs -------------------------------------------------------------------
+    def _record_units_to_zero(self, new_pages: Sequence[Sequence[SmallPage]]) -> None:
+        units = self._units_to_zero
+        for per, n in zip(new_pages, self._units_per_small, strict=True):
+            for page in per:
+                units.extend(range(page.unit_id, page.unit_id + n))
 
+    def take_new_block_ids(self) -> list[int]:
+        """Units of the small pages allocated since the last call (the scheduler sends them
+        as ``new_block_ids_to_zero``; jenga's worker zeroer clears exactly these units)."""
+        units, self._units_to_zero = self._units_to_zero, []
+        return units
+
+    # Jenga does not use these (KV-connector load failures, copy-on-write, connector offloads).
     def record_blocks_for_zeroing(self, request_id: str, start_token: int) -> None:
         return None
 

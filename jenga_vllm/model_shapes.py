@@ -197,8 +197,15 @@ def _read_config(path: str | Path) -> tuple[str, dict[str, Any]]:
             f"no config.json at {path}; pass a model directory or a config.json file"
         )
     name = path.parent.name if path.name == "config.json" else path.stem
-    # Some Hub configs hold non-strict JSON (Infinity); Python's json accepts it.
-    return name, json.loads(path.read_text())
+    # Some Hub configs hold non-strict JSON (Infinity), which Python's json accepts; transformers
+    # itself writes non-finite floats as {"__float__": "Infinity"}.
+    return name, json.loads(path.read_text(), object_hook=_float_markers)
+
+
+def _float_markers(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and isinstance(obj.get("__float__"), str):
+        return float(obj["__float__"])
+    return obj
 
 
 def _transformers_config(raw: dict[str, Any]):
@@ -415,7 +422,36 @@ def _qwen3_next(cfg: Any, read: _Reader, dtype: str):
     return layers, "Qwen3NextForCausalLM"
 
 
+def _granite_hybrid(cfg: Any, read: _Reader, dtype: str):
+    """GraniteMoeHybrid (Granite 4): Mamba-2 and full-attention layers by ``layer_types``."""
+    types = read("layer_types")
+    heads = read("num_key_value_heads")
+    dim = read("hidden_size") // read("num_attention_heads")
+    n_heads, d_inner = read("mamba_n_heads"), read("mamba_expand") * read("hidden_size")
+    head_dim = read("mamba_d_head")
+    head_dim = d_inner // n_heads if head_dim == "auto" else head_dim
+    d_state, groups, conv = read("mamba_d_state"), read("mamba_n_groups"), read("mamba_d_conv")
+    conv_dim = d_inner + 2 * groups * d_state
+    ssm_dtype = _ssm_dtype(read, dtype)
+    layers = []
+    for i, layer_type in enumerate(types):
+        if layer_type in ("mamba", "linear_attention"):
+            layers.append(
+                LayerShape(
+                    i,
+                    "mamba",
+                    state_shapes=((conv - 1, conv_dim), (n_heads, head_dim, d_state)),
+                    state_dtypes=(dtype, ssm_dtype),
+                    dtype=dtype,
+                )
+            )
+        else:
+            layers.append(_attention(i, "full", heads, dim, dtype))
+    return layers, "GraniteMoeHybridForCausalLM"
+
+
 _BUILDERS = {
+    "granitemoehybrid": _granite_hybrid,
     "gemma2": _gemma2,
     "gemma4_text": _gemma4,
     "gpt_oss": _gpt_oss,

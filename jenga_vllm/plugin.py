@@ -27,6 +27,15 @@ Patch ledger (symbol → replacement; guard; upstream hook that would remove it;
                                   → a factory returning JengaKVCacheManager for a
                                   JengaKVCacheConfig (works for Scheduler and AsyncScheduler);
                                   would go with a kv-cache-manager class option.
+    Platform._align_hybrid_block_size
+                                  skipped: vLLM's worker inflates attention blocks to the Mamba
+                                  state size and pads states to that page; jenga pages each
+                                  type at its own size; jenga requested; would go with a
+                                  KV-layout plugin hook.
+    GPUModelRunner._init_kv_zero_meta (V1 runner, also the CPU runner's; and the V2 runner's)
+                                  → jenga_vllm.worker.UnitZeroer (clears the units of new small
+                                  pages); config is a JengaKVCacheConfig; applied when the
+                                  runner module is first imported (it is heavy), same hook.
     vllm.v1.attention.backends.registry (register_backend)
                                   CUDA: AttentionBackendEnum.CUSTOM → jenga's Triton backend
                                   (jenga_vllm/attention), made the default of jenga runs in
@@ -39,7 +48,9 @@ then fails with the supported versions in the message, and stock vLLM keeps work
 from __future__ import annotations
 
 import argparse
+import importlib.abc
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -155,16 +166,23 @@ def validate_model(vllm_config: Any) -> None:
     """Reject model kinds the jenga adapter does not serve yet, before any engine process starts."""
     model_config = vllm_config.model_config
     for kind, is_kind in (
-        ("Mamba/linear-attention hybrid", model_config.has_inner_state),
         ("encoder-decoder (cross-attention)", model_config.is_encoder_decoder),
         ("attention-free", model_config.is_attention_free),
     ):
         if is_kind:
             raise JengaUnsupportedError(
                 f"{model_config.model} is a {kind} model; the jenga vLLM adapter serves full, "
-                "sliding-window and chunked-local attention so far. Serve it with "
-                "--kv-cache-manager vllm"
+                "sliding-window and chunked-local attention and Mamba/linear-attention hybrids "
+                "so far. Serve it with --kv-cache-manager vllm"
             )
+    if model_config.has_inner_state and vllm_config.cache_config.mamba_cache_mode != "none":
+        raise JengaUnsupportedError(
+            f"{model_config.model} is a Mamba/linear-attention hybrid and prefix caching is on "
+            f"(Mamba cache mode {vllm_config.cache_config.mamba_cache_mode!r}); jenga serves "
+            "Mamba hybrids with one state page per request so far: pass "
+            "--no-enable-prefix-caching (enable_prefix_caching=False), or use "
+            "--kv-cache-manager vllm"
+        )
 
 
 def _create_engine_config(original: Callable) -> Callable:
@@ -233,6 +251,38 @@ def _kv_cache_manager(original: Callable) -> Callable:
     return KVCacheManager
 
 
+# ---- worker ---------------------------------------------------------------------------------
+def _align_hybrid_block_size(original: Callable) -> Callable:
+    func = original.__func__
+
+    def align_hybrid_block_size(cls, vllm_config, backend_cls):
+        if is_jenga_enabled(vllm_config):
+            return None  # keep the user's block size and exact (unpadded) state pages
+        return func(cls, vllm_config, backend_cls)
+
+    return classmethod(align_hybrid_block_size)
+
+
+def _init_kv_zero_meta(attribute: str) -> Callable[[Callable], Callable]:
+    """Replacement of a model runner's ``_init_kv_zero_meta``; the runner keeps its zeroer in
+    ``attribute`` (V1 and V2 runners name it differently)."""
+
+    def make(original: Callable) -> Callable:
+        def init_kv_zero_meta(self) -> None:
+            from jenga_vllm.kv_config import JengaKVCacheConfig
+
+            if not isinstance(self.kv_cache_config, JengaKVCacheConfig):
+                return original(self)
+            from jenga_vllm.worker import UnitZeroer
+
+            setattr(self, attribute, UnitZeroer.for_runner(self))
+            return None
+
+        return init_kv_zero_meta
+
+    return make
+
+
 PATCHES: tuple[Patch, ...] = (
     Patch("vllm.engine.arg_utils", "EngineArgs.add_cli_args", _add_cli_args, "--kv-cache-manager"),
     Patch("vllm.engine.arg_utils", "EngineArgs.from_cli_args", _from_cli_args, "fold the flag"),
@@ -250,8 +300,29 @@ PATCHES: tuple[Patch, ...] = (
         "capacity line",
     ),
     Patch("vllm.v1.core.sched.scheduler", "KVCacheManager", _kv_cache_manager, "jenga manager"),
+    Patch(
+        "vllm.platforms.interface",
+        "Platform._align_hybrid_block_size",
+        _align_hybrid_block_size,
+        "no Mamba block inflation",
+    ),
+    Patch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._init_kv_zero_meta",
+        _init_kv_zero_meta("_kv_block_zeroer"),
+        "unit zeroer",
+    ),
+    Patch(
+        "vllm.v1.worker.gpu.model_runner",
+        "GPUModelRunner._init_kv_zero_meta",
+        _init_kv_zero_meta("kv_block_zeroer"),
+        "unit zeroer (V2 runner)",
+    ),
 )
 GUARD_ONLY = ("EngineArgs.create_engine_config",)
+# Modules too heavy to import in every process (the API server never needs them): their patches
+# are applied right after the module's first import.
+ON_IMPORT = ("vllm.v1.worker.gpu_model_runner", "vllm.v1.worker.gpu.model_runner")
 
 
 def _apply(patch: Patch) -> None:
@@ -270,15 +341,61 @@ def _apply(patch: Patch) -> None:
     _installed[key] = original
 
 
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Applies patches of a module right after its first import (a post-import hook)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[Patch]] = {}
+
+    def find_spec(self, fullname, path, target=None):
+        patches = self.pending.get(fullname)
+        if patches is None:
+            return None
+        spec = None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+        if spec is None or spec.loader is None:
+            return spec
+        del self.pending[fullname]
+        exec_module = spec.loader.exec_module
+
+        def exec_then_patch(module) -> None:
+            exec_module(module)
+            for patch in patches:
+                _apply(patch)
+
+        spec.loader.exec_module = exec_then_patch  # type: ignore[method-assign]
+        return spec
+
+
+_on_import = _PatchOnImport()
+
+
+def _apply_when_imported(patch: Patch) -> None:
+    if patch.module in sys.modules:
+        _apply(patch)
+        return
+    _on_import.pending.setdefault(patch.module, []).append(patch)
+    if _on_import not in sys.meta_path:
+        sys.meta_path.insert(0, _on_import)
+
+
 def install() -> list[str]:
-    """Apply every patch once in this process; returns the installed patch keys."""
+    """Apply every patch once in this process (those of ON_IMPORT modules when the module is
+    first imported); returns the installed patch keys."""
     global _supported
     import vllm
 
     if _supported is None:
         _supported = vllm.__version__.startswith(SUPPORTED_VLLM)
     for patch in PATCHES:
-        if _supported or patch.attribute in GUARD_ONLY:
+        if patch.module in ON_IMPORT:
+            if _supported and f"{patch.module}:{patch.attribute}" not in _installed:
+                _apply_when_imported(patch)
+        elif _supported or patch.attribute in GUARD_ONLY:
             _apply(patch)
     if _supported:
         from jenga_vllm.attention import register_jenga_attention_backend

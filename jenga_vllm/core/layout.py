@@ -168,12 +168,14 @@ def _choose_page_sizes(
 ) -> tuple[list[int], int]:
     """Small-page sizes (≥ content, 16-byte aligned) and the large page (their LCM).
 
-    In order of preference: (1) the exact LCM (zero padding) when it is at most
-    ``max_pages_per_large ×`` the largest page and at most 1/16 of the pool; (2) pad only the
-    largest page up to a multiple of the others' LCM when that costs ≤ 1/64 of it (the large page
-    is then that one page — what Mamba hybrids need, whose state pages dwarf attention pages: a
-    few GB-sized large pages could not be shared out); (3) the exact LCM under the page-count cap
-    alone; (4) round every page up to a power-of-two granule until the LCM fits.
+    The exact LCM (zero padding) when it is at most ``max_pages_per_large ×`` the largest page
+    and at most 1/16 of the pool. Otherwise the candidates are: the exact LCM; the largest page
+    padded up to a multiple of the others' LCM (what Mamba hybrids need: state pages dwarf
+    attention pages, and a few GB-sized large pages could not be shared out); every page padded
+    up to a power-of-two granule; one size for all. Cost = the worst page's padding fraction plus
+    the pool share of one large page per type (what partly used large pages can strand). First
+    choice: the cheapest with padding ≤ 1/64 and a large page ≤ 1/16 of the pool; else the
+    cheapest under the page-count cap and half the pool.
     """
     base = [_round_up(c, ALIGN_BYTES) for c in contents]
     biggest = max(base)
@@ -182,25 +184,44 @@ def _choose_page_sizes(
     exact = math.lcm(*base)
     if exact <= min(cap, pool_cap):
         return base, exact
+
+    # (worst padding fraction, cost, large, sizes); cost adds the pool share that partly used
+    # large pages may strand, about one per type.
+    candidates: list[tuple[float, float, int, list[int]]] = []
+
+    def consider(sizes: list[int]) -> None:
+        worst = max((s - b) / b for s, b in zip(sizes, base, strict=True))
+        large = math.lcm(*sizes)
+        stranded = len(sizes) * large / memory_bytes if memory_bytes else 0.0
+        candidates.append((worst, worst + stranded, large, sizes))
+
+    consider(base)
     i_big = base.index(biggest)
     others = [b for i, b in enumerate(base) if i != i_big]
-    lcm_others = math.lcm(*others) if others else biggest
-    if lcm_others <= biggest:
-        padded = _round_up(biggest, lcm_others)
-        if (padded - biggest) * 64 <= biggest:
-            return [padded if i == i_big else b for i, b in enumerate(base)], padded
-    if exact <= cap:
-        return base, exact
+    if others:
+        padded = _round_up(biggest, math.lcm(*others))
+        consider([padded if i == i_big else b for i, b in enumerate(base)])
     granule = ALIGN_BYTES
-    while True:
-        sizes = [_round_up(b, granule) for b in base]
-        large = math.lcm(*sizes)
-        if large <= cap:
-            return sizes, large
+    while granule <= biggest:
+        consider([_round_up(b, granule) for b in base])
         granule *= 2
-        if granule > biggest:  # all pages one granule: LCM == max page, always under the cap
-            sizes = [max(sizes)] * len(sizes)
-            return sizes, sizes[0]
+    consider([biggest] * len(base))  # one size for all: LCM == the largest page
+
+    def best(limit: float, max_padding: float = math.inf) -> tuple[list[int], int] | None:
+        fits = [c for c in candidates if c[2] <= limit and c[0] <= max_padding]
+        if not fits:
+            return None
+        _, _, large, sizes = min(fits, key=lambda c: (c[1], c[2]))
+        return sizes, large
+
+    half_pool = memory_bytes // 2 if memory_bytes is not None else cap
+    choice = (
+        best(min(cap, pool_cap), 1 / 64)
+        or best(min(cap, half_pool))
+        or best(math.inf)  # a pool too small for two large pages: plan_layout says so
+    )
+    assert choice is not None
+    return choice
 
 
 def _validate(
@@ -240,6 +261,14 @@ def _validate(
         kinds[spec.kind].validate_spec(spec, max_model_len)
 
 
+def _layer_extents(layer_bytes: tuple[int, ...], block_tokens: int, is_tok: bool) -> list[int]:
+    """Bytes each layer occupies in a small page. A state layer's slot is rounded up to 16 bytes
+    so the next layer's states start aligned for any dtype view (token pages already are)."""
+    if is_tok:
+        return [b * block_tokens for b in layer_bytes]
+    return [_round_up(b, ALIGN_BYTES) for b in layer_bytes]
+
+
 def plan_layout(
     specs: list[LayerTypeSpec] | tuple[LayerTypeSpec, ...],
     block_size: int,
@@ -268,7 +297,7 @@ def plan_layout(
         bt = spec.block_tokens or block_size
         token_indexed.append(is_tok)
         block_tokens.append(bt)
-        contents.append(sum(spec.layer_bytes) * (bt if is_tok else 1))
+        contents.append(sum(_layer_extents(spec.layer_bytes, bt, is_tok)))
 
     sizes, large = _choose_page_sizes(contents, max_pages_per_large, memory_bytes)
     unit = math.gcd(*sizes)
@@ -278,7 +307,7 @@ def plan_layout(
     for spec, content, size, bt, is_tok in zip(
         specs, contents, sizes, block_tokens, token_indexed, strict=True
     ):
-        per_layer = [b * (bt if is_tok else 1) for b in spec.layer_bytes]
+        per_layer = _layer_extents(spec.layer_bytes, bt, is_tok)
         offsets = tuple(sum(per_layer[:i]) for i in range(len(per_layer)))
         types.append(
             TypeLayout(

@@ -139,3 +139,24 @@ def test_mamba_hybrid_large_page_is_the_padded_state_page():
     assert 0 < state.padding_bytes < plan.types[0].small_page_bytes
     assert plan.types[0].padding_bytes == 0
     assert plan.usable_large_pages >= 80
+
+
+def test_small_pool_pads_the_state_page_not_the_attention_pages():
+    # A tiny Granite-like hybrid in a 2 MB pool: the exact LCM (7.6 MB) cannot be shared out.
+    # Padding the 119,040-byte state to 8 attention pages (10%) beats one size for all (which
+    # would pad each 16 KB attention page sevenfold) and a 3.8 MB large page (0.6% padding).
+    attn = LayerTypeSpec.uniform("attn", "full", 2, 512)
+    mamba = LayerTypeSpec.uniform("mamba", "mamba", 6, 19_840, block_tokens=512)
+    plan = plan_layout([attn, mamba], 16, 2_000_000, max_model_len=512)
+    assert plan.types[0].small_page_bytes == 16_384 and plan.types[0].padding_bytes == 0
+    assert plan.types[1].small_page_bytes == plan.large_page_bytes == 131_072
+    assert plan.usable_large_pages >= 8
+
+
+def test_state_layers_start_16_byte_aligned():
+    mamba = LayerTypeSpec("m", "mamba", (1000, 1000, 1000), block_tokens=64)
+    attn = LayerTypeSpec.uniform("a", "full", 1, 64)
+    plan = plan_layout([attn, mamba], 16, 10_000_000, max_model_len=64)
+    state = plan.types[1]
+    assert state.layer_offsets == (0, 1008, 2016)
+    assert state.content_bytes == 3 * 1008 and state.small_page_bytes % 16 == 0

@@ -124,3 +124,66 @@ def test_out_of_memory_changes_nothing_then_everything_returns(manager, config):
     assert manager.usage == 0.0
     assert manager.reset_prefix_cache()
     assert manager.cache.num_free_large_pages() == plan.usable_large_pages
+
+
+def test_mamba_hybrid_one_state_page_and_units_to_zero():
+    """A Mamba hybrid (vLLM's "none" cache mode): one exact state page per request in a table of
+    width 1, attention pages of 32 tokens, and every unit of every new page sent for zeroing."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
+
+    from jenga_vllm.kv_config import build_kv_cache_configs
+    from jenga_vllm.manager import JengaKVCacheManager
+    from jenga_vllm.zoo import build_model
+
+    vllm_config = EngineArgs(
+        model=str(build_model("llama")),
+        dtype="float32",
+        block_size=BLOCK,
+        max_model_len=512,
+        additional_config={"kv_cache_manager": "jenga"},
+    ).create_engine_config()
+    state = MambaSpec(
+        shapes=((288, 3), (8, 32, 16)),
+        dtypes=(torch.float32, torch.float32),
+        block_size=512,
+        mamba_cache_mode="none",
+    )
+    specs = {
+        "attn0": FullAttentionSpec(
+            block_size=BLOCK, num_kv_heads=2, head_size=32, dtype=torch.float32
+        )
+    }
+    specs |= {f"mamba{i}": state for i in range(3)}
+    config = build_kv_cache_configs(vllm_config, [specs], [4_000_000])[0]
+    assert config.needs_kv_cache_zeroing  # vLLM's rule: Mamba state is read before written
+    mamba_group = next(g for g in config.kv_cache_groups if "mamba0" in g.layer_names)
+    assert mamba_group.kv_cache_spec.block_size == 512  # the worker's table has one column
+    plan = config.plan
+    m = next(i for i, t in enumerate(plan.types) if t.spec.kind == "mamba")
+    a = 1 - m
+    assert plan.types[m].content_bytes == 3 * state.page_size_bytes  # exact, no vLLM padding
+    manager = JengaKVCacheManager(
+        config, max_model_len=512, scheduler_block_size=512, hash_block_size=512,
+        enable_caching=False,
+    )  # fmt: skip
+    req = make_request("a", list(range(10, 110)))
+    blocks = manager.allocate_slots(req, 100)
+    ids = blocks.get_block_ids()
+    assert len(ids[m]) == 1 and len(ids[a]) == 4
+    units = manager.take_new_block_ids()
+    expected = [
+        u
+        for t in (0, 1)
+        for first in ids[t]
+        for u in range(first, first + plan.types[t].units_per_small)
+    ]
+    assert sorted(units) == sorted(expected)
+    assert manager.take_new_block_ids() == []  # drained
+    req.num_computed_tokens = 100
+    req.append_output_token_ids(7)
+    assert manager.allocate_slots(req, 1) is not None
+    assert manager.get_block_ids("a")[m] == ids[m]  # the same state page all along
+    assert manager.take_new_block_ids() == []  # token 101 fits the last attention page
+    manager.free(req)
+    assert manager.usage == 0.0

@@ -131,34 +131,23 @@ def test_plugin_off_is_stock():
     assert prefix_out == with_plugin.scenarios["prefix"].outputs
 
 
-def test_mamba_hybrid_is_refused_before_any_engine_starts(tmp_path):
-    from transformers import GraniteMoeHybridConfig
+def test_mamba_hybrid_needs_prefix_caching_off_before_any_engine_starts():
+    """Jenga serves Mamba hybrids with one state page per request: with prefix caching on (vLLM's
+    Mamba "align" mode) it refuses at config time, naming the flag; with it off it accepts."""
     from vllm.engine.arg_utils import EngineArgs
 
-    config = GraniteMoeHybridConfig(
-        vocab_size=484,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        layer_types=["mamba", "attention", "mamba", "attention"],
-        mamba_n_heads=8,
-        mamba_d_head=32,
-        mamba_d_state=16,
-        mamba_n_groups=1,
-        num_local_experts=0,
-    )
-    config.architectures = ["GraniteMoeHybridForCausalLM"]
-    config.save_pretrained(tmp_path)
+    from jenga_vllm.zoo import build_model
+
     plugin.install()
-    args = EngineArgs(
-        model=str(tmp_path),
-        skip_tokenizer_init=True,
-        additional_config={"kv_cache_manager": "jenga"},
-    )
-    with pytest.raises(JengaUnsupportedError, match="Mamba/linear-attention hybrid"):
+    model = str(build_model("granite_hybrid"))
+    jenga = {"kv_cache_manager": "jenga"}
+    args = EngineArgs(model=model, enable_prefix_caching=True, additional_config=jenga)
+    with pytest.raises(JengaUnsupportedError, match="--no-enable-prefix-caching"):
         args.create_engine_config()
-    # The default manager accepts the same model (stock behaviour untouched).
-    stock = EngineArgs(model=str(tmp_path), skip_tokenizer_init=True).create_engine_config()
-    assert stock.model_config.has_inner_state
+    ok = EngineArgs(model=model, enable_prefix_caching=False, additional_config=jenga)
+    config = ok.create_engine_config()
+    assert config.model_config.has_inner_state
+    assert config.cache_config.mamba_cache_mode == "none"
+    # The default manager accepts the same model with prefix caching on (stock untouched).
+    stock = EngineArgs(model=model, enable_prefix_caching=True).create_engine_config()
+    assert stock.cache_config.mamba_cache_mode == "align"
