@@ -46,14 +46,16 @@ def serve_and_measure(
     prompts: list[str],
     max_tokens: int,
     max_model_len: int,
+    prefix_caching: bool = True,
 ) -> ServeRun:
     """One server: capacity, then all prompts at once while /metrics is sampled."""
+    extra = ("--max-num-seqs", "64") + (() if prefix_caching else ("--no-enable-prefix-caching",))
     with VllmServer(
         model_path,
         manager,
         kv_cache_memory_bytes=kv_bytes,
         max_model_len=max_model_len,
-        extra_args=("--max-num-seqs", "64"),
+        extra_args=extra,
     ) as server:
         capacity, concurrency = server.capacity()
         peak = 0

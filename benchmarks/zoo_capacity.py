@@ -60,6 +60,7 @@ def main() -> None:
                     prompts=prompts,
                     max_tokens=DECODE,
                     max_model_len=MAX_MODEL_LEN,
+                    prefix_caching=ZOO[model].prefix_caching,
                 )
         s, j = runs["vllm"], runs["jenga"]
         rows.append(

@@ -56,6 +56,7 @@ class Recipe:
     kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     max_model_len: int = 1024
+    prefix_caching: bool = True  # False: serve with --no-enable-prefix-caching (Mamba on CPU)
 
 
 def _common(num_layers: int, **extra: Any) -> dict[str, Any]:
@@ -171,6 +172,7 @@ ZOO: dict[str, Recipe] = {
             mamba_chunk_size=64,
         ),
         "Granite-4-like Mamba-2 hybrid, 8 layers: 3 Mamba-2 then 1 full attention, twice",
+        prefix_caching=False,
     ),
 }
 
