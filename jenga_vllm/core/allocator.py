@@ -11,12 +11,19 @@ small page for a request, the allocator tries, in the paper's order:
     3. evict a whole EVICTABLE large page (LRU; see evictor.py) and carve it;
     4. an EMPTY slot in any ACTIVE large page of this type (an orphan is adopted);
     5. evict one CACHED small page of this type (LRU) and use it.
+A request's own large pages come back whole when it finishes, but its last, partly filled one
+strands up to ``pages_per_large - 1`` EMPTY slots for as long as it runs, usable by no other type:
+on Llama-4 (a large page = 1 chunked-local page or 3 full-attention pages) that was a third of a
+large page per running request, and chunked-local pages, which need whole large pages, preempted
+where stock vLLM still had blocks (benchmarks/results/scheduler_replay.md). So a request claims a
+fresh large page (steps 2–3) only while this allocation still has a whole large page's worth of
+pages of the type to place; a smaller remainder — every decode step's page — tries step 4 first.
 Types whose large page holds far more than one request uses (attention pages beside huge Mamba
-states; REQUEST_AWARE_MAX_TOKENS) try step 4 before step 2: one request would otherwise strand
-most of a large page. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an
-allocation first computes each type's *minimum* large pages (what its slots in ACTIVE large pages
-cannot cover); a type may take a large page beyond its minimum only from the spare ones
-(``LargePageBudget``, the artifact's min/max quota).
+states; REQUEST_AWARE_MAX_TOKENS) always try step 4 before step 2. Steps 2–3 consume a large
+page. So that a greedy choice for one type never starves another, an allocation first computes
+each type's *minimum* large pages (what its slots in ACTIVE large pages cannot cover); a type may
+take a large page beyond its minimum only from the spare ones (``LargePageBudget``, the
+artifact's min/max quota).
 
 Feasibility (exact): with A_t = EMPTY + CACHED slots of type t inside ACTIVE large pages and
 L0 = FREE + EVICTABLE large pages, needing n_t pages of each type is feasible iff
@@ -64,10 +71,18 @@ class PageOwner:
 
 @dataclass(slots=True)
 class LargePageBudget:
-    """How many large pages each type may still pull in this allocation (min quota + spare)."""
+    """How many large pages each type may still pull in this allocation (min quota + spare), and
+    how many small pages of each type the allocation still has to place."""
 
     min_needed: list[int]
     spare: int
+    to_place: list[int]
+
+    def place_one(self, type_idx: int) -> int:
+        """Pages of the type still to place, this one included; counts this one as placed."""
+        left = self.to_place[type_idx]
+        self.to_place[type_idx] = left - 1
+        return left
 
     def may_claim(self, type_idx: int) -> bool:
         return self.min_needed[type_idx] > 0 or self.spare > 0
@@ -137,7 +152,7 @@ class TwoLevelAllocator:
         spare = self.claimable_large_pages() + large_delta - total
         if spare < 0:
             return None
-        return LargePageBudget(min_needed, spare)
+        return LargePageBudget(min_needed, spare, list(needs))
 
     def touch_effect(self, pages: Iterable[SmallPage]) -> tuple[list[int], int]:
         """How touching these (hit) pages changes A_t and L0, without changing anything."""
@@ -161,27 +176,25 @@ class TwoLevelAllocator:
     def allocate(self, owner: PageOwner, type_idx: int, budget: LargePageBudget) -> SmallPage:
         """One small page of ``type_idx`` for ``owner``; the budget must come from budget_for."""
         steps = self.counters.by_step
+        fills_a_large_page = budget.place_one(type_idx) >= self._pages_per_large[type_idx]
         own = owner.with_empty[type_idx]
         if own:
             steps[0] += 1
             return self._use_empty_slot(next(iter(own)))
-        if self._packed[type_idx] and self.with_empty[type_idx]:
-            # Many small pages per large page: a fresh large page per request would strand up to
-            # a whole large page per request, so fill shared large pages first (step 4 early).
+        anywhere = self.with_empty[type_idx]
+        if anywhere and (self._packed[type_idx] or not fills_a_large_page):
+            # A fresh large page would stay partly EMPTY while the request runs: fill a hole
+            # first (step 4 early), keeping the free large page for any type.
             steps[3] += 1
-            return self._use_empty_slot(next(iter(self.with_empty[type_idx])))
+            return self._use_slot_in(owner, next(iter(anywhere)))
         if budget.may_claim(type_idx):
             large = self._claim_large(owner, type_idx)
             if large is not None:
                 budget.claimed(type_idx)
                 return self._use_empty_slot(large)
-        anywhere = self.with_empty[type_idx]
         if anywhere:
             steps[3] += 1
-            large = next(iter(anywhere))
-            if large.owner is None:
-                self._adopt(owner, large)
-            return self._use_empty_slot(large)
+            return self._use_slot_in(owner, next(iter(anywhere)))
         page = self.evictor.pop_small(type_idx)
         assert page is not None, "allocate() called beyond the feasible budget"
         steps[4] += 1
@@ -218,6 +231,12 @@ class TwoLevelAllocator:
             owner.owned[large] = None
         self.counters.large_pages_carved += 1
         return large
+
+    def _use_slot_in(self, owner: PageOwner, large: LargePage) -> SmallPage:
+        """An EMPTY slot of an ACTIVE large page; an orphan large page is adopted first."""
+        if large.owner is None:
+            self._adopt(owner, large)
+        return self._use_empty_slot(large)
 
     def _adopt(self, owner: PageOwner, large: LargePage) -> None:
         large.owner = owner

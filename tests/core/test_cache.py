@@ -94,9 +94,8 @@ def test_request_aware_placement_frees_whole_large_pages():
     ]
     cache = make_cache(specs, large_pages=40)
     assert cache.plan.types[0].pages_per_large == 4
-    for step in range(1, 9):  # two requests grow in lock step, one block at a time
-        for rid in ("a", "b"):
-            assert cache.allocate(rid, step * BS) is not None
+    for rid in ("a", "b"):  # prefills that fill whole large pages of the full type
+        assert cache.allocate(rid, 8 * BS) is not None
     owners = {}
     for large in cache.allocator.large_pages[1:]:
         if large.num_used:
@@ -114,6 +113,26 @@ def test_request_aware_placement_frees_whole_large_pages():
     check_invariants(cache)
     released = len(cache.allocator.free_large) - free_before
     assert released == sum(1 for h in owners.values() if h == {"a"})
+
+
+def test_single_new_pages_fill_holes_before_taking_a_fresh_large_page():
+    # Llama-4-like: a large page holds one chunked-local page or three full-attention pages.
+    # A request whose full-attention page took a large page of its own would strand two slots
+    # there, which the chunked-local type (whole large pages only) cannot use.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 2, 64),
+        LayerTypeSpec.uniform("local", "chunked_local", 6, 64, chunk=4 * BS),
+    ]
+    cache = make_cache(specs, large_pages=13)
+    assert [t.pages_per_large for t in cache.plan.types] == [3, 1]
+    assert cache.plan.usable_large_pages == 12
+    admitted = 0
+    while cache.allocate(f"r{admitted}", BS) is not None:  # one page of each type per request
+        admitted += 1
+        check_invariants(cache)
+    # 9 chunked-local large pages + 3 holding the 9 full pages (a large page each: 6 requests).
+    assert admitted == 9
+    assert cache.num_free_large_pages() == 0 and cache.allocator.slots_in_active(0) == 0
 
 
 def test_homogeneous_model_behaves_like_a_plain_paged_allocator():
