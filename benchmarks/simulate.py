@@ -16,7 +16,13 @@ waiting requests are admitted while their prompt fits (prefill ≤ ``PREFILL_BUD
 step). When a running request cannot grow, the newest running request is preempted (freed,
 re-queued, recomputed later). Mamba hybrids split prefill at the manager's state-checkpoint
 boundaries as vLLM's scheduler does in "align" mode (the last boundary inside the prompt and the
-shared-prefix junction), at jenga's 16-token interval vs vLLM's inflated attention block.
+shared-prefix junction), at jenga's 16-token interval vs vLLM's inflated attention block. A
+request may not start from a Mamba state cached in the current engine step (the engine is still
+writing it; vLLM's MambaManager refuses, and so does the jenga manager here): admission stops and
+resumes one engine step later. A simulated step stands for DECODE_STRIDE engine steps, so up to
+DECODE_STRIDE - 1 such waits fit in one; charging each a whole step would stall both managers'
+queues 16x longer than an engine does. A request's prefix hit is counted once, at its first
+admission, capped at what its first try found.
 
 Workloads (seeded; tokens are random ids so only deliberate sharing produces hits):
     chat        ShareGPT-like: prompt ~ lognormal(median 180, σ 1.0) in [8, 4096], output ~
@@ -26,6 +32,11 @@ Workloads (seeded; tokens are random ids so only deliberate sharing produces hit
     multiturn   sessions of 2–6 turns; each session starts with one of 4 system prompts of
                 300–1,000 tokens; turn k+1 = turn k's prompt + its answer + a new 40–300-token
                 user message, sent when turn k finishes; answers 40–400 tokens
+    sysprompt   single-turn requests, each = one of 5 shared system prompts of 300–1,000 tokens
+                (Zipf 1.0) + a unique user message ~ lognormal(median 180, σ 1.0) in [8, 2048];
+                output as chat. Requests arrive over time (Poisson, ``SYSPROMPT_LOAD`` × the rate
+                whose unshared KV need fills the pool), so the pool is busy but not one deep
+                queue from step 0: the shared prompts' cached pages compete with running ones
     multimodal  (vision models) a 64-token system prompt + 1–2 images (Gemma-4: 280 tokens,
                 Llama-4: 144·(tiles+1), tiles 1–4) from a pool of 64 (Zipf 1.2) + a 16–96-token
                 question; output 32–256
@@ -33,6 +44,8 @@ Workloads (seeded; tokens are random ids so only deliberate sharing produces hit
 Metrics per (model, workload, manager): max concurrent running requests, average and peak
 utilization (bytes the running requests need ÷ usable pool bytes), waste (bytes held − bytes
 needed at the peak) with its padding part, prefix-hit rate (hit ÷ prompt tokens), preemptions.
+Requests wait from their ``arrival`` step (0 unless the workload says) or, in a session, until the
+previous turn finishes.
 Writes benchmarks/results/simulate.md and PNG plots.
 
 Usage: python benchmarks/simulate.py [--quick] [--kv-gib 40] [--models a,b] [--workloads x,y]
@@ -81,18 +94,21 @@ MODELS = [
     "qwen3-next-80b-a3b-thinking",
 ]
 QUICK_MODELS = ["llama-3.1-8b-instruct", "gemma-4-26b-a4b", "nemotron-h-8b-base-8k"]
-WORKLOADS = ["chat", "chat1k", "longdoc", "longctx", "multiturn", "multimodal"]
+WORKLOADS = ["chat", "chat1k", "longdoc", "longctx", "multiturn", "sysprompt", "multimodal"]
 LONG_CONTEXT = 131_072
+SYSPROMPT_LOAD = 1.0  # offered load of the sysprompt workload, as a fraction of the pool
 
 
 # ---- traces ----------------------------------------------------------------------------------
 @dataclass(slots=True)
 class TraceRequest:
-    """One request of a trace. ``after`` = index of the request that must finish first."""
+    """One request of a trace. ``after`` = index of the request that must finish first;
+    ``arrival`` = the scheduler step from which it waits."""
 
     prompt: list[int]
     output: list[int]
     after: int | None = None
+    arrival: int = 0
 
 
 def _tokens(rng: random.Random, n: int) -> list[int]:
@@ -166,6 +182,13 @@ def make_trace(
                 add(prompt, output, prev)
                 prev = len(trace) - 1
                 context = prompt + output
+    elif workload == "sysprompt":
+        systems = [_tokens(rng, rng.randint(300, 1000)) for _ in range(5)]
+        while demand < demand_factor * pool_bytes and len(trace) < max_requests:
+            system = systems[_zipf(rng, len(systems), 1.0)]
+            user = _lognormal(rng, 180, 1.0, 8, 2048)
+            add(system + _tokens(rng, user), _tokens(rng, _lognormal(rng, 200, 0.8, 8, 2048)))
+        _poisson_arrivals(rng, trace, shapes, SYSPROMPT_LOAD * pool_bytes)
     elif workload == "multimodal":
         if not shapes.is_multimodal:
             return None
@@ -186,6 +209,24 @@ def make_trace(
     return trace
 
 
+def _poisson_arrivals(
+    rng: random.Random, trace: list[TraceRequest], shapes: ModelShapes, load_bytes: int
+) -> None:
+    """Poisson arrivals at the rate at which the running requests, each holding its unshared need
+    (prompt + half its output, no prefix sharing) for its life (one prefill step + one step per
+    decode stride), hold ``load_bytes`` on average (Little's law: rate × E[need × life])."""
+    held = sum(
+        shapes.needed_bytes(len(r.prompt) + len(r.output) // 2)
+        * (1 + math.ceil(len(r.output) / DECODE_STRIDE))
+        for r in trace
+    )
+    per_step = load_bytes * len(trace) / held
+    clock = 0.0
+    for r in trace:
+        clock += rng.expovariate(per_step)
+        r.arrival = int(clock)
+
+
 # ---- managers --------------------------------------------------------------------------------
 @dataclass(slots=True)
 class Running:
@@ -204,6 +245,8 @@ class Manager:
 
     name = "?"
     checkpoint_tokens = 0  # Mamba state checkpoint interval (0: no state types)
+    deferred = False  # the last refused admit starts from a state this engine step writes
+    last_hit = 0  # prefix-hit tokens the last admit found (also when it refused)
 
     def new_step(self) -> None:
         """A scheduler step begins (vLLM: ``KVCacheManager.new_step_starts``)."""
@@ -254,10 +297,34 @@ class JengaManager(Manager):
         self.cache = JengaCache(self.plan)
         self.checkpoint_tokens = BLOCK_SIZE if shapes.is_hybrid_state else 0
         self.full_types = [i for i, t in enumerate(self.plan.types) if t.spec.kind == "full"]
+        self.state_types = [i for i, t in enumerate(self.plan.types) if not t.is_token_indexed]
+        self.states_this_step: set = set()  # hashes of states the running step writes
 
     @property
     def pool_bytes(self) -> int:
         return self.plan.usable_large_pages * self.plan.large_page_bytes
+
+    def new_step(self) -> None:
+        self.states_this_step.clear()
+
+    def _cache_blocks(self, req: Running, num_tokens: int) -> None:
+        """``cache_blocks``, noting the states it names: the engine writes them during this step,
+        so no request may start from one before the next (vLLM's MambaManager rule)."""
+        if not self.state_types:
+            self.cache.cache_blocks(req.rid, req.hashes, num_tokens)
+            return
+        pages = self.cache.requests[req.rid]
+        before = [pages.cached_upto[t] for t in self.state_types]
+        self.cache.cache_blocks(req.rid, req.hashes, num_tokens)
+        for t, lo in zip(self.state_types, before, strict=True):
+            for page in pages.tables[t][lo : pages.cached_upto[t]]:
+                if page is not None and page.block_hash is not None:
+                    self.states_this_step.add(page.block_hash)
+
+    def _starts_from_unwritten_state(self, pages: tuple) -> bool:
+        return any(
+            pages[t] and pages[t][-1].block_hash in self.states_this_step for t in self.state_types
+        )
 
     def _junction(self, hashes: list) -> int:
         """Longest prefix cached in the full-attention types (Marconi-style junction)."""
@@ -272,6 +339,10 @@ class JengaManager(Manager):
     def admit(self, req: Running) -> int | None:
         req.hashes = block_hashes(req.tokens, BLOCK_SIZE)
         hit = self.cache.find_longest_hit(req.hashes, req.prompt_len - 1)
+        self.last_hit = hit.num_tokens
+        self.deferred = bool(hit.num_tokens) and self._starts_from_unwritten_state(hit.pages)
+        if self.deferred:
+            return None  # an engine step later, as vLLM's MambaManager rules
         stops = _prefill_stops(
             req.prompt_len, hit.num_tokens, self._junction(req.hashes), self.checkpoint_tokens
         )
@@ -281,7 +352,7 @@ class JengaManager(Manager):
             if self.cache.allocate(req.rid, stop) is None:
                 self.cache.free(req.rid)
                 return None
-            self.cache.cache_blocks(req.rid, req.hashes, stop)
+            self._cache_blocks(req, stop)
             self.cache.release_unneeded(req.rid, stop)
         req.length = req.prompt_len
         return hit.num_tokens
@@ -298,7 +369,7 @@ class JengaManager(Manager):
                 **({"parent": parent} if parent is not None else {}),
             )
             req.hashes.extend(tail)
-        self.cache.cache_blocks(req.rid, req.hashes, new_len)
+        self._cache_blocks(req, new_len)
         self.cache.release_unneeded(req.rid, new_len)
         req.length = new_len
         return True
@@ -359,6 +430,7 @@ class VllmManager(Manager):
         )
         blocks, hit, junction = self.manager.get_computed_blocks(vreq)
         vreq.shared_prefix_boundary = junction  # as Scheduler.schedule does
+        self.last_hit = hit
         stops = _prefill_stops(req.prompt_len, hit, junction, self.checkpoint_tokens)
         computed = hit
         for i, stop in enumerate(stops):
@@ -371,12 +443,22 @@ class VllmManager(Manager):
             if new is None:
                 if i:
                     self.manager.free(vreq)
+                self.deferred = i == 0 and self._starts_from_unwritten_state(blocks)
                 return None
             vreq.num_computed_tokens = stop
             computed = stop
         req.handle = vreq
         req.length = req.prompt_len
         return hit
+
+    def _starts_from_unwritten_state(self, blocks) -> bool:
+        """vLLM's MambaManager refuses a hit whose last state block was cached this step."""
+        managers = self.manager.coordinator.single_type_managers
+        return any(
+            group and group[-1].block_hash in managers[g].cached_blocks_this_step
+            for g, group in enumerate(blocks.blocks)
+            if hasattr(managers[g], "cached_blocks_this_step")
+        )
 
     def extend(self, req: Running, new_len: int) -> bool:
         vreq = req.handle
@@ -558,6 +640,8 @@ class RunResult:
     waste_bytes: int = 0  # held − needed at the peak-running step
     padding_bytes: int = 0
     completed: int = 0
+    dropped: int = 0  # requests that could not fit even alone
+    deferrals: int = 0  # admissions put off by an engine step: their state was being written
     util_series: list[float] = field(default_factory=list)
 
     @property
@@ -577,19 +661,26 @@ def run_trace(
     pool = kv_bytes
     need = ExactNeed(shapes)
     waste_taken_at = 0
-    waiting: deque[int] = deque(i for i, r in enumerate(trace) if r.after is None)
+    waiting: deque[int] = deque()
+    arrivals = sorted((r.arrival, i) for i, r in enumerate(trace) if r.after is None)
+    next_arrival = 0
     children: dict[int, list[int]] = {}
     for i, r in enumerate(trace):
         if r.after is not None:
             children.setdefault(r.after, []).append(i)
     running: list[Running] = []
     attempt = [0] * len(trace)
+    first_hit: list[int | None] = [None] * len(trace)  # the hit its first admission try found
+    counted = [False] * len(trace)
     util_sum = 0.0
     step = 0
     done = 0
-    while (waiting or running) and step < max_steps:
+    while (waiting or running or next_arrival < len(arrivals)) and step < max_steps:
         step += 1
         manager.new_step()
+        while next_arrival < len(arrivals) and arrivals[next_arrival][0] < step:
+            waiting.append(arrivals[next_arrival][1])
+            next_arrival += 1
         # decode: every running request grows by one stride
         i = 0
         while i < len(running):
@@ -614,6 +705,7 @@ def run_trace(
         running = [r for r in running if r.length < r.final_len]
         # admit
         budget = PREFILL_BUDGET
+        engine_steps = DECODE_STRIDE - 1  # the engine steps this step stands for, after the first
         while waiting:
             idx = waiting[0]
             tr = trace[idx]
@@ -623,15 +715,29 @@ def run_trace(
             tokens = tr.prompt + tr.output
             req = Running(f"r{idx}.{attempt[idx]}", idx, tokens, len(tr.prompt), 0, len(tokens))
             hit = manager.admit(req)
+            if first_hit[idx] is None:
+                first_hit[idx] = manager.last_hit
+            if hit is None and manager.deferred and engine_steps:
+                # It starts from a state the current engine step writes: the scheduler stops
+                # here and admits it one engine step later (a sim step is DECODE_STRIDE of them).
+                engine_steps -= 1
+                result.deferrals += 1
+                manager.new_step()
+                continue
             if hit is None:
-                if not running:  # cannot fit even alone: drop it
+                if not running and not manager.deferred:  # cannot fit even alone: drop it
                     waiting.popleft()
                     done += 1
+                    result.dropped += 1
                 break
             waiting.popleft()
             budget -= len(tr.prompt) - hit
-            if attempt[idx] == 1:  # like vLLM's stats: preempted re-runs are not counted
-                result.hit_tokens += hit
+            if not counted[idx]:
+                # Counted once, at its first admission, like vLLM's stats (preempted re-runs are
+                # not); at most the hit its first try found: a try refused mid-prefill cached
+                # its own first chunks, which a real scheduler would have kept computing.
+                counted[idx] = True
+                result.hit_tokens += min(hit, first_hit[idx])
                 result.prompt_tokens += len(tr.prompt)
             running.append(req)
         for r in running:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -146,3 +147,42 @@ def test_exact_need_counts_shared_prefix_blocks_once(tiny) -> None:
     assert need.total == 4 * 1024
     need.remove(a)
     assert need.total == 3 * 1024
+
+
+def test_sysprompt_trace_shares_a_few_long_system_prompts_and_arrives_over_time() -> None:
+    """Each request = one of 5 shared 300-1,000-token prompts + a unique user part; arrivals are
+    seeded, non-decreasing and spread over many steps (not one queue at step 0)."""
+    shapes = load_model_shapes(CONFIGS / "nemotron-h-8b-base-8k.json")
+    trace = sim.make_trace("sysprompt", shapes, 0, 8 << 30, 400, 8192)
+    assert trace == sim.make_trace("sysprompt", shapes, 0, 8 << 30, 400, 8192)
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
+    for r in trace:
+        groups.setdefault(tuple(r.prompt[:300]), []).append(r.prompt)
+    assert 2 <= len(groups) <= 5
+    for prompts in groups.values():
+        if len(prompts) > 1:
+            assert 300 <= len(os.path.commonprefix(prompts)) <= 1000
+    arrivals = [r.arrival for r in trace]
+    assert arrivals == sorted(arrivals) and arrivals[0] < 5 and arrivals[-1] > 10
+    assert all(r.after is None for r in trace)
+
+
+def test_a_hit_on_a_state_written_this_step_waits_one_engine_step() -> None:
+    """Nemotron-H: the first request of a system prompt computes it; the second makes the
+    checkpoint at the shared-prefix junction; the third would start from that checkpoint while
+    the engine is still writing it. Both managers refuse it (vLLM's MambaManager rule) and the
+    scheduler admits it an engine step later, within the same simulated step, with its hit."""
+    shapes = load_model_shapes(CONFIGS / "nemotron-h-8b-base-8k.json")
+    system = list(range(1, 641))  # 40 blocks
+    trace = [
+        sim.TraceRequest(system + [10_000 + 100 * i + j for j in range(50)], [7] * 32)
+        for i in range(3)
+    ]
+    kv = 8 << 30
+    manager = sim.JengaManager(shapes, sim.plan_for_budget(shapes, 16, kv, 8192))
+    r = sim.run_trace(manager, trace, shapes, kv)
+    assert r.deferrals == 1 and r.max_running == 3 and r.preemptions == 0
+    assert r.hit_tokens == 640  # only the third request: the second made the checkpoint
+    vllm = sim.VllmManager(vllm_layout(shapes, kv, max_model_len=8192), "vllm")
+    assert vllm.checkpoint_tokens == 1040  # its block: the 640-token prompt has no checkpoint
+    assert sim.run_trace(vllm, trace, shapes, kv).hit_tokens == 0
