@@ -204,7 +204,8 @@ class TwoLevelAllocator:
         large.num_cached -= 1
         large.num_used += 1
         page.ref_count = 1
-        page.is_stale = page.served_hit = False
+        page.is_stale = False
+        page.hits = 0
         return page
 
     def _claim_large(self, owner: PageOwner, type_idx: int) -> LargePage | None:
@@ -248,7 +249,8 @@ class TwoLevelAllocator:
         t = large.type_idx
         page = large.pages[large.empty_slots.pop()]
         page.ref_count = 1
-        page.is_stale = page.served_hit = False
+        page.is_stale = False
+        page.hits = 0
         if large.num_used or large.num_cached:  # was ACTIVE: one EMPTY slot fewer
             self.num_empty_slots[t] -= 1
             if not large.empty_slots:
@@ -266,7 +268,7 @@ class TwoLevelAllocator:
     # ---- touching cached pages (prefix hits) ------------------------------------------------
     def touch(self, page: SmallPage) -> None:
         """A running request starts using ``page`` (a prefix hit)."""
-        page.served_hit = True
+        page.hits += 1
         if page.ref_count:
             page.ref_count += 1
             return
@@ -300,7 +302,6 @@ class TwoLevelAllocator:
     def release_in_order(self, pages: list[SmallPage], is_stale: bool) -> None:
         """``release`` for pages already in the evictor's release order."""
         evictor = self.evictor
-        protects = evictor.protects_junctions
         for page in pages:
             page.ref_count -= 1
             if page.ref_count:
@@ -308,8 +309,7 @@ class TwoLevelAllocator:
             large = page.large
             large.num_used -= 1
             if page.block_hash is not None:
-                # Pages that already served a hit mark a shared-prefix junction: keep them fresh.
-                page.is_stale = is_stale and not (page.served_hit and protects)
+                page.is_stale = is_stale and not evictor.is_junction(page)
                 large.num_cached += 1
                 if large.num_used:
                     evictor.add_small(page)

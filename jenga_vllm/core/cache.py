@@ -104,6 +104,7 @@ class JengaCache:
             POLICY_REGISTRY[t.spec.kind](t.spec, t.block_tokens, plan.block_size)
             for t in plan.types
         ]
+        self.evictor.junction_hits = [p.junction_hits for p in self.policies]
         self.prefix_types = [i for i, p in enumerate(self.policies) if p.uses_token_prefix]
         self.encoder_types = [i for i, p in enumerate(self.policies) if not p.uses_token_prefix]
         self.enable_caching = enable_caching

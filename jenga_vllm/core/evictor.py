@@ -8,10 +8,12 @@ The prefix-subset evictor (Jenga §5), in plain words
     (aligned eviction); all types share the timestamp (balanced eviction). Pages released while
     their request still runs (out of the sliding window / chunk, superseded Mamba states) are
     *stale*: they sit in a separate queue that is always evicted first, as if stamped long ago —
-    unless the page already served a prefix hit. Such a page sits just before a shared-prefix
-    junction (a system prompt's end, say) where the next request will need exactly it, so it
-    ages normally. (Measured: without this exception stale-first eviction lost up to 9% hit rate
-    to plain LRU on multi-turn chat; with it, it wins — benchmarks/results/eviction_quality.md.)
+    unless the page is a junction: it already served ``junction_hits[type]`` prefix hits (one
+    for attention types, two for state types; see policies/mamba.py). Such a page sits just
+    before a shared-prefix junction (a system prompt's end, say) where the next request will
+    need exactly it, so it ages normally. (Measured: without this exception stale-first eviction
+    lost up to 9% hit rate to plain LRU on multi-turn chat; with it, it wins —
+    benchmarks/results/eviction_quality.md.)
     Eviction is two-level: a whole evictable large page (all its small pages cached, none used;
     its age is that of its newest small page) is evicted before any single small page, so any
     layer type can reuse it.
@@ -36,10 +38,12 @@ _MISSING = object()
 class Evictor(ABC):
     """Owns the evictable-page queues; the allocator tells it every state change."""
 
-    protects_junctions = True  # pages that served a hit are never released as stale
+    protects_junctions = True  # junction pages (see is_junction) are never released as stale
 
     def __init__(self, num_types: int) -> None:
         self.num_types = num_types
+        # per type: prefix hits that make a page a junction (JengaCache sets it from the policies)
+        self.junction_hits = [1] * num_types
         self.small_fresh: list[dict[SmallPage, None]] = [{} for _ in range(num_types)]
         self.small_stale: list[dict[SmallPage, None]] = [{} for _ in range(num_types)]
         self.large_fresh: dict[LargePage, None] = {}
@@ -51,6 +55,10 @@ class Evictor(ABC):
 
     def uses_stale_queue(self) -> bool:
         return True
+
+    def is_junction(self, page: SmallPage) -> bool:
+        """A page enough requests started from to mark a shared-prefix junction: kept fresh."""
+        return self.protects_junctions and page.hits >= self.junction_hits[page.type_idx]
 
     # Small pages of ACTIVE large pages.
     def add_small(self, page: SmallPage) -> None:

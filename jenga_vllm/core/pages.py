@@ -32,7 +32,7 @@ class SmallPage:
     block_hash: object | None = None  # prefix-cache key while CACHED/USED-and-cached
     rank: int = 0  # eviction tie-break: token position (or one random value per encoder item)
     is_stale: bool = False  # released while its request still ran (left the window / old state)
-    served_hit: bool = False  # a second request reused it: it sits at a shared-prefix junction
+    hits: int = 0  # requests that reused it since it was computed (prefix hits)
 
     @property
     def is_cached(self) -> bool:

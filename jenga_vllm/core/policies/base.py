@@ -15,6 +15,8 @@ onto the paper (arXiv names / SOSP names):
   length (in common blocks, ≤ max_blocks) this type can serve from cache. The coordinator
   (``JengaCache.find_longest_hit``) intersects all types by iterating to a fixed point.
 - ``is_cacheable(block)`` — which released blocks are worth keeping (Mamba: checkpoints only).
+- ``junction_hits`` — how many requests must have started from a page before the evictor treats
+  it as a shared-prefix junction and never releases it stale (Mamba: 2; see mamba.py).
 
 Every hook defaults to full attention; a new layer type overrides what differs and registers
 itself in ``POLICY_REGISTRY`` (one line in ``jenga_vllm/core/policies/__init__.py``).
@@ -41,6 +43,7 @@ class LayerPolicy:
     kind: ClassVar[str] = "full"
     is_token_indexed: ClassVar[bool] = True
     uses_token_prefix: ClassVar[bool] = True  # False: pages keyed by an encoder input, not tokens
+    junction_hits: ClassVar[int] = 1
 
     def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
         self.spec = spec
