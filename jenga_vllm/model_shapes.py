@@ -343,6 +343,15 @@ def _llama4(cfg: Any, read: _Reader, dtype: str):
     return layers, "Llama4ForCausalLM"
 
 
+def _state_layer(
+    i: int, conv: tuple[int, ...], ssm: tuple[int, ...], dtype: str, ssm_dtype: str
+) -> LayerShape:
+    """A Mamba / linear-attention layer: its conv state and its SSM (recurrent) state."""
+    return LayerShape(
+        i, "mamba", state_shapes=(conv, ssm), state_dtypes=(dtype, ssm_dtype), dtype=dtype
+    )
+
+
 def _ssm_dtype(read: _Reader, dtype: str) -> str:
     name = read("mamba_ssm_cache_dtype", None)
     return dtype if name in (None, "auto") else str(name)
@@ -358,15 +367,7 @@ def _jamba(cfg: Any, read: _Reader, dtype: str):
     layers = []
     for i in range(n):
         if kinds[i] == "mamba":
-            layers.append(
-                LayerShape(
-                    i,
-                    "mamba",
-                    state_shapes=((conv - 1, d_inner), (d_inner, state)),
-                    state_dtypes=(dtype, dtype),
-                    dtype=dtype,
-                )
-            )
+            layers.append(_state_layer(i, (conv - 1, d_inner), (d_inner, state), dtype, dtype))
         else:
             layers.append(_attention(i, "full", heads, dim, dtype))
     return layers, "JambaForCausalLM"
@@ -384,12 +385,8 @@ def _nemotron_h(cfg: Any, read: _Reader, dtype: str):
     for i, kind in enumerate(kinds):
         if kind in ("mamba", "linear_attention"):
             layers.append(
-                LayerShape(
-                    i,
-                    "mamba",
-                    state_shapes=((conv - 1, conv_dim), (n_heads, head_dim, d_state)),
-                    state_dtypes=(dtype, ssm_dtype),
-                    dtype=dtype,
+                _state_layer(
+                    i, (conv - 1, conv_dim), (n_heads, head_dim, d_state), dtype, ssm_dtype
                 )
             )
         elif kind in ("attention", "full_attention"):
@@ -409,13 +406,7 @@ def _qwen3_next(cfg: Any, read: _Reader, dtype: str):
     for i, layer_type in enumerate(types):
         if layer_type == "linear_attention":
             layers.append(
-                LayerShape(
-                    i,
-                    "mamba",
-                    state_shapes=((conv - 1, conv_dim), (v_heads, v_dim, k_dim)),
-                    state_dtypes=(dtype, dtype),
-                    dtype=dtype,
-                )
+                _state_layer(i, (conv - 1, conv_dim), (v_heads, v_dim, k_dim), dtype, dtype)
             )
         else:
             layers.append(_attention(i, "full", heads, dim, dtype))
@@ -437,12 +428,8 @@ def _granite_hybrid(cfg: Any, read: _Reader, dtype: str):
     for i, layer_type in enumerate(types):
         if layer_type in ("mamba", "linear_attention"):
             layers.append(
-                LayerShape(
-                    i,
-                    "mamba",
-                    state_shapes=((conv - 1, conv_dim), (n_heads, head_dim, d_state)),
-                    state_dtypes=(dtype, ssm_dtype),
-                    dtype=dtype,
+                _state_layer(
+                    i, (conv - 1, conv_dim), (n_heads, head_dim, d_state), dtype, ssm_dtype
                 )
             )
         else:

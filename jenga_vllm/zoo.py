@@ -82,6 +82,9 @@ def _common(num_layers: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+# Gemma-like models: two sliding-window layers, then one full-attention layer, twice.
+GEMMA_LAYER_TYPES = (["sliding_attention"] * 2 + ["full_attention"]) * 2
+
 ZOO: dict[str, Recipe] = {
     "llama": Recipe(
         "transformers",
@@ -97,10 +100,7 @@ ZOO: dict[str, Recipe] = {
         _common(
             6,
             sliding_window=64,
-            layer_types=["sliding_attention"] * 2
-            + ["full_attention"]
-            + ["sliding_attention"] * 2
-            + ["full_attention"],
+            layer_types=GEMMA_LAYER_TYPES,
         ),
         "Gemma-3-like, 4 sliding-window(64) + 2 full layers, same shape",
     ),
@@ -111,10 +111,7 @@ ZOO: dict[str, Recipe] = {
         _common(
             6,
             sliding_window=64,
-            layer_types=["sliding_attention"] * 2
-            + ["full_attention"]
-            + ["sliding_attention"] * 2
-            + ["full_attention"],
+            layer_types=GEMMA_LAYER_TYPES,
             # Full layers: 1 kv head × head_dim 96 (768 B/token/layer in fp32) next to sliding
             # layers' 2 × 32 (512 B): pages of 3:2, which do not divide each other.
             per_layer_config={i: {"head_dim": 96, "num_key_value_heads": 1} for i in (2, 5)},
