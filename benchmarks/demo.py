@@ -112,7 +112,11 @@ def table(model: str, kv_bytes: int, runs: dict[str, ServeRun]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gemma4", choices=list(ZOO))
+    parser.add_argument(
+        "--model",
+        default="gemma4",
+        choices=[m for m, recipe in ZOO.items() if not recipe.encoder_decoder],  # text prompts
+    )
     parser.add_argument("--kv-bytes", type=int, default=4_000_000)
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=320)

@@ -37,10 +37,16 @@ FULL_BYTES_PER_TOKEN = FULL_KV_BYTES_PER_TOKEN
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(FULL_BYTES_PER_TOKEN))
+    # Text-prompt models only: the OpenAI completions API sends no audio to an encoder-decoder
+    # (its capacity and concurrency are in e2e_encoder_decoder.md, from offline engines).
+    text_models = [m for m in FULL_BYTES_PER_TOKEN if not ZOO[m].encoder_decoder]
+    parser.add_argument("--models", default=",".join(text_models))
     parser.add_argument("--requests", type=int, default=12)
     parser.add_argument("--budget-requests", type=float, default=4.0)
     args = parser.parse_args()
+    for model in args.models.split(","):
+        if model not in text_models:
+            parser.error(f"--models: choose among {', '.join(text_models)}")
 
     rows = []
     for model in args.models.split(","):

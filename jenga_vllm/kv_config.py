@@ -2,7 +2,8 @@
 
 What it owns
     - ``layer_types_from_specs``: groups vLLM layers into Jenga *layer types* (full attention,
-      sliding window W, chunked local C, Mamba/linear state), one type per (kind, window/chunk),
+      sliding window W, chunked local C, Mamba/linear state, cross-attention), one type per
+      (kind, window/chunk),
       and reads each layer's bytes per token (state: bytes per state) from its vLLM
       ``KVCacheSpec``;
     - ``build_kv_cache_configs``: the replacement for ``vllm.v1.engine.core.get_kv_cache_configs``.
@@ -91,11 +92,10 @@ class VllmLayerType:
 def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]:
     """(Jenga kind, extra LayerTypeSpec fields) for one vLLM layer spec."""
     if isinstance(spec, CrossAttentionSpec):
-        raise JengaUnsupportedError(
-            f"layer {layer} has a {type(spec).__name__}; the jenga vLLM adapter serves full, "
-            "sliding-window and chunked-local attention and Mamba/linear state so far. Serve "
-            "this model with --kv-cache-manager vllm"
-        )
+        # Encoder-decoder (Whisper): the encoder's K/V, written once at the request's first
+        # step and read by every decode step; held until the request ends, never prefix-cached
+        # (vLLM disables prefix caching for encoder-decoder models).
+        return "cross_attention", {}
     if isinstance(spec, MambaSpec):
         if spec.mamba_cache_mode != "none" or spec.num_speculative_blocks:
             raise JengaUnsupportedError(
@@ -178,8 +178,19 @@ def _merge_worker_specs(kv_cache_specs: list[dict[str, KVCacheSpec]]) -> dict[st
     return merged
 
 
-def _placements(plan: LayoutPlan, types: list[VllmLayerType], size: int) -> list[KVCacheTensor]:
-    """One KVCacheTensor per layer: its page of unit id u starts at u·unit + layer offset."""
+def _placements(
+    plan: LayoutPlan, types: list[VllmLayerType], size: int, zeroing: bool = False
+) -> list[KVCacheTensor]:
+    """One KVCacheTensor per layer: its page of unit id u starts at u·unit + layer offset.
+
+    A model of one layer type whose small page is one unit (Llama, DeepSeek MLA) gets vLLM's
+    own layer-outermost placement instead: layer i's page of unit u at region_i + u·page_i —
+    the same unit ids and bytes, but every layer's view is dense, as backends that flatten the
+    cache (vLLM's CPU MLA backend: ``kv_cache.view(-1, …)``) require. Not when new pages are
+    zeroed: jenga's zeroer clears whole units of the interleaved layout.
+    """
+    if len(plan.types) == 1 and plan.types[0].units_per_small == 1 and not zeroing:
+        return _layer_outermost(plan, types[0], size)
     tensors = []
     for layout, vtype in zip(plan.types, types, strict=True):
         for name, offset, spec in zip(
@@ -197,6 +208,20 @@ def _placements(plan: LayoutPlan, types: list[VllmLayerType], size: int) -> list
                     offset=offset,
                 )
             )
+    return tensors
+
+
+def _layer_outermost(plan: LayoutPlan, vtype: VllmLayerType, size: int) -> list[KVCacheTensor]:
+    tensors, region = [], 0
+    for name, spec in zip(vtype.spec.layer_names, vtype.layer_specs, strict=True):
+        page = spec.page_size_bytes
+        tensors.append(
+            KVCacheTensor(
+                size=size, layers=[name], layer_stride=page, block_stride=page, offset=region
+            )
+        )
+        region += page * plan.num_units
+    assert region <= size, "layer regions exceed the pool"
     return tensors
 
 
@@ -243,6 +268,8 @@ def build_kv_cache_configs(
     size = plan.pool_bytes + _view_slack(plan)
     groups = [KVCacheGroupSpec(list(t.spec.layer_names), t.group_spec) for t in types]
     evictor = (vllm_config.additional_config or {}).get("jenga_evictor", "prefix_subset")
+    zeroing = JengaKVCacheConfig(plan.num_units, [], groups).needs_kv_cache_zeroing
+    placements = _placements(plan, types, size, zeroing)
     configs = []
     for worker_specs in kv_cache_specs:
         worker_groups = [
@@ -255,9 +282,7 @@ def build_kv_cache_configs(
         configs.append(
             JengaKVCacheConfig(
                 num_blocks=plan.num_units,
-                kv_cache_tensors=[
-                    t for t in _placements(plan, types, size) if t.layers[0] in worker_specs
-                ],
+                kv_cache_tensors=[t for t in placements if t.layers[0] in worker_specs],
                 kv_cache_groups=worker_groups,
                 plan=plan,
                 evictor=evictor,
@@ -279,9 +304,21 @@ def pages_per_max_request(vllm_config, plan: LayoutPlan) -> list[int]:
             pages.append(min(full, cdiv(min(t.spec.window - 1 + in_flight, max_len), bs) + 1))
         elif t.spec.kind == "chunked_local":
             pages.append(min(full, cdiv(min(t.spec.chunk + in_flight, max_len), bs)))
+        elif t.spec.kind == "cross_attention":
+            pages.append(cdiv(max_encoder_tokens(vllm_config), bs))
         else:
             pages.append(full)
     return pages
+
+
+def max_encoder_tokens(vllm_config) -> int:
+    """Encoder tokens one request's cross-attention holds at most: the model's encoder length
+    (Whisper: ``max_source_positions``, e.g. 1,500), else vLLM's own bound for the spec (the
+    encoder input budget, ``CrossAttentionSpec.max_memory_usage_bytes``)."""
+    hf_config = vllm_config.model_config.hf_config
+    length = getattr(hf_config, "max_source_positions", None)
+    budget = vllm_config.scheduler_config.max_num_encoder_input_tokens
+    return min(length, budget) if length else budget
 
 
 def bytes_per_max_request(vllm_config, plan: LayoutPlan) -> int:

@@ -226,8 +226,10 @@ class JengaKVCacheManager:
             return cdiv(spec.chunk + self.max_in_flight_tokens, bs)
         return None
 
-    def _can_fit(self, request_id: str, num_tokens: int, hit: PrefixHit | None) -> bool:
-        needs = self.cache.pages_needed(request_id, num_tokens, hit)
+    def _can_fit(
+        self, request_id: str, num_tokens: int, hit: PrefixHit | None, encoder_tokens: int = 0
+    ) -> bool:
+        needs = self.cache.pages_needed(request_id, num_tokens, hit, encoder_tokens)
         needs = [
             n if cap is None else min(n, cap)
             for n, cap in zip(needs, self._admission_caps, strict=True)
@@ -301,13 +303,17 @@ class JengaKVCacheManager:
             raise ValueError(
                 "num_new_tokens must be greater than 0 when there are no computed tokens to adopt"
             )
-        if num_external_computed_tokens or num_encoder_tokens:
+        if num_external_computed_tokens:
             raise JengaUnsupportedError(
-                "external (KV connector) tokens and encoder tokens are not supported by jenga"
+                "external (KV connector) tokens are not supported by jenga; remove the KV "
+                "connector or use --kv-cache-manager vllm"
             )
         request_id = request.request_id
         cache = self.cache
         is_new = request_id not in cache.requests
+        # Cross-attention pages come with a request's first step (vLLM schedules an
+        # encoder-decoder prompt whole, encoder input included) and live until it ends.
+        encoder_tokens = num_encoder_tokens if is_new else 0
         hit = None
         if num_new_computed_tokens and new_computed_blocks is not None:
             assert is_new, "a prefix hit can only be adopted by a request holding no pages"
@@ -326,14 +332,14 @@ class JengaKVCacheManager:
                 request_id, max(0, total_computed - request.num_in_flight_tokens)
             )
         if full_sequence_must_fit and not self._can_fit(
-            request_id, min(request.num_tokens, self.max_model_len), hit
+            request_id, min(request.num_tokens, self.max_model_len), hit, encoder_tokens
         ):
             return None
         if self.watermark_bytes and has_scheduled_reqs and is_new:
             if self.available_bytes() - self.watermark_bytes < 0:
                 return None
 
-        new_pages = cache.allocate(request_id, num_tokens, hit)
+        new_pages = cache.allocate(request_id, num_tokens, hit, encoder_tokens=encoder_tokens)
         if new_pages is None:
             return None
         if self._zero_new_pages:
@@ -429,7 +435,8 @@ class JengaKVCacheManager:
         if req is None:
             return 0
         cached = None
-        for table, t in zip(req.tables, self.plan.types, strict=True):
+        for type_idx in self.cache.prefix_types:  # cross-attention pages are never indexed
+            table, t = req.tables[type_idx], self.plan.types[type_idx]
             n = 0
             for i in range(len(table) - 1, -1, -1):
                 page = table[i]

@@ -165,16 +165,19 @@ def validate_engine_args(engine_args: Any) -> None:
 def validate_model(vllm_config: Any) -> None:
     """Reject model kinds the jenga adapter does not serve yet, before any engine process starts."""
     model_config = vllm_config.model_config
-    for kind, is_kind in (
-        ("encoder-decoder (cross-attention)", model_config.is_encoder_decoder),
-        ("attention-free", model_config.is_attention_free),
-    ):
-        if is_kind:
-            raise JengaUnsupportedError(
-                f"{model_config.model} is a {kind} model; the jenga vLLM adapter serves full, "
-                "sliding-window and chunked-local attention and Mamba/linear-attention hybrids "
-                "so far. Serve it with --kv-cache-manager vllm"
-            )
+    if model_config.is_attention_free:
+        raise JengaUnsupportedError(
+            f"{model_config.model} is an attention-free model: it has no KV cache for jenga to "
+            "manage. Serve it with --kv-cache-manager vllm"
+        )
+    if model_config.is_encoder_decoder and vllm_config.cache_config.enable_prefix_caching:
+        # vLLM turns prefix caching off for these by default; asked for explicitly, stock 0.32
+        # crashes at the first request (CrossAttentionManager has no cache lookup), and a
+        # decoder-token hit would reuse K/V computed against another request's encoder input.
+        raise JengaUnsupportedError(
+            f"{model_config.model} is an encoder-decoder model, which vLLM serves without "
+            "prefix caching; drop --enable-prefix-caching (or pass --no-enable-prefix-caching)"
+        )
     if model_config.has_inner_state and vllm_config.cache_config.mamba_cache_mode != "none":
         raise JengaUnsupportedError(
             f"{model_config.model} is a Mamba/linear-attention hybrid and prefix caching is on "

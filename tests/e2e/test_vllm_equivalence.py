@@ -1,8 +1,8 @@
 """Jenga vs stock vLLM on real engines: greedy fp32 token ids must be identical.
 
 One engine per (zoo model, manager) runs every scenario (tests/e2e/harness.py). For each zoo model:
-prefix-sharing prompts must hit the prefix cache in both managers (Mamba hybrids: prefix caching
-off, no hits), and the long-prompt batch must
+prefix-sharing prompts must hit the prefix cache in both managers (Mamba hybrids and the
+encoder-decoder model: prefix caching off, no hits), and the long-prompt batch must
 force preemptions under jenga — and all generated token ids must equal stock vLLM's.
 """
 
@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import LONG_DECODE, MAMBA_HYBRIDS, run_scenarios, zoo_models
+from tests.e2e.harness import (
+    ENCODER_DECODER,
+    LONG_DECODE,
+    MAMBA_HYBRIDS,
+    run_scenarios,
+    zoo_models,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +30,7 @@ def runs(request):
 def test_prefix_hits_identical_tokens(runs):
     stock, jenga = runs
     s, j = stock.scenarios["prefix"], jenga.scenarios["prefix"]
-    if jenga.model in MAMBA_HYBRIDS:  # prefix caching off: the shared prefix is recomputed
+    if jenga.model in MAMBA_HYBRIDS + ENCODER_DECODER:  # prefix caching off: recomputed
         assert j.prefix_hits == s.prefix_hits == 0
     else:
         assert j.prefix_hits > 0, "jenga served no prefix-cache hits for prompts sharing 288 tokens"
