@@ -261,7 +261,6 @@ FULL_KV_BYTES_PER_TOKEN = {
     "gpt_oss": 2048,
     "llama4": 4096,
     "granite_hybrid": 1024,  # attention layers only; Mamba states are per request
-    "deepseek_mla": 4608,  # one 576-dim latent per token per layer, no separate K and V
     "whisper": 1024,  # decoder self-attention; cross-attention holds 50 encoder tokens per request
 }
 

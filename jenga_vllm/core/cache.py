@@ -172,7 +172,7 @@ class JengaCache:
         for t, policy in enumerate(self.policies):
             if not policy.uses_token_prefix:
                 new_input = req is None and encoder_tokens
-                needs.append(-(-encoder_tokens // policy.block_tokens) if new_input else 0)
+                needs.append(policy.num_blocks(encoder_tokens) if new_input else 0)
                 continue
             have = len(req.tables[t]) if req else (len(hit.pages[t]) if hit else 0)
             needs.append(len(policy.new_blocks(have, num_tokens)))
@@ -286,7 +286,7 @@ class JengaCache:
         req.covered_tokens, req.next_full, req.next_release = covered, full, release
 
     def _encoder_pages(self, t: int, key: Hashable, tokens: int) -> list[SmallPage | None]:
-        count = -(-tokens // self.plan.types[t].block_tokens)
+        count = self.policies[t].num_blocks(tokens)
         if key is None or not self.enable_caching:
             return [None] * count
         return [self.index.get(t, (key, i)) for i in range(count)]
