@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from jenga_vllm.server import VllmServer
-from jenga_vllm.zoo import ZOO, build_model, word_token_ids, words
+from jenga_vllm.tools.server import VllmServer
+from jenga_vllm.tools.zoo import ZOO, build_model, word_token_ids, words
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ENGINE_LOCK = "/tmp/jenga-engine.lock"

@@ -11,7 +11,7 @@ sharing a prefix) are submitted at once and stepped to completion; between steps
 samples vLLM's own gauge ``vllm:num_requests_running`` (peak running batch) and at the end reads
 vLLM's counters (preemptions, prefix-cache queries/hits) — the numbers vLLM itself reports.
 
-Default models: tiny zoo models (jenga_vllm.zoo) whose layer-type mixes mimic the real ones.
+Default models: tiny zoo models (jenga_vllm.tools.zoo) whose layer-type mixes mimic the real ones.
 ``--model PATH`` runs any local HF model directory instead (GPU if the installed vLLM has one).
 
 Run: python benchmarks/e2e_throughput.py [--models gemma4,llama] [--quick]
@@ -37,7 +37,7 @@ DEFAULT_MODELS = ("gemma4", "gemma3", "gpt_oss", "llama4", "granite_hybrid", "ll
 
 def workload(num_requests: int, seed: int = 11, max_length: int = 0) -> list[list[int]]:
     """Prompts: 96–223 tokens, half sharing a 128-token prefix; or ``max_length`` tokens each."""
-    from jenga_vllm.zoo import word_token_ids
+    from jenga_vllm.tools.zoo import word_token_ids
 
     if max_length:
         return [word_token_ids(500 + i, max_length) for i in range(num_requests)]
@@ -66,7 +66,7 @@ def child(args: argparse.Namespace) -> None:
     from vllm.inputs import TokensPrompt
 
     from jenga_vllm import LLM
-    from jenga_vllm.zoo import ZOO, build_model, whisper_prompt
+    from jenga_vllm.tools.zoo import ZOO, build_model, whisper_prompt
 
     path = args.model_path or str(build_model(args.model))
     encoder_decoder = args.model_path is None and ZOO[args.model].encoder_decoder
@@ -161,8 +161,8 @@ def run_engine(model: str, manager: str, args: argparse.Namespace) -> dict:
 
 
 def full_bytes_per_token(model: str) -> int:
-    """KV budget yardstick: bytes a token costs if every layer kept it (jenga_vllm.zoo)."""
-    from jenga_vllm.zoo import FULL_KV_BYTES_PER_TOKEN
+    """KV budget yardstick: bytes a token costs if every layer kept it (jenga_vllm.tools.zoo)."""
+    from jenga_vllm.tools.zoo import FULL_KV_BYTES_PER_TOKEN
 
     return FULL_KV_BYTES_PER_TOKEN[model]
 
@@ -292,7 +292,7 @@ def main() -> int:
             f"{s['outputs_digest'] == j['outputs_digest']} | "
             f"{', '.join(f'{r:.2f}' for r in j['ratios'])} |"
         )
-    from jenga_vllm.zoo import ZOO
+    from jenga_vllm.tools.zoo import ZOO
 
     if any(m in ZOO and ZOO[m].encoder_decoder for m, _, _ in rows):
         lines += [

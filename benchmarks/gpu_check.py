@@ -40,8 +40,9 @@ except ImportError:  # not installed: alias the top-level kernels/ folder
 
 import test_kv_write as kv_tests  # noqa: E402
 import test_paged_attention as attn_tests  # noqa: E402
-from jenga_vllm.kernels import kv_write, reference_kv_write  # noqa: E402
 from paged_pool import KVPool, LayerType, assert_close  # noqa: E402
+
+from jenga_vllm.kernels import kv_write, reference_kv_write  # noqa: E402
 
 BIG_TYPES = (
     LayerType(

@@ -100,7 +100,7 @@ class Replay:
 def engine_config(model: str, manager: str, kv_bytes: int, args: ReplayArgs):
     from vllm.engine.arg_utils import EngineArgs
 
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
 
     # Each engine of e2e_throughput.py is its own process; the jenga path sets this variable
     # with setdefault, so clear it for stock (vLLM's default is 1 either way).
@@ -128,8 +128,8 @@ def layer_specs(model: str, vllm_config) -> dict[str, Any]:
         SlidingWindowSpec,
     )
 
-    from jenga_vllm.model_shapes import LayerShape, load_model_shapes
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.model_shapes import LayerShape, load_model_shapes
+    from jenga_vllm.tools.zoo import build_model
 
     path = build_model(model)
     dtype = getattr(torch, kv_dtype_name(vllm_config))
@@ -436,7 +436,7 @@ def main() -> int:
     ap.add_argument("--trace", default="", help="print every step for these models (comma list)")
     opts = ap.parse_args()
     logging.getLogger("vllm").setLevel(logging.ERROR)
-    from jenga_vllm import plugin
+    from jenga_vllm.vllm import plugin
 
     plugin.install()
     args = ReplayArgs()

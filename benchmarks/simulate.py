@@ -5,7 +5,7 @@ the same simple scheduler through four KV managers with the same KV byte budget:
 
     jenga     the jenga core (JengaCache on plan_layout of the model's layer types)
     vllm      vLLM 0.32's real KVCacheManager (BlockPool, per-type managers, one global LRU) on the
-              layout vLLM itself decides (jenga_vllm.vllm_layout: its grouping, page unification,
+              layout vLLM itself decides (jenga_vllm.tools.vllm_layout: its grouping, page unification,
               Mamba block alignment, num_blocks) — not a re-derivation
     uniform   the same with the hybrid manager disabled (uniform paging); Mamba hybrids cannot run so
     oracle    admits while the exact bytes every running request needs fit (no pages, no caching)
@@ -66,11 +66,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from jenga_vllm.cli import plan_for_budget  # noqa: E402
 from jenga_vllm.core.cache import JengaCache  # noqa: E402
 from jenga_vllm.core.layout import LayoutPlan  # noqa: E402
 from jenga_vllm.core.prefix import block_hashes  # noqa: E402
-from jenga_vllm.model_shapes import ModelShapes, live_tokens, load_model_shapes  # noqa: E402
+from jenga_vllm.tools.cli import plan_for_budget  # noqa: E402
+from jenga_vllm.tools.model_shapes import ModelShapes, live_tokens, load_model_shapes  # noqa: E402
 
 CONFIG_DIR = REPO / "benchmarks" / "model_configs"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -771,7 +771,7 @@ class Case:
 def build_managers(
     shapes: ModelShapes, kv_bytes: int, max_model_len: int
 ) -> tuple[list[Callable[[], Manager]], list[str]]:
-    from jenga_vllm.vllm_layout import VllmLayoutError, vllm_layout
+    from jenga_vllm.tools.vllm_layout import VllmLayoutError, vllm_layout
 
     plan = plan_for_budget(shapes, BLOCK_SIZE, kv_bytes, max_model_len)
     notes = [f"jenga: {plan.describe()}"]

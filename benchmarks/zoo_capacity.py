@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from demo import ENGINE_LOCK, RESULTS, serve_and_measure  # noqa: E402
 
-from jenga_vllm.zoo import (  # noqa: E402
+from jenga_vllm.tools.zoo import (  # noqa: E402
     FULL_KV_BYTES_PER_TOKEN,
     ZOO,
     build_model,

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "LLM":
-        from jenga_vllm.entrypoints import LLM
+        from jenga_vllm.vllm.entrypoints import LLM
 
         return LLM
     raise AttributeError(f"module 'jenga_vllm' has no attribute {name!r}")

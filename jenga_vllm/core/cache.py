@@ -2,7 +2,7 @@
 
 It ties the pieces together: the layout plan (layout.py), one policy per layer type (policies/),
 the two-level allocator (allocator.py), the prefix index (prefix.py) and the evictor (evictor.py).
-An engine adapter (the vLLM one lives in jenga_vllm/manager.py) drives it with four verbs per
+An engine adapter (the vLLM one lives in jenga_vllm/vllm/manager.py) drives it with four verbs per
 scheduler step, mirroring what a scheduler asks:
 
     find_longest_hit(hashes, max_tokens)  → PrefixHit        (pure: changes nothing)

@@ -15,8 +15,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import simulate as sim  # noqa: E402
 
-from jenga_vllm.model_shapes import load_model_shapes  # noqa: E402
-from jenga_vllm.vllm_layout import VllmLayoutError, vllm_layout  # noqa: E402
+from jenga_vllm.tools.model_shapes import load_model_shapes  # noqa: E402
+from jenga_vllm.tools.vllm_layout import VllmLayoutError, vllm_layout  # noqa: E402
 
 CONFIGS = REPO / "benchmarks" / "model_configs"
 

@@ -17,8 +17,8 @@ import sys
 from vllm import LLM, SamplingParams
 from vllm.v1.attention import selector
 
-import jenga_vllm.attention.backend as jenga_backend
-from jenga_vllm.zoo import build_model, word_token_ids
+import jenga_vllm.vllm.attention.backend as jenga_backend
+from jenga_vllm.tools.zoo import build_model, word_token_ids
 
 PROMPT_LENGTHS = (70, 5, 33, 130)  # ragged; 130 > the sliding window of 64
 

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 import torch
+
 from jenga_vllm.kernels import LayerPageGeometry, reference_kv_write, unit_and_large_page_bytes
 from jenga_vllm.kernels.reference import first_visible_key
 

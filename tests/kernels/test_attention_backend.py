@@ -54,7 +54,7 @@ def test_cpu_registration_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("vllm")
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-    from jenga_vllm.attention import (
+    from jenga_vllm.vllm.attention import (
         BACKEND_PATH,
         register_jenga_attention_backend,
         unregister_jenga_attention_backend,
@@ -88,7 +88,7 @@ def test_cuda_default_respects_the_users_choice(monkeypatch: pytest.MonkeyPatch)
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
-    from jenga_vllm.attention import apply_jenga_attention_default
+    from jenga_vllm.vllm.attention import apply_jenga_attention_default
 
     def config(backend=None):
         return SimpleNamespace(attention_config=AttentionConfig(backend=backend))

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from jenga_vllm.kernels import LayerPageGeometry, kv_write, reference_kv_write
 from paged_pool import THREE_TYPES, KVPool
+
+from jenga_vllm.kernels import LayerPageGeometry, kv_write, reference_kv_write
 
 pytestmark = pytest.mark.kernel
 

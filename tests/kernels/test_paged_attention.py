@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
-from jenga_vllm.kernels import LaunchConfig, paged_attention, reference_paged_attention
 from paged_pool import (
     CHUNKED,
     FULL,
@@ -23,6 +22,8 @@ from paged_pool import (
     assert_close,
     build_batch,
 )
+
+from jenga_vllm.kernels import LaunchConfig, paged_attention, reference_paged_attention
 
 pytestmark = pytest.mark.kernel
 

@@ -22,8 +22,8 @@ def config():
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec
 
-    from jenga_vllm.kv_config import build_kv_cache_configs
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs
 
     vllm_config = EngineArgs(
         model=str(build_model("gemma4")),
@@ -51,7 +51,7 @@ def config():
 
 @pytest.fixture
 def manager(config):
-    from jenga_vllm.manager import JengaKVCacheManager
+    from jenga_vllm.vllm.manager import JengaKVCacheManager
 
     return JengaKVCacheManager(
         config, max_model_len=512, scheduler_block_size=BLOCK, hash_block_size=BLOCK, log_stats=True
@@ -132,9 +132,9 @@ def test_mamba_hybrid_one_state_page_and_units_to_zero():
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.kv_cache_interface import FullAttentionSpec, MambaSpec
 
-    from jenga_vllm.kv_config import build_kv_cache_configs
-    from jenga_vllm.manager import JengaKVCacheManager
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs
+    from jenga_vllm.vllm.manager import JengaKVCacheManager
 
     vllm_config = EngineArgs(
         model=str(build_model("llama")),
@@ -196,9 +196,9 @@ def test_cross_attention_pages_come_with_the_first_step_and_go_with_the_request(
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.kv_cache_interface import CrossAttentionSpec, FullAttentionSpec
 
-    from jenga_vllm.kv_config import build_kv_cache_configs, pages_per_max_request
-    from jenga_vllm.manager import JengaKVCacheManager
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs, pages_per_max_request
+    from jenga_vllm.vllm.manager import JengaKVCacheManager
 
     vllm_config = EngineArgs(
         model=str(build_model("whisper")),

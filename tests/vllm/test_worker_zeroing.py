@@ -1,4 +1,4 @@
-"""jenga_vllm.worker.UnitZeroer: clears exactly the units it is given, nothing around them."""
+"""jenga_vllm.vllm.worker.UnitZeroer: clears exactly the units it is given, nothing around them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 
 def test_unit_zeroer_clears_only_the_given_units():
-    from jenga_vllm.worker import UnitZeroer
+    from jenga_vllm.vllm.worker import UnitZeroer
 
     unit, units = 48, 10
     buffer = torch.full((unit * units + 7,), 5, dtype=torch.int8)  # + slack past the last unit

@@ -43,8 +43,8 @@ from vllm.v1.attention.backends.triton_attn import (
     TritonAttentionMetadataBuilder,
 )
 
-from jenga_vllm.attention import BACKEND_PATH
 from jenga_vllm.kernels import MAX_SPLITS, SplitWorkspace, kv_write, paged_attention
+from jenga_vllm.vllm.attention import BACKEND_PATH
 
 logger = init_logger(__name__)
 

@@ -3,7 +3,7 @@
 What it owns
     The translation between vLLM's scheduler and the engine-agnostic ``JengaCache``:
     - vLLM's *block* is Jenga's *small page*; a vLLM block id is the page's *unit id*
-      (``jenga_vllm.kv_config``); vLLM's KV-cache *group* i is Jenga *layer type* i;
+      (``jenga_vllm.vllm.kv_config``); vLLM's KV-cache *group* i is Jenga *layer type* i;
     - prefix hits use vLLM's own ``request.block_hashes`` (chained, at the common block size);
     - a running request's out-of-window pages are released on the processed-token basis, like
       vLLM's ``remove_skipped_blocks``; preemption follows from ``allocate_slots`` returning None;
@@ -34,7 +34,7 @@ from jenga_vllm.core.cache import JengaCache, PrefixHit
 from jenga_vllm.core.errors import JengaUnsupportedError
 from jenga_vllm.core.invariants import DEBUG_INVARIANTS, check_invariants
 from jenga_vllm.core.pages import SmallPage
-from jenga_vllm.kv_config import JengaKVCacheConfig
+from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
 logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
 

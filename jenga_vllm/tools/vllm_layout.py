@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jenga_vllm.model_shapes import ModelShapes
+from jenga_vllm.tools.model_shapes import ModelShapes
 
 HMA_MODES = ("default", "on", "off")
 CONFIG_CACHE_DIR = Path(tempfile.gettempdir()) / "jenga_vllm_text_configs"

@@ -1,6 +1,6 @@
 """Jenga vs stock vLLM on real engines: greedy fp32 token ids must be identical.
 
-One engine per (zoo model, manager) runs every scenario (tests/e2e/harness.py). For each zoo model:
+One engine per (zoo model, manager) runs every scenario (tests/vllm/harness.py). For each zoo model:
 prefix-sharing prompts must hit the prefix cache in both managers (Mamba hybrids and the
 encoder-decoder model: prefix caching off, no hits), and the long-prompt batch must
 force preemptions under jenga — and all generated token ids must equal stock vLLM's.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import (
+from tests.vllm.harness import (
     ENCODER_DECODER,
     LONG_DECODE,
     MAMBA_HYBRIDS,

@@ -1,6 +1,6 @@
 """`jenga-vllm plan`'s numbers for vLLM equal what a real vLLM engine logs for the same config.
 
-The planner (jenga_vllm.vllm_layout, no weights) computes vLLM 0.32's own layout decision from a
+The planner (jenga_vllm.tools.vllm_layout, no weights) computes vLLM 0.32's own layout decision from a
 config.json; a real engine (the e2e harness's stock run, same KV bytes, max_model_len and block
 size) reports `kv_cache_size_tokens` from its "KV cache size: N tokens" start-up line.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from jenga_vllm.zoo import build_model
-from tests.e2e import harness
+from jenga_vllm.tools.zoo import build_model
+from tests.vllm import harness
 
 pytestmark = pytest.mark.e2e
 
@@ -20,8 +20,8 @@ PLANNED = [m for m in ("llama", "gemma4", "gpt_oss", "llama4") if m in harness.z
 
 @pytest.mark.parametrize("model", PLANNED)
 def test_planner_vllm_capacity_equals_the_engines(model: str) -> None:
-    from jenga_vllm.model_shapes import load_model_shapes
-    from jenga_vllm.vllm_layout import vllm_layout
+    from jenga_vllm.tools.model_shapes import load_model_shapes
+    from jenga_vllm.tools.vllm_layout import vllm_layout
 
     engine = harness.run_scenarios(model, "vllm")
     shapes = load_model_shapes(str(build_model(model)), dtype="float32")

@@ -22,7 +22,7 @@ import gc
 import os
 from dataclasses import dataclass, field
 
-from jenga_vllm.zoo import build_model, whisper_prompt, word_token_ids
+from jenga_vllm.tools.zoo import build_model, whisper_prompt, word_token_ids
 
 MAX_MODEL_LEN = 512
 BLOCK_SIZE = 32

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from jenga_vllm.server import VllmServer
-from jenga_vllm.zoo import build_model, word_token_ids, words
-from tests.e2e.harness import ENGINE_LOCK, kv_budget
+from jenga_vllm.tools.server import VllmServer
+from jenga_vllm.tools.zoo import build_model, word_token_ids, words
+from tests.vllm.harness import ENGINE_LOCK, kv_budget
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma4"

@@ -59,7 +59,7 @@ class VllmServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(tempfile.mkstemp(prefix=f"vllm-serve-{manager}-", suffix=".log")[1])
         self.args = [
-            sys.executable, "-m", "jenga_vllm.vllm_cli", "serve", self.model,
+            sys.executable, "-m", "jenga_vllm.tools.vllm_cli", "serve", self.model,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--kv-cache-manager", manager,
             "--dtype", "float32", "--enforce-eager", "--seed", "0",

@@ -33,12 +33,12 @@ Patch ledger (symbol → replacement; guard; upstream hook that would remove it;
                                   type at its own size; jenga requested; would go with a
                                   KV-layout plugin hook.
     GPUModelRunner._init_kv_zero_meta (V1 runner, also the CPU runner's; and the V2 runner's)
-                                  → jenga_vllm.worker.UnitZeroer (clears the units of new small
+                                  → jenga_vllm.vllm.worker.UnitZeroer (clears the units of new small
                                   pages); config is a JengaKVCacheConfig; applied when the
                                   runner module is first imported (it is heavy), same hook.
     vllm.v1.attention.backends.registry (register_backend)
                                   CUDA: AttentionBackendEnum.CUSTOM → jenga's Triton backend
-                                  (jenga_vllm/attention), made the default of jenga runs in
+                                  (jenga_vllm/vllm/attention), made the default of jenga runs in
                                   create_engine_config; CPU: replaces CPU_ATTN only with
                                   JENGA_ATTENTION_BACKEND=triton (interpreter mode, tests).
 On an unsupported vLLM version only the create_engine_config guard is installed: asking for jenga
@@ -199,7 +199,7 @@ def _create_engine_config(original: Callable) -> Callable:
         vllm_config = original(self, *args, **kwargs)
         if is_jenga:
             validate_model(vllm_config)
-            from jenga_vllm.attention import apply_jenga_attention_default
+            from jenga_vllm.vllm.attention import apply_jenga_attention_default
 
             # CUDA: jenga's Triton kernels read the heterogeneous page tables by default
             # (JENGA_ATTENTION_BACKEND=vllm or --attention-backend keeps vLLM's backends).
@@ -222,7 +222,7 @@ def _get_kv_cache_configs(original: Callable) -> Callable:
     def get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory):
         if not is_jenga_enabled(vllm_config):
             return original(vllm_config, kv_cache_specs, available_memory)
-        from jenga_vllm.kv_config import build_kv_cache_configs
+        from jenga_vllm.vllm.kv_config import build_kv_cache_configs
 
         return build_kv_cache_configs(vllm_config, kv_cache_specs, available_memory)
 
@@ -231,7 +231,7 @@ def _get_kv_cache_configs(original: Callable) -> Callable:
 
 def _update_kv_cache_capacity(original: Callable) -> Callable:
     def update_kv_cache_capacity(vllm_config, kv_cache_config):
-        from jenga_vllm.kv_config import JengaKVCacheConfig, update_capacity
+        from jenga_vllm.vllm.kv_config import JengaKVCacheConfig, update_capacity
 
         if isinstance(kv_cache_config, JengaKVCacheConfig):
             return update_capacity(vllm_config, kv_cache_config)
@@ -242,10 +242,10 @@ def _update_kv_cache_capacity(original: Callable) -> Callable:
 
 def _kv_cache_manager(original: Callable) -> Callable:
     def KVCacheManager(kv_cache_config, *args, **kwargs):  # noqa: N802 - replaces a class name
-        from jenga_vllm.kv_config import JengaKVCacheConfig
+        from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
         if isinstance(kv_cache_config, JengaKVCacheConfig):
-            from jenga_vllm.manager import JengaKVCacheManager
+            from jenga_vllm.vllm.manager import JengaKVCacheManager
 
             return JengaKVCacheManager(kv_cache_config, *args, **kwargs)
         return original(kv_cache_config, *args, **kwargs)
@@ -272,11 +272,11 @@ def _init_kv_zero_meta(attribute: str) -> Callable[[Callable], Callable]:
 
     def make(original: Callable) -> Callable:
         def init_kv_zero_meta(self) -> None:
-            from jenga_vllm.kv_config import JengaKVCacheConfig
+            from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
             if not isinstance(self.kv_cache_config, JengaKVCacheConfig):
                 return original(self)
-            from jenga_vllm.worker import UnitZeroer
+            from jenga_vllm.vllm.worker import UnitZeroer
 
             setattr(self, attribute, UnitZeroer.for_runner(self))
             return None
@@ -401,7 +401,7 @@ def install() -> list[str]:
         elif _supported or patch.attribute in GUARD_ONLY:
             _apply(patch)
     if _supported:
-        from jenga_vllm.attention import register_jenga_attention_backend
+        from jenga_vllm.vllm.attention import register_jenga_attention_backend
 
         # Worker side: vLLM picks attention backends in the worker process. CUDA: registers
         # AttentionBackendEnum.CUSTOM (used only when selected); CPU: only with

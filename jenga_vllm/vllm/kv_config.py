@@ -65,7 +65,7 @@ class JengaKVCacheConfig(KVCacheConfig):
     def needs_kv_cache_zeroing(self) -> bool:
         """As vLLM decides (Mamba state is read before it is fully written; mixed precisions
         decode stale bytes to NaN), but the zeroing itself is jenga's: the scheduler sends the
-        unit ids of every new small page and ``jenga_vllm.worker.UnitZeroer`` clears those
+        unit ids of every new small page and ``jenga_vllm.vllm.worker.UnitZeroer`` clears those
         units, since vLLM's zeroer would clear one page per layer at every id and clobber the
         neighbours of a small page."""
         return super().needs_kv_cache_zeroing
