@@ -11,9 +11,10 @@ from jenga_vllm.core.errors import (
 )
 from jenga_vllm.core.evictor import EVICTORS, PerTypeLRUEvictor, PrefixSubsetEvictor
 from jenga_vllm.core.invariants import check_invariants
-from jenga_vllm.core.layout import LayerTypeSpec, LayoutPlan, TypeLayout, plan_layout
+from jenga_vllm.core.layout import LayoutPlan, TypeLayout, plan_layout
 from jenga_vllm.core.policies import POLICY_REGISTRY, LayerPolicy, register_policy
 from jenga_vllm.core.prefix import block_hashes
+from jenga_vllm.core.spec import LayerTypeSpec
 
 __all__ = [
     "EVICTORS",

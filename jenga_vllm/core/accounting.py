@@ -13,8 +13,10 @@ Internal fragmentation, reported separately: ``padding`` (rounding inside used/c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from jenga_vllm.core.cache import JengaCache
+if TYPE_CHECKING:  # a type hint only
+    from jenga_vllm.core.cache import JengaCache
 
 
 @dataclass(slots=True)

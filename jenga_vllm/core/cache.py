@@ -6,13 +6,22 @@ An engine adapter (the vLLM one lives in jenga_vllm/vllm/manager.py) drives it w
 scheduler step, mirroring what a scheduler asks:
 
     find_longest_hit(hashes, max_tokens)  → PrefixHit        (pure: changes nothing)
+    can_allocate(request_id, num_tokens, hit) → bool         (pure: would it fit?)
     allocate(request_id, num_tokens, hit) → new pages | None (atomic: all types or nothing)
     cache_blocks(request_id, hashes, num_tokens)             (name full blocks for future hits)
     release_unneeded(request_id, num_computed_tokens)        (out-of-window pages → cache, stale)
     free(request_id)                                         (all pages → cache, suffix first)
+    new_step()                                               (an engine step begins)
 
 Page tables: per request and type, a list indexed by the type's block number; ``None`` marks a
 block the type no longer needs (vLLM's null block, unit id 0).
+
+Same-step states (``guards_same_step_states``): a state page (Mamba) is named in the prefix index
+when it is allocated, but an engine writes it only while the step runs, and a request starting
+from it in the same step would read it before it is written (attention pages have no such race:
+vLLM writes a layer's new K/V before any request of the batch reads them). So a hit on a state
+indexed in the current step is refused (``allocate`` returns None): the request waits one step,
+as vLLM's own MambaManager makes it.
 
 Invariants: a request's table for type t has ``num_blocks_t(num_tokens)`` entries once allocated;
 entries before ``released[t]`` are None; every non-None entry holds one reference on its page.
@@ -20,7 +29,6 @@ entries before ``released[t]`` are None; every non-None entry holds one referenc
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -28,10 +36,12 @@ from dataclasses import dataclass
 from jenga_vllm.core.allocator import PageOwner, TwoLevelAllocator
 from jenga_vllm.core.errors import JengaAllocationError, JengaConfigError
 from jenga_vllm.core.evictor import EVICTORS, Evictor
+from jenga_vllm.core.invariants import check_invariants
 from jenga_vllm.core.layout import LayoutPlan
 from jenga_vllm.core.pages import SmallPage
-from jenga_vllm.core.policies import POLICY_REGISTRY, LayerPolicy
+from jenga_vllm.core.policies import LayerPolicy, make_policies
 from jenga_vllm.core.prefix import PrefixIndex
+from jenga_vllm.core.spec import DEBUG_INVARIANTS
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +56,7 @@ class RequestPages:
     num_tokens: int = 0
     encoder_key: Hashable | None = None
     encoder_tokens: int = 0
+    prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
     # O(1) fast paths for the common decode step (see _refresh_thresholds):
     covered_tokens: float = 0  # tokens the current tables can hold without a new page
     next_full: float = 0  # token count at which some type completes a new block to cache
@@ -54,10 +65,16 @@ class RequestPages:
 
 @dataclass(frozen=True, slots=True)
 class PrefixHit:
-    """A prefix-cache hit valid for every layer type: ``num_tokens`` and each type's pages."""
+    """A prefix-cache hit valid for every layer type: ``num_tokens`` and each type's pages.
+
+    ``junction_tokens``: on a model with state types, the longest prefix the attention types
+    alone could serve when it is longer than ``num_tokens`` (else 0) — a shared prefix whose end
+    has no cached state yet; an engine that stops a prefill chunk there writes that state.
+    """
 
     num_tokens: int
     pages: tuple[tuple[SmallPage | None, ...], ...]
+    junction_tokens: int = 0
 
     @property
     def num_pages(self) -> int:
@@ -65,10 +82,6 @@ class PrefixHit:
 
 
 NO_HIT_CACHE: dict[int, PrefixHit] = {}
-
-# Whole-pool invariant check after every state-changing operation that is not a fast path
-# (O(pool): tests and debugging only; `make test` turns it on).
-DEBUG_INVARIANTS = os.environ.get("JENGA_DEBUG_INVARIANTS", "") not in ("", "0")
 
 
 def empty_hit(num_types: int) -> PrefixHit:
@@ -87,6 +100,7 @@ class JengaCache:
         *,
         evictor: str | Evictor = "prefix_subset",
         enable_caching: bool = True,
+        guards_same_step_states: bool = False,
         seed: int = 0,
     ) -> None:
         self.plan = plan
@@ -100,13 +114,14 @@ class JengaCache:
         self.evictor = evictor
         self.index = PrefixIndex(num_types)
         self.allocator = TwoLevelAllocator(plan, evictor, self.index)
-        self.policies: list[LayerPolicy] = [
-            POLICY_REGISTRY[t.spec.kind](t.spec, t.block_tokens, plan.block_size)
-            for t in plan.types
-        ]
+        self.policies: list[LayerPolicy] = make_policies(plan)
         self.evictor.junction_hits = [p.junction_hits for p in self.policies]
         self.prefix_types = [i for i, p in enumerate(self.policies) if p.uses_token_prefix]
         self.encoder_types = [i for i, p in enumerate(self.policies) if not p.uses_token_prefix]
+        self.state_types = [t for t in self.prefix_types if not self.policies[t].is_token_indexed]
+        self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
+        self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
+        self._states_this_step: set[SmallPage] = set()
         self.enable_caching = enable_caching
         self.requests: dict[str, RequestPages] = {}
         self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
@@ -122,19 +137,18 @@ class JengaCache:
         num_types = len(self.policies)
         if not self.enable_caching:
             return empty_hit(num_types)
-        length = min(len(hashes), max_tokens // self.plan.block_size)
-        if length <= 0:
+        longest = min(len(hashes), max_tokens // self.plan.block_size)
+        if longest <= 0:
             return empty_hit(num_types)
         lookups = [self._cached_lookup(t, hashes) for t in range(num_types)]
-        stable = False
-        while not stable and length > 0:
-            stable = True
-            for t in self.prefix_types:
-                found = self.policies[t].longest_valid_hit(length, lookups[t])
-                if found < length:
-                    length, stable = found, False
+        length = self._fixed_point(self.prefix_types, longest, lookups)
+        junction = 0
+        if self.state_types and length < longest:
+            attention = self._fixed_point(self.attention_types, longest, lookups)
+            if attention > length:
+                junction = attention * self.plan.block_size
         if length <= 0:
-            return empty_hit(num_types)
+            return PrefixHit(0, ((),) * num_types, junction) if junction else empty_hit(num_types)
         pages = []
         for t, policy in enumerate(self.policies):
             if t not in self.prefix_types:
@@ -146,7 +160,18 @@ class JengaCache:
                 (None,) * first
                 + tuple(self.index.get(t, hashes[policy.hash_index(i)]) for i in range(first, n))
             )
-        return PrefixHit(length * self.plan.block_size, tuple(pages))
+        return PrefixHit(length * self.plan.block_size, tuple(pages), junction)
+
+    def _fixed_point(self, types: list[int], length: int, lookups: list) -> int:
+        """Longest length (in common blocks, ≤ length) every type in ``types`` accepts."""
+        stable = False
+        while not stable and length > 0:
+            stable = True
+            for t in types:
+                found = self.policies[t].longest_valid_hit(length, lookups[t])
+                if found < length:
+                    length, stable = found, False
+        return max(length, 0)
 
     def _cached_lookup(self, type_idx: int, hashes: Sequence[Hashable]):
         policy = self.policies[type_idx]
@@ -164,6 +189,7 @@ class JengaCache:
         num_tokens: int,
         hit: PrefixHit | None = None,
         encoder_tokens: int = 0,
+        checkpoint: bool = True,
     ) -> list[int]:
         """New small pages per type that allocate(request_id, num_tokens, hit) would take
         (encoder types: a new request's unshared encoder input of ``encoder_tokens``)."""
@@ -175,8 +201,41 @@ class JengaCache:
                 needs.append(policy.num_blocks(encoder_tokens) if new_input else 0)
                 continue
             have = len(req.tables[t]) if req else (len(hit.pages[t]) if hit else 0)
-            needs.append(len(policy.new_blocks(have, num_tokens)))
+            needs.append(len(policy.new_blocks(have, num_tokens, checkpoint)))
         return needs
+
+    def can_allocate(
+        self,
+        request_id: str,
+        num_tokens: int,
+        hit: PrefixHit | None = None,
+        encoder_tokens: int = 0,
+        in_flight_tokens: int | None = None,
+    ) -> bool:
+        """Whether ``num_tokens`` tokens would fit for the request, each type holding at most
+        what its policy keeps live at once (``max_live_blocks``; windows recycle their pages)
+        while ``in_flight_tokens`` are scheduled; changes nothing."""
+        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        if in_flight_tokens is not None:
+            needs = [
+                min(n, policy.max_live_blocks(num_tokens, in_flight_tokens))
+                if policy.uses_token_prefix
+                else n
+                for n, policy in zip(needs, self.policies, strict=True)
+            ]
+        hit_pages = [p for per in hit.pages for p in per if p is not None] if hit else []
+        slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
+        return self.allocator.budget_for(needs, slot_delta, large_delta) is not None
+
+    def free_bytes(self) -> int:
+        """Bytes a new allocation could take: FREE and EVICTABLE large pages plus EMPTY and
+        CACHED slots of ACTIVE ones (cached pages count as free, as in vLLM)."""
+        alloc = self.allocator
+        free = alloc.claimable_large_pages() * self.plan.large_page_bytes
+        return free + sum(
+            alloc.slots_in_active(t) * layout.small_page_bytes
+            for t, layout in enumerate(self.plan.types)
+        )
 
     def allocate(
         self,
@@ -186,12 +245,18 @@ class JengaCache:
         *,
         encoder_key: Hashable | None = None,
         encoder_tokens: int = 0,
+        checkpoint: bool = True,
+        prompt_tokens: int | None = None,
     ) -> Sequence[Sequence[SmallPage]] | None:
         """Make ``request_id`` hold pages for ``num_tokens`` tokens; returns new pages per type.
 
-        A new request may bring a ``hit`` (from find_longest_hit, in the same step) and an encoder
-        input (``encoder_key`` names it for sharing; ``encoder_tokens`` its length). Returns None
-        — changing nothing — when memory cannot cover it; the caller preempts or waits.
+        A new request may bring a ``hit`` (from find_longest_hit, in the same step), an encoder
+        input (``encoder_key`` names it for sharing; ``encoder_tokens`` its length) and its
+        ``prompt_tokens`` (states written past the prompt are not kept when superseded; see
+        policies/mamba.py). ``checkpoint``: whether the engine also writes the state at the last
+        block boundary this growth crosses (state types; vLLM decides per step). Returns None
+        — changing nothing — when memory cannot cover it, or when the hit starts from a state
+        written in this very step; the caller preempts or waits.
         """
         if num_tokens < 0:
             raise JengaAllocationError(f"num_tokens must be ≥ 0, got {num_tokens}")
@@ -211,8 +276,10 @@ class JengaCache:
         if not is_new and num_tokens < req.num_tokens:
             num_tokens = req.num_tokens  # never shrink; vLLM asks with computed+new ≥ before
 
-        needs = self.pages_needed(request_id, num_tokens, hit)
+        needs = self.pages_needed(request_id, num_tokens, hit, checkpoint=checkpoint)
         hit_pages = [p for per_type in hit.pages for p in per_type if p is not None]
+        if self._states_this_step and not self._states_this_step.isdisjoint(hit_pages):
+            return None  # the state is written by this step's forward pass: wait one step
         encoder_plan: list[tuple[int, list[SmallPage | None]]] = []
         if is_new and encoder_tokens and self.encoder_types:
             for t in self.encoder_types:
@@ -223,7 +290,9 @@ class JengaCache:
 
         if not hit_pages and not any(needs):
             if is_new:
-                req = self._admit(request_id, num_tokens, hit, encoder_key, encoder_tokens)
+                req = self._admit(
+                    request_id, num_tokens, hit, encoder_key, encoder_tokens, prompt_tokens
+                )
             req.num_tokens = num_tokens
             self._refresh_thresholds(req)
             return [[] for _ in self.policies]
@@ -238,13 +307,15 @@ class JengaCache:
         for page in hit_pages:
             self.allocator.touch(page)
         if is_new:
-            req = self._admit(request_id, num_tokens, hit, encoder_key, encoder_tokens)
+            req = self._admit(
+                request_id, num_tokens, hit, encoder_key, encoder_tokens, prompt_tokens
+            )
         new_pages: list[list[SmallPage]] = []
         for t, policy in enumerate(self.policies):
             table = req.tables[t]
             fresh: list[SmallPage] = []
             if policy.uses_token_prefix:
-                for block in policy.new_blocks(len(table), num_tokens):
+                for block in policy.new_blocks(len(table), num_tokens, checkpoint):
                     if block > len(table):  # state types skip intermediate states
                         table.extend([None] * (block - len(table)))
                     page = self.allocator.allocate(req.owner, t, budget)
@@ -271,8 +342,6 @@ class JengaCache:
 
     def check(self) -> None:
         """Run the whole-pool invariant checker (raises InvariantError)."""
-        from jenga_vllm.core.invariants import check_invariants
-
         check_invariants(self)
 
     def _refresh_thresholds(self, req: RequestPages) -> None:
@@ -292,7 +361,13 @@ class JengaCache:
         return [self.index.get(t, (key, i)) for i in range(count)]
 
     def _admit(
-        self, request_id: str, num_tokens: int, hit: PrefixHit, key: Hashable, enc: int
+        self,
+        request_id: str,
+        num_tokens: int,
+        hit: PrefixHit,
+        key: Hashable,
+        enc: int,
+        prompt_tokens: int | None,
     ) -> RequestPages:
         num_types = len(self.policies)
         tables = [list(per_type) for per_type in hit.pages]
@@ -309,6 +384,7 @@ class JengaCache:
             num_tokens=num_tokens,
             encoder_key=key,
             encoder_tokens=enc,
+            prompt_tokens=prompt_tokens,
         )
         self.requests[request_id] = req
         return req
@@ -332,7 +408,9 @@ class JengaCache:
             for block in range(upto, limit):
                 page = table[block]
                 if page is not None and page.block_hash is None and policy.is_cacheable(block):
-                    self.index.insert(page, hashes[policy.hash_index(block)])
+                    if self.index.insert(page, hashes[policy.hash_index(block)]):
+                        if self.guards_same_step_states and not policy.is_token_indexed:
+                            self._states_this_step.add(page)
             req.cached_upto[t] = max(upto, limit)
         self._refresh_thresholds(req)
 
@@ -352,6 +430,13 @@ class JengaCache:
             for block in range(req.released[t], target):
                 page = table[block]
                 if page is not None:
+                    if (
+                        page.ref_count == 1
+                        and page.block_hash is not None
+                        and not policy.keeps_released(block, req.prompt_tokens)
+                    ):
+                        self.index.remove(page)  # superseded, not worth keeping: EMPTY
+                        self._states_this_step.discard(page)
                     to_release.append(page)
                     table[block] = None
             if target > req.released[t]:
@@ -382,6 +467,10 @@ class JengaCache:
         self.allocator.forget_owner(req.owner)
         if DEBUG_INVARIANTS:
             self.check()
+
+    def new_step(self) -> None:
+        """An engine step begins: states indexed in earlier steps have been written."""
+        self._states_this_step.clear()
 
     def reset_prefix_cache(self) -> bool:
         """Drop every cached page. Refused (False) while any request holds pages."""

@@ -5,15 +5,19 @@ counters agree; reference counts equal the number of page-table entries naming t
 small page appears twice in one table; the prefix index, the evictor's queues, the per-type
 EMPTY-slot pools and the level-0 free list hold exactly the pages their state says; all bytes add
 up to the pool. Costs O(pool); tests call it, and JengaCache runs it after every operation when
-JENGA_DEBUG_INVARIANTS=1 (cache.DEBUG_INVARIANTS).
+JENGA_DEBUG_INVARIANTS=1 (spec.DEBUG_INVARIANTS).
 """
 
 from __future__ import annotations
 
-from jenga_vllm.core.cache import DEBUG_INVARIANTS, JengaCache
+from typing import TYPE_CHECKING
+
 from jenga_vllm.core.pages import LargePageState
 
-__all__ = ["DEBUG_INVARIANTS", "InvariantError", "check_invariants"]
+if TYPE_CHECKING:  # a type hint only: the cache calls this module
+    from jenga_vllm.core.cache import JengaCache
+
+__all__ = ["InvariantError", "check_invariants"]
 
 
 class InvariantError(AssertionError):

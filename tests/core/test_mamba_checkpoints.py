@@ -6,7 +6,7 @@ The last one before the turn ends is the next turn's longest reusable prefix.
 
 from __future__ import annotations
 
-from jenga_vllm.core import LayerTypeSpec, block_hashes
+from jenga_vllm.core import LayerTypeSpec, block_hashes, check_invariants
 from tests.core.helpers import BS, make_cache
 
 
@@ -56,3 +56,31 @@ def test_superseded_checkpoints_go_stale_and_are_evicted_before_the_turn_end():
     while len(mamba) > 1 and cache.evict_one():
         evicted += 1
     assert evicted and hashes[11] in mamba
+
+
+def test_with_the_prompt_length_known_only_prompt_states_and_the_turn_end_stay_cached():
+    """What the engine does (it passes the prompt length): states written while the prompt is
+    prefilled stay cached when superseded; decode-time states are dropped when a newer complete
+    state supersedes them; the last complete state is cached when the request ends."""
+    cache = make_cache(_specs(), large_pages=64)
+    prompt = list(range(1, 101))  # 100 tokens, prefilled in chunks ending at 48 and 100
+    answer = list(range(1000, 1100))  # decodes past 112, 128, ..., 192
+    tokens = prompt + answer
+    hashes = block_hashes(tokens, BS)
+    for n in (48, 100):
+        assert cache.allocate("a", n, prompt_tokens=len(prompt)) is not None
+        cache.cache_blocks("a", hashes, n)
+        cache.release_unneeded("a", n)
+    for n in range(101, len(tokens)):
+        assert cache.allocate("a", n) is not None
+        cache.cache_blocks("a", hashes, n)
+        cache.release_unneeded("a", n)
+    mamba = cache.index.by_type[1]
+    cached = sorted(b for b in range(len(hashes)) if hashes[b] in mamba)
+    # The first chunk's checkpoint 32 (block 1), its end 48 (block 2) and the prompt's
+    # checkpoint 96 (block 5) stay; of the decode-time states only the last complete one
+    # (after 192 tokens, block 11) is still held.
+    assert cached == [1, 2, 5, 11]
+    cache.free("a")
+    assert sorted(b for b in range(len(hashes)) if hashes[b] in mamba) == [1, 2, 5, 11]
+    check_invariants(cache)

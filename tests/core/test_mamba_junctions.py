@@ -6,7 +6,7 @@ its own later states); a second request starting there means the prefix is share
 
 from __future__ import annotations
 
-from jenga_vllm.core import LayerTypeSpec, block_hashes
+from jenga_vllm.core import JengaCache, LayerTypeSpec, block_hashes, plan_layout
 from tests.core.helpers import BS, make_cache
 
 
@@ -39,3 +39,42 @@ def test_a_state_one_request_continued_from_goes_stale_two_make_it_a_junction():
         assert state.hits == n
         assert state.is_stale == (n == 1)  # released by the request once it moved past it
         cache.free(rid)
+
+
+def test_an_attention_only_prefix_longer_than_the_hit_is_reported_as_the_junction():
+    """Two prompts share 100 tokens; the first wrote states only at its chunk end (160): the
+    second gets no hit but learns the junction, the longest prefix attention alone could serve
+    (96 = the last full block of the shared part); once a state is written there, it hits."""
+    cache = make_cache(_specs(), large_pages=64)
+    shared = list(range(1, 101))
+    first = shared + [7] * 60
+    _start(cache, "first", first, 160)
+    cache.free("first")
+    second = shared + [8] * 40
+    hit = cache.find_longest_hit(block_hashes(second, BS), len(second) - 1)
+    assert hit.num_tokens == 0 and hit.junction_tokens == 96
+    # The engine stops the second prompt's first chunk at the junction: its state there is cached.
+    hashes = block_hashes(second, BS)
+    assert cache.allocate("second", 96, hit) is not None
+    cache.cache_blocks("second", hashes, 96)
+    third = shared + [9] * 30
+    hit = cache.find_longest_hit(block_hashes(third, BS), len(third) - 1)
+    assert hit.num_tokens == 96 and hit.junction_tokens == 0
+
+
+def test_a_state_written_in_this_step_is_no_hit_until_the_next_step():
+    specs = _specs()
+    geometry = plan_layout(specs, BS)
+    cache = JengaCache(
+        plan_layout(specs, BS, geometry.large_page_bytes * 64), guards_same_step_states=True
+    )
+    prompt = list(range(1, 161))
+    hashes = _start(cache, "first", prompt + [7], 160)  # state after 160 indexed this step
+    follower = prompt + [8] * 20
+    hit = cache.find_longest_hit(block_hashes(follower, BS), len(follower) - 1)
+    assert hit.num_tokens == 160
+    assert cache.allocate("second", len(follower), hit) is None  # read before it is written
+    assert "second" not in cache.requests
+    cache.new_step()
+    assert cache.allocate("second", len(follower), hit) is not None
+    assert cache.requests["second"].tables[1][9] is cache.index.get(1, hashes[9])

@@ -76,21 +76,35 @@ def test_unknown_name_in_additional_config():
         args.create_engine_config()
 
 
-@pytest.mark.parametrize(
-    "kwargs, what",
-    [
-        (
-            {"kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}},
-            "KV connectors",
-        ),
-        ({"pipeline_parallel_size": 2}, "pipeline_parallel_size"),
-    ],
-)
-def test_unsupported_features_fail_at_startup(kwargs, what):
-    from jenga_vllm import LLM
+# One engine argument that turns each "args" refusal of supported.py on.
+REFUSED_ARGS = {
+    "kv_connector": {
+        "kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}
+    },
+    "kv_events": {"kv_events_config": {"enable_kv_cache_events": True}},
+    "speculative_decoding": {
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 2}
+    },
+    "prefix_match_unit": {"prefix_match_unit": 16},
+    "pipeline_parallel": {"pipeline_parallel_size": 2},
+    "decode_context_parallel": {"decode_context_parallel_size": 2},
+}
 
-    with pytest.raises(JengaUnsupportedError, match=what):
-        LLM("m", kv_cache_manager="jenga", **kwargs)
+
+def test_every_refused_argument_has_a_case():
+    from jenga_vllm.vllm.supported import REFUSED
+
+    assert set(REFUSED_ARGS) == {r.key for r in REFUSED if r.stage == "args"}
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED_ARGS))
+def test_unsupported_features_fail_at_startup(key):
+    from jenga_vllm import LLM
+    from jenga_vllm.vllm.supported import BY_KEY
+
+    with pytest.raises(JengaUnsupportedError) as error:
+        LLM("m", kv_cache_manager="jenga", **REFUSED_ARGS[key])
+    assert str(error.value) == BY_KEY[key].message()
 
 
 def test_llm_keyword_unknown_value():
@@ -131,9 +145,9 @@ def test_plugin_off_is_stock():
     assert prefix_out == with_plugin.scenarios["prefix"].outputs
 
 
-def test_mamba_hybrid_needs_prefix_caching_off_before_any_engine_starts():
-    """Jenga serves Mamba hybrids with one state page per request: with prefix caching on (vLLM's
-    Mamba "align" mode) it refuses at config time, naming the flag; with it off it accepts."""
+def test_mamba_hybrid_with_prefix_caching_checkpoints_at_the_block_size():
+    """Jenga serves Mamba hybrids with prefix caching on (vLLM's "align" mode) at the block size
+    the user gave; stock inflates its Mamba block (and still accepts the same arguments)."""
     from vllm.engine.arg_utils import EngineArgs
 
     from jenga_vllm.tools.zoo import build_model
@@ -141,16 +155,40 @@ def test_mamba_hybrid_needs_prefix_caching_off_before_any_engine_starts():
     plugin.install()
     model = str(build_model("granite_hybrid"))
     jenga = {"kv_cache_manager": "jenga"}
-    args = EngineArgs(model=model, enable_prefix_caching=True, additional_config=jenga)
-    with pytest.raises(JengaUnsupportedError, match="--no-enable-prefix-caching"):
-        args.create_engine_config()
-    ok = EngineArgs(model=model, enable_prefix_caching=False, additional_config=jenga)
-    config = ok.create_engine_config()
-    assert config.model_config.has_inner_state
-    assert config.cache_config.mamba_cache_mode == "none"
-    # The default manager accepts the same model with prefix caching on (stock untouched).
+    config = EngineArgs(
+        model=model, enable_prefix_caching=True, block_size=32, additional_config=jenga
+    ).create_engine_config()
+    assert config.cache_config.mamba_cache_mode == "align"
+    off = EngineArgs(model=model, enable_prefix_caching=False, additional_config=jenga)
+    assert off.create_engine_config().cache_config.mamba_cache_mode == "none"
     stock = EngineArgs(model=model, enable_prefix_caching=True).create_engine_config()
     assert stock.cache_config.mamba_cache_mode == "align"
+
+
+def test_state_layers_jenga_cannot_checkpoint_on_cpu_are_refused_with_the_fix():
+    """Only Mamba-2 mixers get jenga's CPU checkpoint pieces; other state layers with prefix
+    caching on are refused where the layer specs are known, naming the fix."""
+    import torch
+    from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
+    from vllm.v1.kv_cache_interface import MambaSpec
+
+    from jenga_vllm.vllm.kv_config import layer_types_from_specs
+
+    def spec(kind):
+        return MambaSpec(
+            block_size=32,
+            shapes=((3, 64), (64, 16)),
+            dtypes=(torch.float32, torch.float32),
+            mamba_type=kind,
+            mamba_cache_mode="align",
+        )
+
+    types = layer_types_from_specs({"m": spec(MambaAttentionBackendEnum.MAMBA2)}, 32)
+    assert types[0].spec.block_tokens == 32
+    with pytest.raises(JengaUnsupportedError, match="--no-enable-prefix-caching"):
+        layer_types_from_specs({"m": spec(MambaAttentionBackendEnum.MAMBA1)}, 32)
+    with pytest.raises(JengaConfigError, match="--mamba-block-size"):
+        layer_types_from_specs({"m": spec(MambaAttentionBackendEnum.MAMBA2)}, 16)
 
 
 def test_encoder_decoder_accepted_and_prefix_caching_refused_before_any_engine_starts():

@@ -17,6 +17,13 @@ POLICY_REGISTRY: dict[str, type[LayerPolicy]] = {
 }
 
 
+def make_policies(plan) -> list[LayerPolicy]:
+    """One policy per layer type of a ``LayoutPlan``, in the plan's type order."""
+    return [
+        POLICY_REGISTRY[t.spec.kind](t.spec, t.block_tokens, plan.block_size) for t in plan.types
+    ]
+
+
 def register_policy(policy: type[LayerPolicy]) -> None:
     """Make a new layer type known to the planner and the cache (the paper's custom_kv_cache)."""
     POLICY_REGISTRY[policy.kind] = policy
@@ -30,5 +37,6 @@ __all__ = [
     "LayerPolicy",
     "MambaPolicy",
     "SlidingWindowPolicy",
+    "make_policies",
     "register_policy",
 ]

@@ -14,7 +14,13 @@ onto the paper (arXiv names / SOSP names):
 - ``longest_valid_hit(max_blocks, is_cached)`` — ``get_possible_prefix``: the longest prefix
   length (in common blocks, ≤ max_blocks) this type can serve from cache. The coordinator
   (``JengaCache.find_longest_hit``) intersects all types by iterating to a fixed point.
-- ``is_cacheable(block)`` — which released blocks are worth keeping (Mamba: checkpoints only).
+- ``is_cacheable(block)`` — which full blocks may be named in the prefix index at all.
+- ``keeps_released(block, prompt_tokens)`` — whether a page a running request lets go stays
+  cached (stale) or is dropped at once (Mamba: only states written while the prompt was
+  prefilled; superseded decode-time states are dropped — see mamba.py).
+- ``max_live_blocks(num_tokens, in_flight_tokens)`` — the most pages a request of that length
+  holds at once (windows also hold the in-flight prefill chunk): the one rule the manager's
+  admission cap, the capacity line and the planner all use.
 - ``junction_hits`` — how many requests must have started from a page before the evictor treats
   it as a shared-prefix junction and never releases it stale (Mamba: 2; see mamba.py).
 
@@ -30,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import ClassVar
 
-from jenga_vllm.core.layout import LayerTypeSpec
+from jenga_vllm.core.spec import LayerTypeSpec
 
 
 def cdiv(a: int, b: int) -> int:
@@ -69,9 +75,21 @@ class LayerPolicy:
         """
         return float("inf")
 
-    def new_blocks(self, have: int, num_tokens: int) -> range | list[int]:
-        """Blocks to allocate when a table of ``have`` blocks grows to ``num_tokens`` tokens."""
+    def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> range | list[int]:
+        """Blocks to allocate when a table of ``have`` blocks grows to ``num_tokens`` tokens.
+
+        ``checkpoint`` (state types only): the engine also writes the state at the last block
+        boundary this growth crosses, so that block gets a page too."""
         return range(have, self.num_blocks(num_tokens))
+
+    def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
+        """Most pages one request of ``num_tokens`` tokens holds at once, while up to
+        ``in_flight_tokens`` of them are scheduled but not yet computed."""
+        return self.num_blocks(num_tokens)
+
+    def keeps_released(self, block: int, prompt_tokens: int | None) -> bool:
+        """Whether a page released while its request runs stays cached (stale)."""
+        return True
 
     def eviction_rank(self, block: int) -> int:
         """Larger ranks are evicted first among pages released together: the token position."""

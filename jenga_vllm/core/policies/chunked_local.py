@@ -8,8 +8,8 @@ elsewhere it needs the current chunk's blocks (the generic rule of the base clas
 from __future__ import annotations
 
 from jenga_vllm.core.errors import JengaConfigError
-from jenga_vllm.core.layout import LayerTypeSpec
 from jenga_vllm.core.policies.base import LayerPolicy
+from jenga_vllm.core.spec import LayerTypeSpec
 
 
 class ChunkedLocalPolicy(LayerPolicy):
@@ -34,6 +34,11 @@ class ChunkedLocalPolicy(LayerPolicy):
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return (num_computed_tokens // self.chunk * self.chunk) // self.block_tokens
+
+    def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
+        # The current chunk plus the in-flight tokens (vLLM's ChunkedLocalAttentionSpec formula).
+        live = min(self.chunk + in_flight_tokens, num_tokens)
+        return min(self.num_blocks(num_tokens), -(-live // self.block_tokens))
 
     def release_threshold(self, released_blocks: int) -> float:
         boundary = (released_blocks + 1) * self.block_tokens

@@ -1,29 +1,49 @@
 """Mamba / linear-attention state: one fixed-size state per request, whatever its length.
 
 A state type's block ``i`` covers tokens ``[i·B, (i+1)·B)`` where B = ``block_tokens`` is the
-checkpoint interval; its small page holds the state *after* the block's last token. A running
-request needs only the page of its latest state (plus the one being written): blocks before
-``cdiv(n, B) - 1`` are released at once. Released states are cached only at checkpoint
-boundaries (every block boundary on this type's grid), stamped stale, so old checkpoints go first.
-Valid hits: multiples of B whose state is cached, or 0.
+checkpoint interval (in the engine: jenga's attention page, 16 or 32 tokens — not vLLM's inflated
+block); its small page holds the state *after* the block's last token once a step has ended
+there. The page table is positional: column ``i`` is block ``i``, most columns are None.
+
+Which pages a running request holds (``first_needed_block``): the newest state (being advanced in
+place) and the last *complete* state before it — the state a preempted request resumes from and,
+when the request ends, the turn end the next turn of a chat starts from. vLLM's worker reads the
+previous step's state before it writes the new one, so both are needed anyway across a block
+boundary.
+
+Allocation (``new_blocks``): a step that grows the request to ``n`` tokens writes the running
+state into block ``cdiv(n, B) - 1``, and — when the engine says it exports one (vLLM: the
+prefill checkpoint its ``is_mamba_prefill_checkpoint_valid`` allows) — the state after
+``(cdiv(n, B) - 1)·B`` tokens, the last boundary a later prompt can hit (a hit leaves one token
+to compute), into block ``cdiv(n, B) - 2``. Only those blocks get pages: a page
+that no step writes would serve garbage as a prefix hit. Intermediate blocks of a long chunk
+stay None.
+
+Which states stay cached (docs/design.md §4, "Mamba retention"): states written while the prompt
+is prefilled — every chunk end, the prompt's checkpoint, a shared-prefix junction the scheduler
+split at — are kept when superseded, stale; states written during decode are dropped when a newer
+complete state supersedes them (``keeps_released``), since caching a whole-model state every B
+tokens of every request would fill the cache with states no later request starts from. The last
+complete state is cached when the request ends (a chat's turn end). Valid hits: multiples of B
+whose state is cached.
 
 Junctions: a hit on an attention prefix uses every block of it, so a block that served one hit
 sits on a shared prefix and the evictor keeps it fresh. A hit on a state uses only that state, and
 the request that started from it writes its own later ones: in a multi-turn chat each turn starts
-from the previous turn's last checkpoint, after which that checkpoint is superseded. Protecting it
-after one hit let spent checkpoints hoard the pool (Qwen3-Next, benchmarks/simulate.py
-multiturn: 400 of its ~800 state pages by step 90) while live turn-end checkpoints, stale, were
-evicted (hit rate 0.73; 0.89 with this rule). A state is a junction once two requests started
-from it (``junction_hits = 2``): a shared system prompt's end is, a spent turn end is not.
-
-Allocation: growing by many tokens at once (a prefill chunk) allocates only two state pages: the
-newest state and the last checkpoint the chunk crosses (the prompt's longest reusable prefix),
-never one page per interval; the engine writes the state at that boundary into the latter.
+from the previous turn's end, after which that state is superseded. Protecting it after one hit
+let spent checkpoints hoard the pool (Qwen3-Next, benchmarks/simulate.py multiturn: 400 of its
+~800 state pages by step 90) while live turn-end checkpoints, stale, were evicted (hit rate 0.73;
+0.89 with this rule). A state is a junction once two requests started from it
+(``junction_hits = 2``): a shared system prompt's end is, a spent turn end is not.
 """
 
 from __future__ import annotations
 
-from jenga_vllm.core.policies.base import LayerPolicy, cdiv
+from jenga_vllm.core.policies.base import LayerPolicy
+
+# Pages one request holds at most: the last complete state, a prefill checkpoint being written,
+# the running state.
+MAX_LIVE_STATES = 3
 
 
 class MambaPolicy(LayerPolicy):
@@ -32,12 +52,19 @@ class MambaPolicy(LayerPolicy):
     junction_hits = 2
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
-        return max(0, cdiv(num_computed_tokens, self.block_tokens) - 1)
+        return max(0, num_computed_tokens // self.block_tokens - 1)
 
     def release_threshold(self, released_blocks: int) -> float:
-        return (released_blocks + 1) * self.block_tokens + 1
+        return (released_blocks + 2) * self.block_tokens
 
-    def new_blocks(self, have: int, num_tokens: int) -> list[int]:
+    def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
-        checkpoint = num_tokens // self.block_tokens - 1
-        return [b for b in sorted({checkpoint, newest}) if b >= have]
+        if checkpoint and newest >= 1:
+            return [b for b in (newest - 1, newest) if b >= have]
+        return [newest] if newest >= have else []
+
+    def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
+        return min(self.num_blocks(num_tokens), MAX_LIVE_STATES)
+
+    def keeps_released(self, block: int, prompt_tokens: int | None) -> bool:
+        return prompt_tokens is None or (block + 1) * self.block_tokens <= prompt_tokens

@@ -9,8 +9,8 @@ generic rule of the base class); also any L inside an unbroken cached run from t
 from __future__ import annotations
 
 from jenga_vllm.core.errors import JengaConfigError
-from jenga_vllm.core.layout import LayerTypeSpec
 from jenga_vllm.core.policies.base import LayerPolicy
+from jenga_vllm.core.spec import LayerTypeSpec
 
 
 class SlidingWindowPolicy(LayerPolicy):
@@ -38,3 +38,9 @@ class SlidingWindowPolicy(LayerPolicy):
 
     def release_threshold(self, released_blocks: int) -> float:
         return (released_blocks + 1) * self.block_tokens + self.window - 1
+
+    def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
+        # The window before the oldest in-flight token, the in-flight tokens, and one block of
+        # misalignment (vLLM's SlidingWindowSpec.max_memory_usage_bytes, the same formula).
+        live = min(self.window - 1 + in_flight_tokens, num_tokens)
+        return min(self.num_blocks(num_tokens), -(-live // self.block_tokens) + 1)

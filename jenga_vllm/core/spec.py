@@ -1,0 +1,53 @@
+"""The leaf of the core: what describes a layer type, and the core's debug switch.
+
+Every other core module may import this one; it imports nothing from the package but errors, so
+``layout`` → ``policies`` → ``spec`` and ``cache`` → ``invariants`` → ``spec`` have no cycles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from jenga_vllm.core.errors import JengaConfigError
+
+# Whole-pool invariant check after every state-changing operation that is not a fast path
+# (O(pool): tests and debugging only; `make test` turns it on).
+DEBUG_INVARIANTS = os.environ.get("JENGA_DEBUG_INVARIANTS", "") not in ("", "0")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTypeSpec:
+    """One layer type of a model: a group of layers that share a policy and a page table.
+
+    ``layer_bytes[i]`` is layer i's bytes per token (token-indexed types) or its whole state bytes
+    (state types such as Mamba). ``block_tokens`` overrides the common block size for this type
+    (it must be a multiple of it): Mamba uses it as its checkpoint interval.
+    """
+
+    name: str
+    kind: str
+    layer_bytes: tuple[int, ...]
+    window: int | None = None
+    chunk: int | None = None
+    block_tokens: int | None = None
+    layer_names: tuple[str, ...] = ()
+
+    @staticmethod
+    def uniform(
+        name: str,
+        kind: str,
+        num_layers: int,
+        bytes_per_layer: int,
+        **extra: object,
+    ) -> LayerTypeSpec:
+        """A type whose ``num_layers`` layers all have ``bytes_per_layer`` (per token or state)."""
+        if num_layers <= 0:
+            raise JengaConfigError(
+                f"layer type {name!r}: num_layers must be positive, got {num_layers}"
+            )
+        return LayerTypeSpec(name, kind, (bytes_per_layer,) * num_layers, **extra)  # type: ignore[arg-type]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layer_bytes)

