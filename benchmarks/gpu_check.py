@@ -22,7 +22,6 @@ import torch
 import triton
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "kernels"))
 try:
     import jenga_vllm.kernels  # noqa: F401
 except ImportError:  # not installed: alias the top-level kernels/ folder
@@ -33,16 +32,26 @@ except ImportError:  # not installed: alias the top-level kernels/ folder
     import kernels.kv_write
     import kernels.paged_attention
     import kernels.reference
+    import kernels.testing
 
     jenga_vllm.kernels = kernels
-    for name in ("", ".geometry", ".kv_write", ".paged_attention", ".reference"):
+    for name in ("", ".geometry", ".kv_write", ".paged_attention", ".reference", ".testing"):
         sys.modules["jenga_vllm.kernels" + name] = sys.modules["kernels" + name]
 
-import test_kv_write as kv_tests  # noqa: E402
-import test_paged_attention as attn_tests  # noqa: E402
-from paged_pool import KVPool, LayerType, assert_close  # noqa: E402
-
 from jenga_vllm.kernels import kv_write, reference_kv_write  # noqa: E402
+from jenga_vllm.kernels.testing import (  # noqa: E402
+    ATOL,
+    CASES,
+    DTYPES,
+    KV_WRITE_CASES,
+    THREE_TYPES,
+    AttentionCase,
+    KVPool,
+    LayerType,
+    assert_close,
+    make_kv,
+    run_case,
+)
 
 BIG_TYPES = (
     LayerType(
@@ -54,7 +63,7 @@ BIG_TYPES = (
     ),
 )
 BIG_CASES = [
-    attn_tests.Case(
+    AttentionCase(
         f"big-{t.name}-{dt}-{kind}", t.name, dt, g, seqs, qs, sinks=(t.name == "oss-full")
     )
     for t, g in zip(BIG_TYPES, (2, 8, 4), strict=True)
@@ -76,8 +85,8 @@ def run_attention(cases, types, num_large_pages: int, label: str, failures: list
         variants.append(("gpu-default", dataclasses.replace(case, config=None)))
         for which, variant in variants:
             try:
-                out, ref = attn_tests.run_case(variant, DEVICE, types, num_large_pages)
-                atol = attn_tests.ATOL[attn_tests.DTYPES[case.dtype]]
+                out, ref = run_case(variant, DEVICE, types, num_large_pages)
+                atol = ATOL[DTYPES[case.dtype]]
                 assert_close(out, ref, atol, f"{label} {case.id} [{which}]")
             except Exception:  # noqa: BLE001 - report every failure, then exit non-zero
                 failures.append(f"{case.id} [{which}]")
@@ -85,11 +94,11 @@ def run_attention(cases, types, num_large_pages: int, label: str, failures: list
 
 
 def run_kv_write(failures: list[str]) -> None:
-    for case in kv_tests.CASES:
+    for case in KV_WRITE_CASES:
         try:
-            dtype = kv_tests.DTYPES[case.dtype]
-            ours = KVPool(attn_tests.THREE_TYPES, dtype, num_large_pages=20, seed=5)
-            ref = KVPool(attn_tests.THREE_TYPES, dtype, num_large_pages=20, seed=5)
+            dtype = DTYPES[case.dtype]
+            ours = KVPool(THREE_TYPES, dtype, num_large_pages=20, seed=5)
+            ref = KVPool(THREE_TYPES, dtype, num_large_pages=20, seed=5)
             t = ours.type(case.layer_type)
             gen = torch.Generator().manual_seed(11)
             pages = ours.allocate(t.name, (case.num_tokens + t.block_size - 1) // t.block_size)
@@ -102,7 +111,7 @@ def run_kv_write(failures: list[str]) -> None:
             slot_mapping = torch.tensor(slots, dtype=torch.int64)
             gpu_pool = ours.pool.to(DEVICE)
             for layer in range(t.num_layers):
-                key, value = kv_tests.make_kv(case, t.num_kv_heads, t.head_size, gen)
+                key, value = make_kv(case, t.num_kv_heads, t.head_size, gen)
                 view = ours.geometry(t.name, layer).kv_view(gpu_pool)
                 kv_write(key.to(DEVICE), value.to(DEVICE), view, slot_mapping.to(DEVICE))
                 reference_kv_write(key, value, ref.view(t.name, layer), slot_mapping)
@@ -127,8 +136,8 @@ def main() -> None:
     failures: list[str] = []
     name = torch.cuda.get_device_name() if DEVICE == "cuda" else DEVICE
     print(f"device: {name}, torch {torch.__version__}, triton {triton.__version__}")
-    pick = [c for c in attn_tests.CASES if args.k in c.id]
-    run_attention(pick, attn_tests.THREE_TYPES, 40, "tests", failures)
+    pick = [c for c in CASES if args.k in c.id]
+    run_attention(pick, THREE_TYPES, 40, "tests", failures)
     run_attention([c for c in BIG_CASES if args.k in c.id], BIG_TYPES, 2000, "big", failures)
     run_kv_write(failures)
     print(f"gpu_check: {len(failures)} failures in {time.time() - start:.0f} s")

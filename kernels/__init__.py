@@ -7,7 +7,7 @@ chunks and decode tokens together) over a layer type's page table; ``reference``
 obviously-correct PyTorch versions the tests compare against.
 """
 
-from .geometry import LayerPageGeometry, check_kv_view, unit_and_large_page_bytes, unit_id
+from .geometry import LayerPageGeometry, check_kv_view, unit_and_large_page_bytes
 from .kv_write import kv_write
 from .paged_attention import (
     MAX_SPLITS,
@@ -30,5 +30,4 @@ __all__ = [
     "reference_kv_write",
     "reference_paged_attention",
     "unit_and_large_page_bytes",
-    "unit_id",
 ]

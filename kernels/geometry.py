@@ -1,4 +1,4 @@
-"""Page geometry of one attention layer inside jenga's shared KV pool (DESIGN.md §3).
+"""Page geometry of one attention layer inside jenga's shared KV pool (docs/design.md §3).
 
 The whole KV cache is ONE int8 buffer cut into *large pages*; each large page is carved into the
 *small pages* of one *layer type*. Ids are *unit* indices: a unit is ``u`` bytes (the gcd of all
@@ -103,22 +103,6 @@ class LayerPageGeometry:
             storage_offset=pool.storage_offset() + self.offset_bytes,
         )
         return view.view(self.dtype)
-
-
-def unit_id(
-    large_page: int, slot: int, large_page_bytes: int, small_page_bytes: int, unit_bytes: int
-) -> int:
-    """Unit id of the small page at ``slot`` of ``large_page`` (its first unit's index)."""
-    if large_page_bytes % small_page_bytes or small_page_bytes % unit_bytes:
-        raise ValueError(
-            f"small page {small_page_bytes} must divide the large page {large_page_bytes} and be a "
-            f"multiple of the unit {unit_bytes}"
-        )
-    if not 0 <= slot < large_page_bytes // small_page_bytes:
-        raise ValueError(
-            f"slot {slot} outside a large page of {large_page_bytes // small_page_bytes}"
-        )
-    return large_page * (large_page_bytes // unit_bytes) + slot * (small_page_bytes // unit_bytes)
 
 
 def unit_and_large_page_bytes(small_page_bytes: list[int]) -> tuple[int, int]:

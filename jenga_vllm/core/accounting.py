@@ -6,8 +6,10 @@ Categories (they add up to the pool):
     empty     bytes of EMPTY small pages inside carved large pages (partially-used large pages);
     free      bytes of FREE large pages (level 0), excluding the null page;
     null      the null large page 0.
-Internal fragmentation, reported separately: ``padding`` (rounding inside used/cached pages),
-``partial`` (token slots of a request's last page it does not fill), ``empty`` above.
+Internal fragmentation, reported separately: ``padding`` (rounding inside used/cached pages;
+``used_padding`` the part inside used ones), ``partial`` (token slots of a request's last page
+it does not fill), ``empty`` above — of which ``stranded`` sits in ACTIVE large pages (slots only
+this type can fill while a request holds the large page).
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class TypeUsage:
     used_bytes: int = 0
     cached_bytes: int = 0
     empty_bytes: int = 0
+    stranded_bytes: int = 0
     padding_bytes: int = 0
+    used_padding_bytes: int = 0
     partial_bytes: int = 0
 
 
@@ -95,6 +99,9 @@ def pool_usage(cache: JengaCache) -> PoolUsage:
         tu.cached_pages += large.num_cached
         tu.empty_pages += len(large.empty_slots)
         tu.padding_bytes += (large.num_used + large.num_cached) * tl.padding_bytes
+        if large.num_used:
+            tu.stranded_bytes += len(large.empty_slots) * tl.small_page_bytes
+            tu.used_padding_bytes += large.num_used * tl.padding_bytes
     for tu, tl in zip(usage.types, plan.types, strict=True):
         tu.used_bytes = tu.used_pages * tl.small_page_bytes
         tu.cached_bytes = tu.cached_pages * tl.small_page_bytes

@@ -39,7 +39,7 @@ exactly the FREE large pages except the null page 0.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from jenga_vllm.core.evictor import Evictor
 from jenga_vllm.core.layout import LayoutPlan
@@ -96,12 +96,17 @@ class LargePageBudget:
 
 @dataclass(slots=True)
 class AllocatorCounters:
-    """Cumulative event counts, for metrics."""
+    """Cumulative event counts, for metrics: pages carved and evicted, and how often each of the
+    paper's five allocation steps served a small page."""
 
     large_pages_carved: int = 0
     large_pages_evicted: int = 0
     small_pages_evicted: int = 0
-    by_step: list[int] = field(default_factory=lambda: [0] * 5)
+    own_slot: int = 0  # step 1: an EMPTY slot in a large page the request owns
+    fresh_large: int = 0  # step 2: a FREE large page
+    evicted_large: int = 0  # step 3: an evicted EVICTABLE large page
+    any_slot: int = 0  # step 4: an EMPTY slot in any ACTIVE large page of the type
+    evicted_small: int = 0  # step 5: an evicted CACHED small page of the type
 
 
 class TwoLevelAllocator:
@@ -175,17 +180,17 @@ class TwoLevelAllocator:
     # ---- the five-step allocation order -----------------------------------------------------
     def allocate(self, owner: PageOwner, type_idx: int, budget: LargePageBudget) -> SmallPage:
         """One small page of ``type_idx`` for ``owner``; the budget must come from budget_for."""
-        steps = self.counters.by_step
+        counters = self.counters
         fills_a_large_page = budget.place_one(type_idx) >= self._pages_per_large[type_idx]
         own = owner.with_empty[type_idx]
         if own:
-            steps[0] += 1
+            counters.own_slot += 1
             return self._use_empty_slot(next(iter(own)))
         anywhere = self.with_empty[type_idx]
         if anywhere and (self._packed[type_idx] or not fills_a_large_page):
             # A fresh large page would stay partly EMPTY while the request runs: fill a hole
             # first (step 4 early), keeping the free large page for any type.
-            steps[3] += 1
+            counters.any_slot += 1
             return self._use_slot_in(owner, next(iter(anywhere)))
         if budget.may_claim(type_idx):
             large = self._claim_large(owner, type_idx)
@@ -193,30 +198,25 @@ class TwoLevelAllocator:
                 budget.claimed(type_idx)
                 return self._use_empty_slot(large)
         if anywhere:
-            steps[3] += 1
+            counters.any_slot += 1
             return self._use_slot_in(owner, next(iter(anywhere)))
         page = self.evictor.pop_small(type_idx)
         assert page is not None, "allocate() called beyond the feasible budget"
-        steps[4] += 1
-        self.counters.small_pages_evicted += 1
-        self.index.remove(page)
-        large = page.large
-        large.num_cached -= 1
-        large.num_used += 1
-        page.ref_count = 1
-        page.is_stale = False
-        page.hits = 0
+        counters.evicted_small += 1
+        self._drop_cached_page(page)
+        page.large.num_used += 1
+        _mark_used(page)
         return page
 
     def _claim_large(self, owner: PageOwner, type_idx: int) -> LargePage | None:
         if self.free_large:
             large = self.large_pages[self.free_large.pop()]
-            self.counters.by_step[1] += 1
+            self.counters.fresh_large += 1
         else:
             large = self.evictor.pop_large()
             if large is None:
                 return None
-            self.counters.by_step[2] += 1
+            self.counters.evicted_large += 1
             self.counters.large_pages_evicted += 1
             self._drop_cached_pages(large)
         ppl = self._pages_per_large[type_idx]
@@ -245,23 +245,34 @@ class TwoLevelAllocator:
         if large.empty_slots:
             owner.with_empty[large.type_idx][large] = None
 
-    def _use_empty_slot(self, large: LargePage) -> SmallPage:
+    # The EMPTY-slot pools of ACTIVE large pages: the per-type count, the per-type set of large
+    # pages with an EMPTY slot, and its owner's copy of that set — always changed together.
+    def _slots_opened(self, large: LargePage, count: int) -> None:
+        """``count`` EMPTY slots of an ACTIVE large page join the pools."""
         t = large.type_idx
-        page = large.pages[large.empty_slots.pop()]
-        page.ref_count = 1
-        page.is_stale = False
-        page.hits = 0
-        if large.num_used or large.num_cached:  # was ACTIVE: one EMPTY slot fewer
-            self.num_empty_slots[t] -= 1
-            if not large.empty_slots:
-                del self.with_empty[t][large]
-                if large.owner is not None:
-                    large.owner.with_empty[t].pop(large, None)
-        elif large.empty_slots:  # freshly carved: it becomes ACTIVE with its remaining slots
-            self.num_empty_slots[t] += len(large.empty_slots)
+        self.num_empty_slots[t] += count
+        if len(large.empty_slots) == count:  # it had none before
             self.with_empty[t][large] = None
             if large.owner is not None:
                 large.owner.with_empty[t][large] = None
+
+    def _slots_closed(self, large: LargePage, count: int, unlist: bool) -> None:
+        """``count`` EMPTY slots leave the pools (used, or the large page left ACTIVE);
+        ``unlist``: none of its slots is in the pools any more."""
+        t = large.type_idx
+        self.num_empty_slots[t] -= count
+        if unlist:
+            del self.with_empty[t][large]
+            if large.owner is not None:
+                large.owner.with_empty[t].pop(large, None)
+
+    def _use_empty_slot(self, large: LargePage) -> SmallPage:
+        page = large.pages[large.empty_slots.pop()]
+        _mark_used(page)
+        if large.num_used or large.num_cached:  # was ACTIVE: one EMPTY slot fewer
+            self._slots_closed(large, 1, unlist=not large.empty_slots)
+        elif large.empty_slots:  # freshly carved: it becomes ACTIVE with its remaining slots
+            self._slots_opened(large, len(large.empty_slots))
         large.num_used += 1
         return page
 
@@ -281,16 +292,12 @@ class TwoLevelAllocator:
         page.ref_count = 1
 
     def _activate(self, large: LargePage) -> None:
-        t = large.type_idx
         self.evictor.remove_large(large)
         cached = [p for p in large.pages if p.ref_count == 0 and p.block_hash is not None]
         cached.sort(key=_rank_descending)
         self.evictor.add_small_many(cached)
         if large.empty_slots:
-            self.num_empty_slots[t] += len(large.empty_slots)
-            self.with_empty[t][large] = None
-            if large.owner is not None:
-                large.owner.with_empty[t][large] = None
+            self._slots_opened(large, len(large.empty_slots))
 
     # ---- releasing ----------------------------------------------------------------------------
     def release(self, pages: list[SmallPage], is_stale: bool) -> None:
@@ -318,12 +325,7 @@ class TwoLevelAllocator:
             else:
                 large.empty_slots.append(page.slot)
                 if large.num_used:
-                    t = page.type_idx
-                    self.num_empty_slots[t] += 1
-                    if len(large.empty_slots) == 1:
-                        self.with_empty[t][large] = None
-                        if large.owner is not None:
-                            large.owner.with_empty[t][large] = None
+                    self._slots_opened(large, 1)
                 else:
                     self._deactivate(large, slot_freed=True)
 
@@ -334,13 +336,9 @@ class TwoLevelAllocator:
         (``slot_freed``) its slot is not counted in ``num_empty_slots``; if it became CACHED it is
         not in the evictor's small queue.
         """
-        t = large.type_idx
         counted = len(large.empty_slots) - slot_freed
         if counted:
-            self.num_empty_slots[t] -= counted
-            del self.with_empty[t][large]
-            if large.owner is not None:
-                large.owner.with_empty[t].pop(large, None)
+            self._slots_closed(large, counted, unlist=True)
         if large.num_cached:
             if len(large.pages) == 1:
                 is_stale = large.pages[0].is_stale
@@ -392,17 +390,24 @@ class TwoLevelAllocator:
         for t in range(len(self.plan.types)):
             page = self.evictor.pop_small(t)
             if page is not None:
-                self.counters.small_pages_evicted += 1
-                self.index.remove(page)
-                page.large.num_cached -= 1
+                self._drop_cached_page(page)
                 page.large.empty_slots.append(page.slot)
-                self.num_empty_slots[t] += 1
-                if len(page.large.empty_slots) == 1:
-                    self.with_empty[t][page.large] = None
-                    if page.large.owner is not None:
-                        page.large.owner.with_empty[t][page.large] = None
+                self._slots_opened(page.large, 1)
                 return True
         return False
+
+    def _drop_cached_page(self, page: SmallPage) -> None:
+        """Evict one CACHED small page of an ACTIVE large page (already out of the queues)."""
+        self.counters.small_pages_evicted += 1
+        self.index.remove(page)
+        page.large.num_cached -= 1
+
+
+def _mark_used(page: SmallPage) -> None:
+    """A page a request starts to hold as new KV: one reference, fresh, never hit."""
+    page.ref_count = 1
+    page.is_stale = False
+    page.hits = 0
 
 
 def _rank_descending(page: SmallPage) -> int:

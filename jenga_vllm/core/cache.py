@@ -162,6 +162,12 @@ class JengaCache:
             )
         return PrefixHit(length * self.plan.block_size, tuple(pages), junction)
 
+    def starts_from_unwritten_state(self, hit: PrefixHit) -> bool:
+        """Whether ``hit`` starts from a state indexed in this engine step, which the engine
+        has not written yet (``allocate`` refuses such a hit until ``new_step``)."""
+        states = self._states_this_step
+        return bool(states) and any(p in states for per in hit.pages for p in per if p is not None)
+
     def _fixed_point(self, types: list[int], length: int, lookups: list) -> int:
         """Longest length (in common blocks, ≤ length) every type in ``types`` accepts."""
         stable = False

@@ -37,6 +37,13 @@ from jenga_vllm.core.policies import POLICY_REGISTRY
 from jenga_vllm.core.spec import LayerTypeSpec
 
 ALIGN_BYTES = 16
+# Page-size choice (``_choose_page_sizes``; docs/design.md §3). A large page above 1/16 of the
+# pool strands too much when a few are partly used (one per type can be); padding up to 1/64 of a
+# page is cheaper than that; a pool that cannot hold even two large pages of a candidate under
+# half of it would be mostly null page and slack.
+MAX_LARGE_PAGE_SHARE = 16  # preferred: large page ≤ pool / 16
+MAX_CHEAP_PADDING = 1 / 64  # preferred: each page padded by ≤ 1/64
+FALLBACK_LARGE_PAGE_SHARE = 2  # else: large page ≤ pool / 2
 DEFAULT_MAX_PAGES_PER_LARGE = 64
 MAX_UNIT_IDS = 2**31 - 1  # vLLM block tables are int32
 
@@ -145,7 +152,7 @@ def _choose_page_sizes(
     base = [_round_up(c, ALIGN_BYTES) for c in contents]
     biggest = max(base)
     cap = max_pages_per_large * biggest
-    pool_cap = memory_bytes // 16 if memory_bytes is not None else cap
+    pool_cap = memory_bytes // MAX_LARGE_PAGE_SHARE if memory_bytes is not None else cap
     exact = math.lcm(*base)
     if exact <= min(cap, pool_cap):
         return base, exact
@@ -179,9 +186,9 @@ def _choose_page_sizes(
         _, _, large, sizes = min(fits, key=lambda c: (c[1], c[2]))
         return sizes, large
 
-    half_pool = memory_bytes // 2 if memory_bytes is not None else cap
+    half_pool = memory_bytes // FALLBACK_LARGE_PAGE_SHARE if memory_bytes is not None else cap
     choice = (
-        best(min(cap, pool_cap), 1 / 64)
+        best(min(cap, pool_cap), MAX_CHEAP_PADDING)
         or best(min(cap, half_pool))
         or best(math.inf)  # a pool too small for two large pages: plan_layout says so
     )

@@ -34,6 +34,23 @@ class LayerTypeSpec:
     layer_names: tuple[str, ...] = ()
 
     @staticmethod
+    def of(
+        kind: str,
+        layer_bytes: tuple[int, ...],
+        *,
+        window: int | None = None,
+        chunk: int | None = None,
+        block_tokens: int | None = None,
+        layer_names: tuple[str, ...] = (),
+    ) -> LayerTypeSpec:
+        """The one builder engines and planners use: the type's name follows from its kind and
+        its window or chunk (``full``, ``sliding_window_4096``, ``chunked_local_8192``,
+        ``mamba``, ``cross_attention``), so every tool names a type the same way."""
+        extent = window if window is not None else chunk
+        name = kind if extent is None else f"{kind}_{extent}"
+        return LayerTypeSpec(name, kind, layer_bytes, window, chunk, block_tokens, layer_names)
+
+    @staticmethod
     def uniform(
         name: str,
         kind: str,

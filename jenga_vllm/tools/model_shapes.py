@@ -38,10 +38,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from jenga_vllm.core.policies import POLICY_REGISTRY, LayerPolicy
 from jenga_vllm.core.spec import LayerTypeSpec
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "fp8": 1, "float8_e4m3fn": 1}
-ATTENTION_KINDS = ("full", "sliding_window", "chunked_local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,46 +120,41 @@ class ModelShapes:
         """
         specs = []
         for (kind, window, chunk), layers in self.kinds.items():
-            name = kind if window is None and chunk is None else f"{kind}_{window or chunk}"
+            names = tuple(layer.name for layer in layers)
             if kind == "mamba":
+                sizes = tuple(layer.state_bytes for layer in layers)
                 specs.append(
-                    LayerTypeSpec(
-                        name,
+                    LayerTypeSpec.of(
                         kind,
-                        tuple(layer.state_bytes for layer in layers),
+                        sizes,
                         block_tokens=mamba_block_tokens or block_size,
-                        layer_names=tuple(layer.name for layer in layers),
+                        layer_names=names,
                     )
                 )
             else:
+                sizes = tuple(layer.bytes_per_token for layer in layers)
                 specs.append(
-                    LayerTypeSpec(
-                        name,
-                        kind,
-                        tuple(layer.bytes_per_token for layer in layers),
-                        window=window,
-                        chunk=chunk,
-                        layer_names=tuple(layer.name for layer in layers),
-                    )
+                    LayerTypeSpec.of(kind, sizes, window=window, chunk=chunk, layer_names=names)
                 )
         return specs
 
     @cached_property
-    def _need_terms(self) -> tuple[int, tuple[tuple[str, int | None, int | None, int], ...]]:
+    def need_terms(self) -> tuple[int, tuple[tuple[LayerPolicy, int], ...]]:
+        """(state bytes per request, (policy, bytes per token) per attention layer type)."""
         state = sum(layer.state_bytes for layer in self.layers if layer.kind == "mamba")
         terms = tuple(
-            (kind, window, chunk, sum(layer.bytes_per_token for layer in layers))
-            for (kind, window, chunk), layers in self.kinds.items()
-            if kind != "mamba"
+            (POLICY_REGISTRY[spec.kind](spec, 1, 1), sum(spec.layer_bytes))
+            for spec in self.layer_type_specs(1)
+            if spec.kind != "mamba"
         )
         return state, terms
 
     def needed_bytes(self, num_tokens: int) -> int:
-        """Exactly what one request of ``num_tokens`` tokens needs in the KV cache (the oracle)."""
-        state, terms = self._need_terms
+        """Exactly what one request of ``num_tokens`` tokens needs in the KV cache (the oracle):
+        each layer type's ``live_tokens`` (its policy's rule) plus the states."""
+        state, terms = self.need_terms
         return state + sum(
-            live_tokens(kind, num_tokens, window, chunk) * per_token
-            for kind, window, chunk, per_token in terms
+            policy.live_tokens(num_tokens) * per_token for policy, per_token in terms
         )
 
     def summary(self) -> str:
@@ -174,17 +169,6 @@ class ModelShapes:
                     f"{layers[0].head_dim} dim, {layers[0].bytes_per_token} B/token)"
                 )
         return f"{self.name}: " + ", ".join(parts)
-
-
-def live_tokens(kind: str, num_tokens: int, window: int | None, chunk: int | None) -> int:
-    """Tokens whose KV a layer still needs after ``num_tokens`` tokens (for the next token)."""
-    if kind == "sliding_window":
-        assert window is not None
-        return min(num_tokens, window - 1)
-    if kind == "chunked_local":
-        assert chunk is not None
-        return num_tokens - (num_tokens // chunk) * chunk
-    return num_tokens
 
 
 # ---- loading ---------------------------------------------------------------------------------

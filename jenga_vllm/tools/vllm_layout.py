@@ -32,6 +32,7 @@ Hybrid manager (HMA) modes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -167,6 +168,7 @@ def build_vllm_config(
     block_size: int = 16,
     hma: str = "default",
     enable_prefix_caching: bool = True,
+    prefix_match_unit: int | None = None,
 ):
     """A real VllmConfig for ``shapes`` (text model only; no weights, no tokenizer)."""
     if hma not in HMA_MODES:
@@ -187,6 +189,7 @@ def build_vllm_config(
         block_size=block_size,
         enable_prefix_caching=enable_prefix_caching,
         cache_dtype="auto",
+        **({"prefix_match_unit": prefix_match_unit} if prefix_match_unit else {}),
     )
     with _env("VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE", allow_chunked):
         try:
@@ -216,6 +219,7 @@ def layer_specs(shapes: ModelShapes, vllm_config) -> dict[str, Any]:
     import torch
     from vllm.model_executor.layers.attention.attention import _largest_kernel_block_within
     from vllm.model_executor.models import ModelRegistry
+    from vllm.v1.attention.backends.registry import MambaAttentionBackendEnum
     from vllm.v1.kv_cache_interface import (
         ChunkedLocalAttentionSpec,
         FullAttentionSpec,
@@ -241,6 +245,11 @@ def layer_specs(shapes: ModelShapes, vllm_config) -> dict[str, Any]:
             mamba_cache_mode=cache.mamba_cache_mode,
             num_speculative_blocks=0,
         )
+        if mamba_spec.mamba_type == MambaAttentionBackendEnum.MAMBA2:
+            # MambaMixer2.get_kv_cache_spec: its forward pass exports prefill checkpoints.
+            mamba_spec = dataclasses.replace(
+                mamba_spec, num_prefill_checkpoint_blocks=1, prefill_checkpoint_alignment=1
+            )
     for layer in shapes.layers:
         common = dict(num_kv_heads=layer.num_kv_heads, head_size=layer.head_dim, dtype=dtype)
         if layer.kind == "mamba":
@@ -283,6 +292,7 @@ def vllm_layout(
     block_size: int = 16,
     hma: str = "default",
     enable_prefix_caching: bool = True,
+    prefix_match_unit: int | None = None,
     specs_override: dict[str, Any] | None = None,
 ) -> VllmLayout:
     """vLLM 0.32's own KV-cache layout for ``shapes`` under ``kv_bytes`` of KV memory.
@@ -299,6 +309,7 @@ def vllm_layout(
         generate_scheduler_kv_cache_config,
         get_kv_cache_configs,
         get_max_concurrency_for_kv_cache_config,
+        resolve_cache_hit_alignment_tokens,
         resolve_kv_cache_block_sizes,
     )
     from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
@@ -309,6 +320,7 @@ def vllm_layout(
         block_size=block_size,
         hma=hma,
         enable_prefix_caching=enable_prefix_caching,
+        prefix_match_unit=prefix_match_unit,
     )
     if shapes.is_hybrid_state:
         _align_hybrid_block_size(vllm_config)
@@ -327,6 +339,11 @@ def vllm_layout(
         raise VllmLayoutError(str(e)) from e
     config = generate_scheduler_kv_cache_config(worker_configs)
     scheduler_block, hash_block = resolve_kv_cache_block_sizes(config, vllm_config)
+    # As EngineCore does before it builds the scheduler (core.py).
+    config.hash_block_size = hash_block
+    config.cache_hit_alignment_tokens = resolve_cache_hit_alignment_tokens(
+        config, vllm_config, scheduler_block, hash_block
+    )
     groups = []
     for group in config.kv_cache_groups:
         spec = group.kv_cache_spec

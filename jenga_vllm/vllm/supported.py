@@ -161,8 +161,8 @@ REFUSED: tuple[Refusal, ...] = (
     ),
     Refusal(
         "unknown_spec",
-        "this KV-cache spec",
-        "jenga has no layer-type policy for it",
+        "KV-cache specs without a jenga layer type",
+        "jenga has no policy for their tokens",
         "use --kv-cache-manager vllm for this model",
         "layout",
     ),

@@ -13,7 +13,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-import simulate as sim  # noqa: E402
+import simulate  # noqa: E402
+from sim import loop, managers, oracle, workloads  # noqa: E402
 
 from jenga_vllm.tools.model_shapes import load_model_shapes  # noqa: E402
 from jenga_vllm.tools.vllm_layout import VllmLayoutError, vllm_layout  # noqa: E402
@@ -89,24 +90,24 @@ def test_accounting_matches_the_oracle_on_a_hand_computed_trace(tiny) -> None:
     """
     assert tiny.needed_bytes(32) == 2048
     kv = 11 * 1024
-    trace = [sim.TraceRequest(list(range(i * 100, i * 100 + 16)), [7] * 16) for i in range(6)]
+    trace = [workloads.TraceRequest(list(range(i * 100, i * 100 + 16)), [7] * 16) for i in range(6)]
     layout = vllm_layout(tiny, kv, max_model_len=64)
     assert layout.num_blocks == 11 and layout.block_bytes == 1024
-    managers = [
-        sim.JengaManager(tiny, sim.plan_for_budget(tiny, 16, kv, 64)),
-        sim.VllmManager(layout, "vllm"),
-        sim.OracleManager(tiny, kv),
+    peers = [
+        managers.JengaManager(tiny, simulate.plan_for_budget(tiny, 16, kv, 64)),
+        managers.VllmManager(layout, "vllm"),
+        oracle.OracleManager(tiny, kv),
     ]
-    for manager in managers:
-        r = sim.run_trace(manager, trace, tiny, kv)
+    for manager in peers:
+        r = loop.run_trace(manager, trace, tiny, kv)
         assert (r.max_running, r.preemptions, r.completed, r.steps) == (6, 1, 6, 3), manager.name
         assert r.peak_util == pytest.approx(6 * 1024 / kv), manager.name
         assert r.util_series == pytest.approx([6144 / kv, 1024 / kv, 0.0]), manager.name
-    assert managers[0].held_bytes() == 0 and managers[2].held_bytes() == 0
+    assert peers[0].held_bytes() == 0 and peers[2].held_bytes() == 0
 
 
 def test_quick_run_writes_a_wellformed_table(tmp_path: Path) -> None:
-    rc = sim.main(
+    rc = simulate.main(
         [
             "--models",
             "llama-3.1-8b-instruct,gpt-oss-20b",
@@ -137,9 +138,9 @@ def test_quick_run_writes_a_wellformed_table(tmp_path: Path) -> None:
 
 def test_exact_need_counts_shared_prefix_blocks_once(tiny) -> None:
     """Two running requests sharing a 32-token prefix: 2 shared + 2 private 1,024-B blocks."""
-    need = sim.ExactNeed(tiny)
-    a = sim.Running("a", 0, list(range(48)), 48, 0, 48)
-    b = sim.Running("b", 1, list(range(32)) + [999] * 16, 48, 0, 48)
+    need = oracle.ExactNeed(tiny)
+    a = managers.Running("a", 0, list(range(48)), 48, 0, 48)
+    b = managers.Running("b", 1, list(range(32)) + [999] * 16, 48, 0, 48)
     need.set(a, 48)
     assert need.total == 3 * 1024
     assert need.cost_of(b, 48) == 1024
@@ -153,8 +154,8 @@ def test_sysprompt_trace_shares_a_few_long_system_prompts_and_arrives_over_time(
     """Each request = one of 5 shared 300-1,000-token prompts + a unique user part; arrivals are
     seeded, non-decreasing and spread over many steps (not one queue at step 0)."""
     shapes = load_model_shapes(CONFIGS / "nemotron-h-8b-base-8k.json")
-    trace = sim.make_trace("sysprompt", shapes, 0, 8 << 30, 400, 8192)
-    assert trace == sim.make_trace("sysprompt", shapes, 0, 8 << 30, 400, 8192)
+    trace = workloads.make_trace("sysprompt", shapes, 0, 8 << 30, 400, 8192)
+    assert trace == workloads.make_trace("sysprompt", shapes, 0, 8 << 30, 400, 8192)
     groups: dict[tuple[int, ...], list[list[int]]] = {}
     for r in trace:
         groups.setdefault(tuple(r.prompt[:300]), []).append(r.prompt)
@@ -175,14 +176,14 @@ def test_a_hit_on_a_state_written_this_step_waits_one_engine_step() -> None:
     shapes = load_model_shapes(CONFIGS / "nemotron-h-8b-base-8k.json")
     system = list(range(1, 641))  # 40 blocks
     trace = [
-        sim.TraceRequest(system + [10_000 + 100 * i + j for j in range(50)], [7] * 32)
+        workloads.TraceRequest(system + [10_000 + 100 * i + j for j in range(50)], [7] * 32)
         for i in range(3)
     ]
     kv = 8 << 30
-    manager = sim.JengaManager(shapes, sim.plan_for_budget(shapes, 16, kv, 8192))
-    r = sim.run_trace(manager, trace, shapes, kv)
+    manager = managers.JengaManager(shapes, simulate.plan_for_budget(shapes, 16, kv, 8192))
+    r = loop.run_trace(manager, trace, shapes, kv)
     assert r.deferrals == 1 and r.max_running == 3 and r.preemptions == 0
     assert r.hit_tokens == 640  # only the third request: the second made the checkpoint
-    vllm = sim.VllmManager(vllm_layout(shapes, kv, max_model_len=8192), "vllm")
+    vllm = managers.VllmManager(vllm_layout(shapes, kv, max_model_len=8192), "vllm")
     assert vllm.checkpoint_tokens == 1040  # its block: the 640-token prompt has no checkpoint
-    assert sim.run_trace(vllm, trace, shapes, kv).hit_tokens == 0
+    assert loop.run_trace(vllm, trace, shapes, kv).hit_tokens == 0

@@ -5,58 +5,24 @@ the pools must then be byte-identical, which also proves no byte outside the tar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
-from paged_pool import THREE_TYPES, KVPool
 
 from jenga_vllm.kernels import LayerPageGeometry, kv_write, reference_kv_write
+from jenga_vllm.kernels.testing import (
+    DTYPES,
+    KV_WRITE_CASES,
+    THREE_TYPES,
+    KVPool,
+    KvWriteCase,
+    make_kv,
+)
 
 pytestmark = pytest.mark.kernel
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    layer_type: str
-    dtype: str
-    num_tokens: int
-    padding_every: int = 0  # every k-th token gets slot -1 (vLLM's padded tokens)
-    fused_qkv: bool = False  # key/value are strided slices of one [T, (Hq+2H)·d] buffer
-
-
-CASES = [
-    Case("full-fp32-all-layers", "full", "fp32", 37),
-    Case("full-bf16-padding", "full", "bf16", 40, padding_every=3),
-    Case("sliding-fp16-fused-qkv", "sliding", "fp16", 33, fused_qkv=True),
-    Case("sliding-fp32-padding-fused-qkv", "sliding", "fp32", 17, padding_every=2, fused_qkv=True),
-    Case("chunked-bf16-fused-qkv", "chunked", "bf16", 65, fused_qkv=True),
-    Case("chunked-fp16-padding", "chunked", "fp16", 64, padding_every=5),
-]
-
-
-def make_kv(case: Case, num_kv_heads: int, head_size: int, gen: torch.Generator):
-    dtype = DTYPES[case.dtype]
-    shape = (case.num_tokens, num_kv_heads, head_size)
-    if not case.fused_qkv:
-        return (
-            torch.randn(shape, generator=gen).to(dtype),
-            torch.randn(shape, generator=gen).to(dtype),
-        )
-    qkv = torch.randn(case.num_tokens, (4 + 2) * num_kv_heads * head_size, generator=gen).to(dtype)
-    q_end = 4 * num_kv_heads * head_size
-    k_end = q_end + num_kv_heads * head_size
-    key = qkv[:, q_end:k_end].view(shape)
-    value = qkv[:, k_end:].view(shape)
-    assert not key.is_contiguous()
-    return key, value
-
-
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_kv_write_matches_reference(case: Case) -> None:
+@pytest.mark.parametrize("case", KV_WRITE_CASES, ids=[c.id for c in KV_WRITE_CASES])
+def test_kv_write_matches_reference(case: KvWriteCase) -> None:
     dtype = DTYPES[case.dtype]
     ours = KVPool(THREE_TYPES, dtype, num_large_pages=20, seed=5)
     ref = KVPool(THREE_TYPES, dtype, num_large_pages=20, seed=5)

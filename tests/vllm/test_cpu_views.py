@@ -1,6 +1,6 @@
 """vLLM's CPU attention reads the right bytes through jenga's strided, overlapping views.
 
-Guards DESIGN §3 against a vLLM upgrade: builds the jenga KVCacheConfig for the Gemma-4-like zoo
+Guards docs/design.md §3 against a vLLM upgrade: builds the jenga KVCacheConfig for the Gemma-4-like zoo
 model (sliding layers: 2 kv heads × 32; full layers: 1 kv head × 96 — different small pages in
 one unit-id namespace), allocates it with vLLM's own ``allocate_kv_cache``, writes distinct K/V
 into every layer of pages that share large pages, and checks vLLM's C++ paged attention against

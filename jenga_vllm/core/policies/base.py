@@ -20,7 +20,8 @@ onto the paper (arXiv names / SOSP names):
   prefilled; superseded decode-time states are dropped — see mamba.py).
 - ``max_live_blocks(num_tokens, in_flight_tokens)`` — the most pages a request of that length
   holds at once (windows also hold the in-flight prefill chunk): the one rule the manager's
-  admission cap, the capacity line and the planner all use.
+  admission cap, the capacity line and the planner all use; ``live_tokens(num_tokens)`` — the
+  exact tokens it still needs (the oracle's measure in benchmarks).
 - ``junction_hits`` — how many requests must have started from a page before the evictor treats
   it as a shared-prefix junction and never releases it stale (Mamba: 2; see mamba.py).
 
@@ -86,6 +87,11 @@ class LayerPolicy:
         """Most pages one request of ``num_tokens`` tokens holds at once, while up to
         ``in_flight_tokens`` of them are scheduled but not yet computed."""
         return self.num_blocks(num_tokens)
+
+    def live_tokens(self, num_tokens: int) -> int:
+        """Tokens whose KV a request past ``num_tokens`` tokens still needs for its next token
+        (exactly, no pages: the oracle's measure)."""
+        return num_tokens
 
     def keeps_released(self, block: int, prompt_tokens: int | None) -> bool:
         """Whether a page released while its request runs stays cached (stale)."""

@@ -35,6 +35,9 @@ class ChunkedLocalPolicy(LayerPolicy):
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return (num_computed_tokens // self.chunk * self.chunk) // self.block_tokens
 
+    def live_tokens(self, num_tokens: int) -> int:
+        return num_tokens - num_tokens // self.chunk * self.chunk
+
     def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
         # The current chunk plus the in-flight tokens (vLLM's ChunkedLocalAttentionSpec formula).
         live = min(self.chunk + in_flight_tokens, num_tokens)

@@ -20,5 +20,8 @@ class CrossAttentionPolicy(LayerPolicy):
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return 0
 
+    def live_tokens(self, num_tokens: int) -> int:
+        return 0  # the encoder input's tokens, not the decoder's
+
     def longest_valid_hit(self, max_blocks: int, is_cached: Callable[[int], bool]) -> int:
         return max_blocks

@@ -63,6 +63,9 @@ class MambaPolicy(LayerPolicy):
             return [b for b in (newest - 1, newest) if b >= have]
         return [newest] if newest >= have else []
 
+    def live_tokens(self, num_tokens: int) -> int:
+        return 0  # one state, whatever the length (counted per request, not per token)
+
     def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
         return min(self.num_blocks(num_tokens), MAX_LIVE_STATES)
 

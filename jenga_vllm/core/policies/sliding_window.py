@@ -39,6 +39,9 @@ class SlidingWindowPolicy(LayerPolicy):
     def release_threshold(self, released_blocks: int) -> float:
         return (released_blocks + 1) * self.block_tokens + self.window - 1
 
+    def live_tokens(self, num_tokens: int) -> int:
+        return min(num_tokens, self.window - 1)
+
     def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
         # The window before the oldest in-flight token, the in-flight tokens, and one block of
         # misalignment (vLLM's SlidingWindowSpec.max_memory_usage_bytes, the same formula).

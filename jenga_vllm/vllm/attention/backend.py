@@ -7,7 +7,7 @@ What it owns
     backend treats it alike. Only the implementation differs: ``do_kv_cache_update`` calls
     ``jenga_vllm.kernels.kv_write`` and ``forward`` calls ``jenga_vllm.kernels.paged_attention``,
     one launch per layer for the whole mixed prefill/decode batch, reading K/V through the layer's
-    ``[num_units, H, N, 2·head_size]`` view of the shared pool (DESIGN.md §3).
+    ``[num_units, H, N, 2·head_size]`` view of the shared pool (docs/design.md §3).
 
 Registration (``register_jenga_attention_backend``, per process; vLLM resolves backends in the
 worker process, so it must run there — the general plugin's ``register()`` runs everywhere)
