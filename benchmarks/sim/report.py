@@ -36,24 +36,28 @@ def write_report(
         f"KV budget {kv_bytes / GIB:.1f} GiB per manager, bf16 KV, block {BLOCK_SIZE} tokens"
         f"{' (--quick)' if quick else ''}; run took {seconds:.0f} s. 'vllm' is vLLM 0.32's real"
         " KVCacheManager on the layout vLLM's own functions chose; 'uniform' is the same with the"
-        " hybrid manager off. Max concurrency = most requests running at once.",
+        " hybrid manager off; 'vllm_pmu16' (Mamba hybrids) is vLLM with `--prefix-match-unit 16`, its"
+        " sub-block hits. Max concurrency = most requests running at once.",
         "",
         "| model | workload | reqs | max running jenga / vllm / uniform / oracle | jenga÷vllm |"
         " jenga÷uniform | jenga÷oracle | avg util jenga / vllm | peak util jenga / vllm |"
-        " hit rate jenga / vllm | waste at peak jenga / vllm (GiB, padding) | preempt jenga / vllm |",
+        " hit rate jenga / vllm (/ vllm_pmu16) | waste at peak jenga / vllm (GiB, padding) |"
+        " preempt jenga / vllm |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cases:
         r = c.results
         j, v, o = r["jenga"], r["vllm"], r["oracle"]
         u = r.get("uniform")
+        pmu = next((x for name, x in r.items() if name.startswith("vllm_pmu")), None)
+        pmu_hit = f" / {pmu.hit_rate:.3f}" if pmu else ""
         lines.append(
             f"| {c.model} | {c.workload} | {j.completed} | {j.max_running} / {v.max_running} / "
             f"{u.max_running if u else 'n/a'} / {o.max_running} | "
             f"{_ratio(j.max_running, v.max_running)} | "
             f"{_ratio(j.max_running, u.max_running) if u else 'n/a'} | "
             f"{_ratio(j.max_running, o.max_running)} | {j.avg_util:.3f} / {v.avg_util:.3f} | "
-            f"{j.peak_util:.3f} / {v.peak_util:.3f} | {j.hit_rate:.3f} / {v.hit_rate:.3f} | "
+            f"{j.peak_util:.3f} / {v.peak_util:.3f} | {j.hit_rate:.3f} / {v.hit_rate:.3f}{pmu_hit} | "
             f"{j.waste_bytes / GIB:.2f} ({j.padding_bytes / GIB:.2f}) / "
             f"{v.waste_bytes / GIB:.2f} ({v.padding_bytes / GIB:.2f}) | "
             f"{j.preemptions} / {v.preemptions} |"

@@ -19,7 +19,8 @@ where stock vLLM still had blocks (benchmarks/results/scheduler_replay.md). So a
 fresh large page (steps 2–3) only while this allocation still has a whole large page's worth of
 pages of the type to place; a smaller remainder — every decode step's page — tries step 4 first.
 Types whose large page holds far more than one request uses (attention pages beside huge Mamba
-states; REQUEST_AWARE_MAX_TOKENS) always try step 4 before step 2. Steps 2–3 consume a large
+states; REQUEST_AWARE_MAX_TOKENS; more states than one request holds) always try step 4 before
+step 2. Steps 2–3 consume a large
 page. So that a greedy choice for one type never starves another, an allocation first computes
 each type's *minimum* large pages (what its slots in ACTIVE large pages cannot cover); a type may
 take a large page beyond its minimum only from the spare ones (``LargePageBudget``, the
@@ -39,7 +40,7 @@ exactly the FREE large pages except the null page 0.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jenga_vllm.core.evictor import Evictor
 from jenga_vllm.core.layout import LayoutPlan
@@ -50,11 +51,12 @@ from jenga_vllm.core.prefix import PrefixIndex
 # the type: at request end the large page goes back whole. When a large page holds far more than a
 # request uses (attention pages beside Mamba states of 10-900 MB), each request would strand most
 # of one, so such a type is packed instead. Token types pack above this many tokens per large
-# page, state types above this many states. A heuristic, calibrated with benchmarks/simulate.py on
-# Jamba (2,128 tokens: request-aware wins) vs Qwen3-Next (3,216) and Nemotron-H (22k-50k): packing
-# wins; a rule from each request's expected length is future work.
+# page — calibrated with benchmarks/simulate.py on Jamba (2,128 tokens: request-aware wins) vs
+# Qwen3-Next (3,216) and Nemotron-H (22k-50k): packing wins. State types pack when a large page
+# holds more states than one request ever holds at once (``states_per_request``, from the
+# policy); measured: the same results as a cap of 32 on all nine Mamba-hybrid simulator cases
+# (Jamba, Nemotron-H 8B, Qwen3-Next × chat1k, multiturn, sysprompt at 40 GiB).
 REQUEST_AWARE_MAX_TOKENS = 2560
-REQUEST_AWARE_MAX_STATES = 32
 
 
 @dataclass(slots=True, eq=False)
@@ -107,12 +109,21 @@ class AllocatorCounters:
     evicted_large: int = 0  # step 3: an evicted EVICTABLE large page
     any_slot: int = 0  # step 4: an EMPTY slot in any ACTIVE large page of the type
     evicted_small: int = 0  # step 5: an evicted CACHED small page of the type
+    evicted_by_type: list[int] = field(default_factory=list)  # cached small pages dropped
 
 
 class TwoLevelAllocator:
     """Owns every page's state; knows nothing of requests' token positions (see cache.py)."""
 
-    def __init__(self, plan: LayoutPlan, evictor: Evictor, index: PrefixIndex) -> None:
+    def __init__(
+        self,
+        plan: LayoutPlan,
+        evictor: Evictor,
+        index: PrefixIndex,
+        states_per_request: list[int] | None = None,
+    ) -> None:
+        """``states_per_request[t]``: the most pages of state type t one request holds at once
+        (its policy's ``max_live_blocks``); decides whether the type is packed."""
         self.plan = plan
         self.evictor = evictor
         self.index = index
@@ -122,13 +133,14 @@ class TwoLevelAllocator:
         self.free_large: list[int] = list(range(plan.num_large_pages - 1, 0, -1))
         self.num_empty_slots = [0] * num_types
         self.with_empty: list[dict[LargePage, None]] = [{} for _ in range(num_types)]
-        self.counters = AllocatorCounters()
+        self.counters = AllocatorCounters(evicted_by_type=[0] * num_types)
         self._pages_per_large = [t.pages_per_large for t in plan.types]
+        states = states_per_request or [1] * num_types
         self._packed = [
             t.pages_per_large * t.block_tokens > REQUEST_AWARE_MAX_TOKENS
             if t.is_token_indexed
-            else t.pages_per_large > REQUEST_AWARE_MAX_STATES
-            for t in plan.types
+            else t.pages_per_large > states[i]
+            for i, t in enumerate(plan.types)
         ]
 
     # ---- capacity ------------------------------------------------------------------------
@@ -299,6 +311,22 @@ class TwoLevelAllocator:
         if large.empty_slots:
             self._slots_opened(large, len(large.empty_slots))
 
+    def discard(self, page: SmallPage) -> None:
+        """Evict one CACHED page now (a state superseded by a newer one of the same request)."""
+        self.touch(page)  # out of the evictor's queues, its large page ACTIVE
+        self.counters.small_pages_evicted += 1
+        self.counters.evicted_by_type[page.type_idx] += 1
+        self.index.remove(page)
+        self.release_in_order([page], is_stale=False)  # no hash: an EMPTY slot
+
+    def refresh(self, page: SmallPage) -> None:
+        """A CACHED page becomes the most recently used, fresh (a request's turn-end state when
+        it ends); it does not count as a hit."""
+        hits = page.hits
+        self.touch(page)
+        page.hits = hits
+        self.release_in_order([page], is_stale=False)
+
     # ---- releasing ----------------------------------------------------------------------------
     def release(self, pages: list[SmallPage], is_stale: bool) -> None:
         """Running requests let ``pages`` go; the order is the evictor's (suffix first)."""
@@ -365,6 +393,7 @@ class TwoLevelAllocator:
             if page.block_hash is not None:
                 self.index.remove(page)
                 page.is_stale = False
+        self.counters.evicted_by_type[large.type_idx] += large.num_cached
         large.num_cached = 0
         if large.owner is not None:
             large.owner.owned.pop(large, None)
@@ -399,6 +428,7 @@ class TwoLevelAllocator:
     def _drop_cached_page(self, page: SmallPage) -> None:
         """Evict one CACHED small page of an ACTIVE large page (already out of the queues)."""
         self.counters.small_pages_evicted += 1
+        self.counters.evicted_by_type[page.type_idx] += 1
         self.index.remove(page)
         page.large.num_cached -= 1
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jenga_vllm.core.allocator import PageOwner, TwoLevelAllocator
 from jenga_vllm.core.errors import JengaAllocationError, JengaConfigError
@@ -57,6 +57,8 @@ class RequestPages:
     encoder_key: Hashable | None = None
     encoder_tokens: int = 0
     prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
+    # per state type: (page, hash) of the newest decode-time state kept cached (see mamba.py)
+    decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
     # O(1) fast paths for the common decode step (see _refresh_thresholds):
     covered_tokens: float = 0  # tokens the current tables can hold without a new page
     next_full: float = 0  # token count at which some type completes a new block to cache
@@ -113,8 +115,13 @@ class JengaCache:
             evictor = EVICTORS[evictor](num_types)
         self.evictor = evictor
         self.index = PrefixIndex(num_types)
-        self.allocator = TwoLevelAllocator(plan, evictor, self.index)
         self.policies: list[LayerPolicy] = make_policies(plan)
+        self.allocator = TwoLevelAllocator(
+            plan,
+            evictor,
+            self.index,
+            states_per_request=[p.most_pages_held or 1 for p in self.policies],
+        )
         self.evictor.junction_hits = [p.junction_hits for p in self.policies]
         self.prefix_types = [i for i, p in enumerate(self.policies) if p.uses_token_prefix]
         self.encoder_types = [i for i, p in enumerate(self.policies) if not p.uses_token_prefix]
@@ -429,6 +436,7 @@ class JengaCache:
         if num_computed_tokens < req.next_release:
             return 0
         to_release: list[SmallPage] = []
+        superseded: list[tuple[SmallPage, Hashable]] = []
         for t in self.prefix_types:
             policy = self.policies[t]
             table = req.tables[t]
@@ -436,19 +444,28 @@ class JengaCache:
             for block in range(req.released[t], target):
                 page = table[block]
                 if page is not None:
-                    if (
-                        page.ref_count == 1
-                        and page.block_hash is not None
-                        and not policy.keeps_released(block, req.prompt_tokens)
+                    if page.block_hash is not None and not policy.keeps_released(
+                        block, req.prompt_tokens
                     ):
-                        self.index.remove(page)  # superseded, not worth keeping: EMPTY
-                        self._states_this_step.discard(page)
+                        # A decode-time state: kept only while it is the newest one.
+                        older = req.decode_state.get(t)
+                        if older is not None:
+                            superseded.append(older)
+                        if policy.keeps_newest_decode_state:
+                            req.decode_state[t] = (page, page.block_hash)
+                        else:
+                            req.decode_state.pop(t, None)
+                            superseded.append((page, page.block_hash))
                     to_release.append(page)
                     table[block] = None
             if target > req.released[t]:
                 req.released[t] = target
         if to_release:
             self.allocator.release(to_release, is_stale=True)
+        for page, key in superseded:
+            if page.is_cached and page.block_hash == key:  # not evicted (and reused) meanwhile
+                self._states_this_step.discard(page)
+                self.allocator.discard(page)
         self._refresh_thresholds(req)
         if DEBUG_INVARIANTS:
             self.check()
@@ -470,6 +487,9 @@ class JengaCache:
         else:
             pages = [p for table in tables for p in reversed(table) if p is not None]
             self.allocator.release(pages, is_stale=False)
+        for page, key in req.decode_state.values():
+            if page.is_cached and page.block_hash == key:  # the turn end: ages from now, fresh
+                self.allocator.refresh(page)
         self.allocator.forget_owner(req.owner)
         if DEBUG_INVARIANTS:
             self.check()
@@ -502,6 +522,10 @@ class JengaCache:
                 f"unknown request {request_id!r}: allocate() it first (or it was already freed)"
             )
         return req
+
+    def evicted_pages(self, type_idx: int) -> int:
+        """Cached small pages of the type evicted so far (whole large pages included)."""
+        return self.allocator.counters.evicted_by_type[type_idx]
 
     def num_free_large_pages(self) -> int:
         return len(self.allocator.free_large)

@@ -191,7 +191,10 @@ def build_vllm_config(
         cache_dtype="auto",
         **({"prefix_match_unit": prefix_match_unit} if prefix_match_unit else {}),
     )
-    with _env("VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE", allow_chunked):
+    with (
+        _env("VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE", allow_chunked),
+        _gpu_ssm_state_dtype(),
+    ):
         try:
             return VllmConfig(
                 model_config=model_config,
@@ -200,6 +203,22 @@ def build_vllm_config(
             )
         except ValueError as e:
             raise VllmLayoutError(str(e)) from e
+
+
+@contextlib.contextmanager
+def _gpu_ssm_state_dtype():
+    """This module reproduces vLLM's decision for a GPU deployment, but builds the config on the
+    CPU platform, whose check rewrites a Mamba SSM state dtype other than float32 to float32 on
+    machines with AVX512-BF16 (platforms/cpu.py) — doubling the states of bf16 models (Qwen3-Next)
+    on some machines only. Answer that probe as a GPU deployment would never ask it."""
+    import torch
+
+    probe = torch.cpu._is_avx512_bf16_supported
+    torch.cpu._is_avx512_bf16_supported = lambda: False
+    try:
+        yield
+    finally:
+        torch.cpu._is_avx512_bf16_supported = probe
 
 
 def _gpu_attention_backend():

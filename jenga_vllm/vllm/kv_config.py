@@ -102,11 +102,7 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
         # (vLLM disables prefix caching for encoder-decoder models).
         return "cross_attention", {}
     if isinstance(spec, MambaSpec):
-        if spec.num_speculative_blocks:
-            raise JengaUnsupportedError(
-                f"layer {layer}: speculative decoding on a Mamba/linear-attention hybrid is not "
-                "supported by jenga yet; drop --speculative-config or use --kv-cache-manager vllm"
-            )
+        assert not spec.num_speculative_blocks, "speculative decoding is refused (supported.py)"
         if spec.mamba_cache_mode == "align":  # prefix caching on: states on jenga's block grid
             _check_checkpointable(layer, spec, block_size)
             return "mamba", {"block_tokens": block_size}

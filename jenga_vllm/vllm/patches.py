@@ -51,6 +51,7 @@ class SymbolPatch:
     on_import: bool = False
     always: bool = False
     cli_only: bool = False
+    checked: str = CHECKED  # the vLLM version this replacement was read against
 
     @property
     def key(self) -> str:
@@ -90,6 +91,7 @@ class BackendRegistration:
     on_import: bool = False
     always: bool = False
     cli_only: bool = False
+    checked: str = CHECKED
 
     @property
     def key(self) -> str:

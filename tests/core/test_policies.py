@@ -54,14 +54,12 @@ def test_chunked_local_hit_at_chunk_boundary_needs_nothing():
     assert p.longest_valid_hit(7, cached_set({4, 5, 6})) == 7
 
 
-def test_mamba_keeps_the_running_and_the_last_complete_state_and_hits_only_at_checkpoints():
+def test_mamba_keeps_one_state_and_hits_only_at_cached_checkpoints():
     p = policy("mamba", block_tokens=64)  # checkpoint every 64 tokens = 4 common blocks
     assert p.num_blocks(130) == 3
-    # After 130 tokens: the running state (block 2) and the last complete one (block 1, the
-    # state after 128 tokens) are held; block 0 (after 64) is superseded.
-    assert p.first_needed_block(130) == 1
+    assert p.first_needed_block(130) == 2  # only the running state (block 2) is held
     assert p.first_needed_block(128) == 1  # the state after token 128 lives in block 1
-    assert p.release_threshold(1) == 192
+    assert p.release_threshold(1) == 129
     # A step to 200 tokens writes the running state (block 3) and, when the engine exports it,
     # the state at 192 (block 2); nothing in between.
     assert p.new_blocks(1, 200, checkpoint=True) == [2, 3]
@@ -69,11 +67,10 @@ def test_mamba_keeps_the_running_and_the_last_complete_state_and_hits_only_at_ch
     # A step ending on a boundary (256) writes the running state there; its checkpoint is the
     # state after 192, the longest hit a 256-token prompt can have (one token is recomputed).
     assert p.new_blocks(0, 256, checkpoint=True) == [2, 3]
-    # Prefill-time states stay cached when superseded; decode-time ones do not.
+    # Prefill-time states stay cached when superseded; decode-time ones are the cache's choice.
     assert p.keeps_released(1, prompt_tokens=130)
     assert not p.keeps_released(2, prompt_tokens=130)
     assert p.keeps_released(2, prompt_tokens=None)
-    assert p.hash_index(1) == 7
     # max 11 common blocks -> candidate lengths 2 mamba blocks (8 common) then 1 (4 common)
     assert p.longest_valid_hit(11, cached_set({1})) == 8
     assert p.longest_valid_hit(11, cached_set({0})) == 4

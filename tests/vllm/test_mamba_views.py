@@ -125,8 +125,8 @@ def test_every_state_column_the_worker_touches_is_a_page_jenga_allocated(setup):
     # The final prompt chunk exported the state after 224 tokens (the prompt's last full block
     # before its end) into block 6; decode has moved past it, and it stays cached (a prefill-time
     # state), as do the chunk ends 96 and 192 and the chunks' checkpoints 64 and 160. Of the
-    # decode-time states, 256 (block 7) was dropped when 288 (block 8) superseded it; 288 is the
-    # last complete state, still held.
+    # decode-time states only the newest complete one stays cached: 288 (block 8); 256 (block 7)
+    # was dropped when 288 was superseded.
     index = manager.cache.index
     cached = [b for b, h in enumerate(req.block_hashes) if index.get(state, h) is not None]
     assert cached == [1, 2, 4, 5, 6, 8]

@@ -208,3 +208,41 @@ def test_encoder_decoder_accepted_and_prefix_caching_refused_before_any_engine_s
     args = EngineArgs(model=model, enable_prefix_caching=True, additional_config=jenga)
     with pytest.raises(JengaUnsupportedError, match="--no-enable-prefix-caching"):
         args.create_engine_config()
+
+
+def test_uninstall_restores_every_patched_symbol_and_install_reapplies():
+    """The ledger is complete and reversible: after uninstall() every patched attribute is vLLM's
+    own object again; install() puts the replacements back (idempotent)."""
+    import importlib
+
+    from jenga_vllm.vllm.patches import LEDGER, SymbolPatch
+
+    def current(entry: SymbolPatch):
+        owner = importlib.import_module(entry.module)
+        *path, name = entry.attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+
+    plugin.install()
+    import vllm.v1.worker.gpu_model_runner  # noqa: F401 - applies the post-import entries
+
+    patched = {
+        e.key: current(e)
+        for e in LEDGER
+        if isinstance(e, SymbolPatch) and e.key in plugin.installed()
+    }
+    assert "vllm.v1.core.sched.scheduler:KVCacheManager" in patched
+    plugin.uninstall()
+    try:
+        assert plugin.installed() == []
+        for entry in LEDGER:
+            if isinstance(entry, SymbolPatch) and entry.key in patched:
+                assert current(entry) is not patched[entry.key], entry.key
+        from vllm.v1.core.kv_cache_manager import KVCacheManager
+        from vllm.v1.core.sched import scheduler
+
+        assert scheduler.KVCacheManager is KVCacheManager
+    finally:
+        plugin.install()
+    assert set(patched) <= set(plugin.installed())

@@ -51,6 +51,10 @@ class LayerPolicy:
     is_token_indexed: ClassVar[bool] = True
     uses_token_prefix: ClassVar[bool] = True  # False: pages keyed by an encoder input, not tokens
     junction_hits: ClassVar[int] = 1
+    most_pages_held: ClassVar[int | None] = None  # pages one request holds at most (None: grows)
+    # Of the pages ``keeps_released`` does not keep, the request's newest stays cached (a state
+    # type's turn end); False drops them all.
+    keeps_newest_decode_state: ClassVar[bool] = True
 
     def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
         self.spec = spec

@@ -5,11 +5,11 @@ checkpoint interval (in the engine: jenga's attention page, 16 or 32 tokens — 
 block); its small page holds the state *after* the block's last token once a step has ended
 there. The page table is positional: column ``i`` is block ``i``, most columns are None.
 
-Which pages a running request holds (``first_needed_block``): the newest state (being advanced in
-place) and the last *complete* state before it — the state a preempted request resumes from and,
-when the request ends, the turn end the next turn of a chat starts from. vLLM's worker reads the
-previous step's state before it writes the new one, so both are needed anyway across a block
-boundary.
+Which pages a running request holds (``first_needed_block``): only its newest state (advanced in
+place), as vLLM does — at 100 MB a state (Nemotron-H 8B), holding a second one per request would
+cost half the batch (benchmarks/results/simulate.md measured it: 205 vs 358 requests on chat).
+Across a block boundary the previous state stays until the step that copies it has run (the
+caller releases on the processed-token basis).
 
 Allocation (``new_blocks``): a step that grows the request to ``n`` tokens writes the running
 state into block ``cdiv(n, B) - 1``, and — when the engine says it exports one (vLLM: the
@@ -21,11 +21,12 @@ stay None.
 
 Which states stay cached (docs/design.md §4, "Mamba retention"): states written while the prompt
 is prefilled — every chunk end, the prompt's checkpoint, a shared-prefix junction the scheduler
-split at — are kept when superseded, stale; states written during decode are dropped when a newer
-complete state supersedes them (``keeps_released``), since caching a whole-model state every B
-tokens of every request would fill the cache with states no later request starts from. The last
-complete state is cached when the request ends (a chat's turn end). Valid hits: multiples of B
-whose state is cached.
+split at — are kept when superseded, stale (``keeps_released``). Of the states written during
+decode only the request's newest complete one stays cached (stale while the request runs, fresh
+once it ends: a chat's turn end, where a preempted request resumes): caching a whole-model state
+every B tokens of every request would fill the cache with states no later request starts from
+(``JengaCache.release_unneeded`` drops the older one). Valid hits: multiples of B whose state is
+cached.
 
 Junctions: a hit on an attention prefix uses every block of it, so a block that served one hit
 sits on a shared prefix and the evictor keeps it fresh. A hit on a state uses only that state, and
@@ -39,10 +40,10 @@ let spent checkpoints hoard the pool (Qwen3-Next, benchmarks/simulate.py multitu
 
 from __future__ import annotations
 
-from jenga_vllm.core.policies.base import LayerPolicy
+from jenga_vllm.core.policies.base import LayerPolicy, cdiv
 
-# Pages one request holds at most: the last complete state, a prefill checkpoint being written,
-# the running state.
+# Pages one request holds at most: the previous state (until the step that copies it has run), a
+# prefill checkpoint being written, the running state.
 MAX_LIVE_STATES = 3
 
 
@@ -50,12 +51,13 @@ class MambaPolicy(LayerPolicy):
     kind = "mamba"
     is_token_indexed = False
     junction_hits = 2
+    most_pages_held = MAX_LIVE_STATES
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
-        return max(0, num_computed_tokens // self.block_tokens - 1)
+        return max(0, cdiv(num_computed_tokens, self.block_tokens) - 1)
 
     def release_threshold(self, released_blocks: int) -> float:
-        return (released_blocks + 2) * self.block_tokens
+        return (released_blocks + 1) * self.block_tokens + 1
 
     def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
