@@ -232,7 +232,10 @@ def child(peer: str, model: str, workload: str, quick: bool) -> dict:
         "cpu_schedule_s": clock.seconds.get("schedule", 0.0),
         "cpu_execute_s": clock.seconds.get("execute_model", 0.0),
         "outputs": {r: done[r]["tokens"] for r in sorted(done)},
-        "trace": [asdict(by_id[r]) | {"prompt": prompts[r]} for r in sorted(done)],
+        "trace": [
+            asdict(by_id[r]) | {"prompt": prompts[r], "cached": done[r]["cached"]}
+            for r in sorted(done)
+        ],
     }
 
 

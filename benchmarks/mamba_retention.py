@@ -4,9 +4,10 @@ jenga checkpoints states every block (16 tokens here), so it must choose which o
 (docs/design.md §4). Three rules, each the jenga core in the simulator (benchmarks/sim/) on the
 same seeded traces, 40 GiB, bf16:
 
-    jenga        prefill-time states stay cached when superseded (stale); of the decode-time
-                 states only the request's newest complete one stays cached, refreshed when the
-                 request ends (a chat's turn end, a preempted request's resume point) — shipped
+    jenga        prefill-time states stay cached when superseded (stale), junction states fresh;
+                 of the decode-time states only the request's newest complete one stays cached,
+                 fresh while the request runs, stale after (a chat's turn end, a preempted
+                 request's resume point) — the shipped rule
     every        every complete state stays cached when superseded (stale), decode-time ones too
                  (what jenga did before the engine had Mamba prefix caching)
     prompt-only  prefill-time states only: every decode-time state is dropped when superseded

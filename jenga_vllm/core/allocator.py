@@ -319,13 +319,13 @@ class TwoLevelAllocator:
         self.index.remove(page)
         self.release_in_order([page], is_stale=False)  # no hash: an EMPTY slot
 
-    def refresh(self, page: SmallPage) -> None:
-        """A CACHED page becomes the most recently used, fresh (a request's turn-end state when
-        it ends); it does not count as a hit."""
+    def requeue(self, page: SmallPage, is_stale: bool) -> None:
+        """Move a CACHED page to the newest end of the stale or the fresh queue (it keeps its
+        hit count: this is not a prefix hit)."""
         hits = page.hits
         self.touch(page)
         page.hits = hits
-        self.release_in_order([page], is_stale=False)
+        self.release_in_order([page], is_stale=is_stale)
 
     # ---- releasing ----------------------------------------------------------------------------
     def release(self, pages: list[SmallPage], is_stale: bool) -> None:
@@ -438,6 +438,7 @@ def _mark_used(page: SmallPage) -> None:
     page.ref_count = 1
     page.is_stale = False
     page.hits = 0
+    page.at_junction = False
 
 
 def _rank_descending(page: SmallPage) -> int:

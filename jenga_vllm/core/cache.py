@@ -57,6 +57,7 @@ class RequestPages:
     encoder_key: Hashable | None = None
     encoder_tokens: int = 0
     prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
+    junction_tokens: int = 0  # the shared-prefix junction its hit reported (0: none)
     # per state type: (page, hash) of the newest decode-time state kept cached (see mamba.py)
     decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
     # O(1) fast paths for the common decode step (see _refresh_thresholds):
@@ -260,6 +261,7 @@ class JengaCache:
         encoder_tokens: int = 0,
         checkpoint: bool = True,
         prompt_tokens: int | None = None,
+        junction_tokens: int | None = None,
     ) -> Sequence[Sequence[SmallPage]] | None:
         """Make ``request_id`` hold pages for ``num_tokens`` tokens; returns new pages per type.
 
@@ -267,7 +269,9 @@ class JengaCache:
         input (``encoder_key`` names it for sharing; ``encoder_tokens`` its length) and its
         ``prompt_tokens`` (states written past the prompt are not kept when superseded; see
         policies/mamba.py). ``checkpoint``: whether the engine also writes the state at the last
-        block boundary this growth crosses (state types; vLLM decides per step). Returns None
+        block boundary this growth crosses (state types; vLLM decides per step).
+        ``junction_tokens``: where the new request's shared prefix ends (default: the hit's
+        ``junction_tokens``); the state written there is kept like a junction. Returns None
         — changing nothing — when memory cannot cover it, or when the hit starts from a state
         written in this very step; the caller preempts or waits.
         """
@@ -286,6 +290,8 @@ class JengaCache:
             )
         if hit is None:
             hit = empty_hit(len(self.policies))
+        if junction_tokens is None:
+            junction_tokens = hit.junction_tokens
         if not is_new and num_tokens < req.num_tokens:
             num_tokens = req.num_tokens  # never shrink; vLLM asks with computed+new ≥ before
 
@@ -304,7 +310,13 @@ class JengaCache:
         if not hit_pages and not any(needs):
             if is_new:
                 req = self._admit(
-                    request_id, num_tokens, hit, encoder_key, encoder_tokens, prompt_tokens
+                    request_id,
+                    num_tokens,
+                    hit,
+                    encoder_key,
+                    encoder_tokens,
+                    prompt_tokens,
+                    junction_tokens,
                 )
             req.num_tokens = num_tokens
             self._refresh_thresholds(req)
@@ -321,7 +333,13 @@ class JengaCache:
             self.allocator.touch(page)
         if is_new:
             req = self._admit(
-                request_id, num_tokens, hit, encoder_key, encoder_tokens, prompt_tokens
+                request_id,
+                num_tokens,
+                hit,
+                encoder_key,
+                encoder_tokens,
+                prompt_tokens,
+                junction_tokens,
             )
         new_pages: list[list[SmallPage]] = []
         for t, policy in enumerate(self.policies):
@@ -333,6 +351,12 @@ class JengaCache:
                         table.extend([None] * (block - len(table)))
                     page = self.allocator.allocate(req.owner, t, budget)
                     page.rank = policy.eviction_rank(block)
+                    # The state where this request's prefix stops being shared with a cached
+                    # one: the next request with that prefix starts here (Marconi's junction).
+                    page.at_junction = (
+                        not policy.is_token_indexed
+                        and (block + 1) * policy.block_tokens == req.junction_tokens
+                    )
                     table.append(page)
                     fresh.append(page)
             new_pages.append(fresh)
@@ -381,6 +405,7 @@ class JengaCache:
         key: Hashable,
         enc: int,
         prompt_tokens: int | None,
+        junction_tokens: int,
     ) -> RequestPages:
         num_types = len(self.policies)
         tables = [list(per_type) for per_type in hit.pages]
@@ -398,6 +423,7 @@ class JengaCache:
             encoder_key=key,
             encoder_tokens=enc,
             prompt_tokens=prompt_tokens,
+            junction_tokens=junction_tokens,
         )
         self.requests[request_id] = req
         return req
@@ -436,6 +462,7 @@ class JengaCache:
         if num_computed_tokens < req.next_release:
             return 0
         to_release: list[SmallPage] = []
+        newest: list[SmallPage] = []  # decode-time states that become the request's newest
         superseded: list[tuple[SmallPage, Hashable]] = []
         for t in self.prefix_types:
             policy = self.policies[t]
@@ -453,15 +480,26 @@ class JengaCache:
                             superseded.append(older)
                         if policy.keeps_newest_decode_state:
                             req.decode_state[t] = (page, page.block_hash)
+                            newest.append(page)
                         else:
                             req.decode_state.pop(t, None)
                             superseded.append((page, page.block_hash))
-                    to_release.append(page)
+                    if not newest or newest[-1] is not page:
+                        to_release.append(page)
                     table[block] = None
             if target > req.released[t]:
                 req.released[t] = target
+            if t in req.decode_state and num_computed_tokens % policy.block_tokens == 0:
+                # The running state is complete and will be the newest decode-time state: drop
+                # the one it supersedes now, before the next step allocates its successor, so
+                # crossing a block in decode never needs a page more than it frees.
+                running = num_computed_tokens // policy.block_tokens - 1
+                if running < len(table) and table[running] is not None:
+                    superseded.append(req.decode_state.pop(t))
         if to_release:
             self.allocator.release(to_release, is_stale=True)
+        if newest:  # the request's turn end so far: it ages as a page of a running request
+            self.allocator.release(newest, is_stale=False)
         for page, key in superseded:
             if page.is_cached and page.block_hash == key:  # not evicted (and reused) meanwhile
                 self._states_this_step.discard(page)
@@ -488,8 +526,10 @@ class JengaCache:
             pages = [p for table in tables for p in reversed(table) if p is not None]
             self.allocator.release(pages, is_stale=False)
         for page, key in req.decode_state.values():
-            if page.is_cached and page.block_hash == key:  # the turn end: ages from now, fresh
-                self.allocator.refresh(page)
+            # Its turn end: fresh while the request ran, superseded-class now (a follow-up
+            # turn, if any, comes soon; an ended request's state must not outlive junctions).
+            if page.is_cached and page.block_hash == key:
+                self.allocator.requeue(page, is_stale=True)
         self.allocator.forget_owner(req.owner)
         if DEBUG_INVARIANTS:
             self.check()

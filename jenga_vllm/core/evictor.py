@@ -57,8 +57,11 @@ class Evictor(ABC):
         return True
 
     def is_junction(self, page: SmallPage) -> bool:
-        """A page enough requests started from to mark a shared-prefix junction: kept fresh."""
-        return self.protects_junctions and page.hits >= self.junction_hits[page.type_idx]
+        """A page enough requests started from to mark a shared-prefix junction, or a state
+        written at a junction the engine split a prefill at: kept fresh."""
+        return self.protects_junctions and (
+            page.at_junction or page.hits >= self.junction_hits[page.type_idx]
+        )
 
     # Small pages of ACTIVE large pages.
     def add_small(self, page: SmallPage) -> None:

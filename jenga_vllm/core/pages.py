@@ -33,6 +33,7 @@ class SmallPage:
     rank: int = 0  # eviction tie-break: token position (or one random value per encoder item)
     is_stale: bool = False  # released while its request still ran (left the window / old state)
     hits: int = 0  # requests that reused it since it was computed (prefix hits)
+    at_junction: bool = False  # a state written where a shared prefix ends (see cache.py)
 
     @property
     def is_cached(self) -> bool:

@@ -341,6 +341,7 @@ class JengaKVCacheManager:
             encoder_tokens=encoder_tokens,
             checkpoint=checkpoint,
             prompt_tokens=request.num_prompt_tokens,
+            junction_tokens=request.shared_prefix_boundary,  # from get_computed_blocks
         )
         if new_pages is None:
             return None

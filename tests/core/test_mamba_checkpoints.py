@@ -60,9 +60,9 @@ def test_superseded_checkpoints_go_stale_and_are_evicted_before_the_turn_end():
 
 def test_with_the_prompt_length_known_only_prompt_states_and_the_turn_end_stay_cached():
     """What the engine does (it passes the prompt length): states written while the prompt is
-    prefilled stay cached when superseded; of the decode-time states only the newest complete one
-    stays cached (the older one is dropped when a newer one is superseded); when the request ends
-    it is refreshed: the turn end, fresh in the cache."""
+    prefilled stay cached when superseded (stale); of the decode-time states only the newest
+    complete one stays cached — fresh while its request runs (the turn end so far), stale once
+    the request has ended — and the older one is dropped when a newer one is superseded."""
     cache = make_cache(_specs(), large_pages=64)
     prompt = list(range(1, 101))  # 100 tokens, prefilled in chunks ending at 48 and 100
     answer = list(range(1000, 1100))  # decodes past 112, 128, ..., 192
@@ -80,11 +80,12 @@ def test_with_the_prompt_length_known_only_prompt_states_and_the_turn_end_stay_c
     cached = sorted(b for b in range(len(hashes)) if hashes[b] in mamba)
     # The first chunk's checkpoint 32 (block 1), its end 48 (block 2) and the prompt's
     # checkpoint 96 (block 5) stay; of the decode-time states only the newest complete one
-    # (after 192 tokens, block 11) is still cached, stale while the request runs.
+    # (after 192 tokens, block 11) is still cached, fresh while the request runs.
     assert cached == [1, 2, 5, 11]
     turn_end = mamba[hashes[11]]
-    assert turn_end.is_cached and turn_end.is_stale
+    assert turn_end.is_cached and not turn_end.is_stale
+    assert mamba[hashes[5]].is_stale
     cache.free("a")
     assert sorted(b for b in range(len(hashes)) if hashes[b] in mamba) == [1, 2, 5, 11]
-    assert turn_end.is_cached and not turn_end.is_stale and turn_end.hits == 0
+    assert turn_end.is_cached and turn_end.is_stale
     check_invariants(cache)

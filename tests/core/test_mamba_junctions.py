@@ -57,6 +57,8 @@ def test_an_attention_only_prefix_longer_than_the_hit_is_reported_as_the_junctio
     hashes = block_hashes(second, BS)
     assert cache.allocate("second", 96, hit) is not None
     cache.cache_blocks("second", hashes, 96)
+    # The state written at the junction is one the evictor keeps fresh (a shared prefix ends there).
+    assert cache.requests["second"].tables[1][5].at_junction
     third = shared + [9] * 30
     hit = cache.find_longest_hit(block_hashes(third, BS), len(third) - 1)
     assert hit.num_tokens == 96 and hit.junction_tokens == 0

@@ -59,7 +59,7 @@ def test_mamba_keeps_one_state_and_hits_only_at_cached_checkpoints():
     assert p.num_blocks(130) == 3
     assert p.first_needed_block(130) == 2  # only the running state (block 2) is held
     assert p.first_needed_block(128) == 1  # the state after token 128 lives in block 1
-    assert p.release_threshold(1) == 129
+    assert p.release_threshold(1) == 128  # the end of the running block
     # A step to 200 tokens writes the running state (block 3) and, when the engine exports it,
     # the state at 192 (block 2); nothing in between.
     assert p.new_blocks(1, 200, checkpoint=True) == [2, 3]

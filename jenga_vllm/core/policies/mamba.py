@@ -22,11 +22,12 @@ stay None.
 Which states stay cached (docs/design.md §4, "Mamba retention"): states written while the prompt
 is prefilled — every chunk end, the prompt's checkpoint, a shared-prefix junction the scheduler
 split at — are kept when superseded, stale (``keeps_released``). Of the states written during
-decode only the request's newest complete one stays cached (stale while the request runs, fresh
-once it ends: a chat's turn end, where a preempted request resumes): caching a whole-model state
-every B tokens of every request would fill the cache with states no later request starts from
-(``JengaCache.release_unneeded`` drops the older one). Valid hits: multiples of B whose state is
-cached.
+decode only the request's newest complete one stays cached — fresh while the request runs, stale
+once it has ended (a chat's turn end, where a preempted request resumes): caching a whole-model
+state every B tokens of every request would fill the cache with states no later request starts
+from (``JengaCache.release_unneeded`` drops the older one at the end of each block). The state written at a shared-prefix junction the engine split a prefill at is
+kept fresh at once (``SmallPage.at_junction``): a second request already shares that prefix.
+Valid hits: multiples of B whose state is cached.
 
 Junctions: a hit on an attention prefix uses every block of it, so a block that served one hit
 sits on a shared prefix and the evictor keeps it fresh. A hit on a state uses only that state, and
@@ -57,7 +58,9 @@ class MambaPolicy(LayerPolicy):
         return max(0, cdiv(num_computed_tokens, self.block_tokens) - 1)
 
     def release_threshold(self, released_blocks: int) -> float:
-        return (released_blocks + 1) * self.block_tokens + 1
+        # At the end of the running block (not one token later): the cache drops the decode-time
+        # state the running one supersedes before the next block's page is allocated.
+        return (released_blocks + 1) * self.block_tokens
 
     def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
