@@ -6,8 +6,8 @@ same seeded traces, 40 GiB, bf16:
 
     jenga        prefill-time states stay cached when superseded (stale), junction states fresh;
                  of the decode-time states only the request's newest complete one stays cached,
-                 fresh while the request runs, stale after (a chat's turn end, a preempted
-                 request's resume point) — the shipped rule
+                 stale (a chat's turn end, a preempted request's resume point), and it
+                 supersedes the last state the prompt's prefill left — the shipped rule
     every        every complete state stays cached when superseded (stale), decode-time ones too
                  (what jenga did before the engine had Mamba prefix caching)
     prompt-only  prefill-time states only: every decode-time state is dropped when superseded

@@ -319,14 +319,6 @@ class TwoLevelAllocator:
         self.index.remove(page)
         self.release_in_order([page], is_stale=False)  # no hash: an EMPTY slot
 
-    def requeue(self, page: SmallPage, is_stale: bool) -> None:
-        """Move a CACHED page to the newest end of the stale or the fresh queue (it keeps its
-        hit count: this is not a prefix hit)."""
-        hits = page.hits
-        self.touch(page)
-        page.hits = hits
-        self.release_in_order([page], is_stale=is_stale)
-
     # ---- releasing ----------------------------------------------------------------------------
     def release(self, pages: list[SmallPage], is_stale: bool) -> None:
         """Running requests let ``pages`` go; the order is the evictor's (suffix first)."""

@@ -58,8 +58,10 @@ class RequestPages:
     encoder_tokens: int = 0
     prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
     junction_tokens: int = 0  # the shared-prefix junction its hit reported (0: none)
-    # per state type: (page, hash) of the newest decode-time state kept cached (see mamba.py)
+    # per state type: (page, hash) of the newest decode-time state kept cached and of the newest
+    # prefill-time one the request released (mamba.py, retention)
     decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
+    prompt_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
     # O(1) fast paths for the common decode step (see _refresh_thresholds):
     covered_tokens: float = 0  # tokens the current tables can hold without a new page
     next_full: float = 0  # token count at which some type completes a new block to cache
@@ -307,17 +309,20 @@ class JengaCache:
                 hit_pages.extend(p for p in shared if p is not None)
                 needs[t] = sum(1 for p in shared if p is None)
 
+        def admit() -> RequestPages:
+            return self._admit(
+                request_id,
+                num_tokens,
+                hit,
+                encoder_key,
+                encoder_tokens,
+                prompt_tokens,
+                junction_tokens,
+            )
+
         if not hit_pages and not any(needs):
             if is_new:
-                req = self._admit(
-                    request_id,
-                    num_tokens,
-                    hit,
-                    encoder_key,
-                    encoder_tokens,
-                    prompt_tokens,
-                    junction_tokens,
-                )
+                req = admit()
             req.num_tokens = num_tokens
             self._refresh_thresholds(req)
             return [[] for _ in self.policies]
@@ -332,15 +337,7 @@ class JengaCache:
         for page in hit_pages:
             self.allocator.touch(page)
         if is_new:
-            req = self._admit(
-                request_id,
-                num_tokens,
-                hit,
-                encoder_key,
-                encoder_tokens,
-                prompt_tokens,
-                junction_tokens,
-            )
+            req = admit()
         new_pages: list[list[SmallPage]] = []
         for t, policy in enumerate(self.policies):
             table = req.tables[t]
@@ -453,6 +450,25 @@ class JengaCache:
             req.cached_upto[t] = max(upto, limit)
         self._refresh_thresholds(req)
 
+    def _retain_state(
+        self, req: RequestPages, t: int, block: int, page: SmallPage
+    ) -> list[tuple[SmallPage, Hashable]]:
+        """A running request lets one of its cached states go (policies/mamba.py, retention):
+        a prefill-time state stays cached (stale), and the newest one is remembered; a
+        decode-time state stays cached only while it is the request's newest — it supersedes
+        the previous one and the prompt's last state. Returns the states to drop now."""
+        policy = self.policies[t]
+        if policy.keeps_released(block, req.prompt_tokens):
+            if not page.at_junction:
+                req.prompt_state[t] = (page, page.block_hash)
+            return []
+        dropped = [x for x in (req.decode_state.pop(t, None), req.prompt_state.pop(t, None)) if x]
+        if policy.keeps_newest_decode_state:
+            req.decode_state[t] = (page, page.block_hash)
+        else:
+            dropped.append((page, page.block_hash))
+        return dropped
+
     def release_unneeded(self, request_id: str, num_computed_tokens: int) -> int:
         """Release pages a running request no longer needs (out of window, old states).
 
@@ -462,7 +478,6 @@ class JengaCache:
         if num_computed_tokens < req.next_release:
             return 0
         to_release: list[SmallPage] = []
-        newest: list[SmallPage] = []  # decode-time states that become the request's newest
         superseded: list[tuple[SmallPage, Hashable]] = []
         for t in self.prefix_types:
             policy = self.policies[t]
@@ -471,21 +486,9 @@ class JengaCache:
             for block in range(req.released[t], target):
                 page = table[block]
                 if page is not None:
-                    if page.block_hash is not None and not policy.keeps_released(
-                        block, req.prompt_tokens
-                    ):
-                        # A decode-time state: kept only while it is the newest one.
-                        older = req.decode_state.get(t)
-                        if older is not None:
-                            superseded.append(older)
-                        if policy.keeps_newest_decode_state:
-                            req.decode_state[t] = (page, page.block_hash)
-                            newest.append(page)
-                        else:
-                            req.decode_state.pop(t, None)
-                            superseded.append((page, page.block_hash))
-                    if not newest or newest[-1] is not page:
-                        to_release.append(page)
+                    if page.block_hash is not None and not policy.is_token_indexed:
+                        superseded += self._retain_state(req, t, block, page)
+                    to_release.append(page)
                     table[block] = None
             if target > req.released[t]:
                 req.released[t] = target
@@ -498,10 +501,9 @@ class JengaCache:
                     superseded.append(req.decode_state.pop(t))
         if to_release:
             self.allocator.release(to_release, is_stale=True)
-        if newest:  # the request's turn end so far: it ages as a page of a running request
-            self.allocator.release(newest, is_stale=False)
         for page, key in superseded:
-            if page.is_cached and page.block_hash == key:  # not evicted (and reused) meanwhile
+            # Not evicted (and reused) meanwhile, and no other request started from it.
+            if page.is_cached and page.block_hash == key and not page.hits:
                 self._states_this_step.discard(page)
                 self.allocator.discard(page)
         self._refresh_thresholds(req)
@@ -525,11 +527,6 @@ class JengaCache:
         else:
             pages = [p for table in tables for p in reversed(table) if p is not None]
             self.allocator.release(pages, is_stale=False)
-        for page, key in req.decode_state.values():
-            # Its turn end: fresh while the request ran, superseded-class now (a follow-up
-            # turn, if any, comes soon; an ended request's state must not outlive junctions).
-            if page.is_cached and page.block_hash == key:
-                self.allocator.requeue(page, is_stale=True)
         self.allocator.forget_owner(req.owner)
         if DEBUG_INVARIANTS:
             self.check()

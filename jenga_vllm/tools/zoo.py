@@ -107,6 +107,25 @@ def _common(num_layers: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _granite_hybrid(heads: int, state: int, expand: int) -> dict[str, Any]:
+    """GraniteMoeHybrid, 8 layers: 3 Mamba-2 then 1 full attention, twice; Mamba heads of 32."""
+    return _common(
+        8,
+        layer_types=(["mamba"] * 3 + ["attention"]) * 2,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        shared_intermediate_size=128,
+        position_embedding_type="rope",
+        mamba_n_heads=heads,
+        mamba_d_head=32,
+        mamba_d_state=state,
+        mamba_n_groups=1,
+        mamba_d_conv=4,
+        mamba_expand=expand,
+        mamba_chunk_size=64,
+    )
+
+
 # Gemma-like models: two sliding-window layers, then one full-attention layer, twice.
 GEMMA_LAYER_TYPES = (["sliding_attention"] * 2 + ["full_attention"]) * 2
 
@@ -176,23 +195,9 @@ ZOO: dict[str, Recipe] = {
         "transformers",
         "GraniteMoeHybridConfig",
         "GraniteMoeHybridForCausalLM",
-        _common(
-            8,
-            layer_types=(["mamba"] * 3 + ["attention"]) * 2,
-            num_local_experts=2,
-            num_experts_per_tok=1,
-            shared_intermediate_size=128,
-            position_embedding_type="rope",
-            # Mamba-2 mixer: 8 heads × 32 dims, state 16, conv 4 → a 19,840-byte state per layer
-            # (fp32), which divides no attention page: vLLM inflates its attention blocks to fit.
-            mamba_n_heads=8,
-            mamba_d_head=32,
-            mamba_d_state=16,
-            mamba_n_groups=1,
-            mamba_d_conv=4,
-            mamba_expand=2,
-            mamba_chunk_size=64,
-        ),
+        # Mamba-2 mixer: 8 heads × 32 dims, state 16, conv 4 → a 19,840-byte state per layer
+        # (fp32), which divides no attention page: vLLM inflates its attention blocks to fit.
+        _granite_hybrid(heads=8, state=16, expand=2),
         "Granite-4-like Mamba-2 hybrid, 8 layers: 3 Mamba-2 then 1 full attention, twice",
         prefix_caching=False,
     ),
@@ -200,23 +205,9 @@ ZOO: dict[str, Recipe] = {
         "transformers",
         "GraniteMoeHybridConfig",
         "GraniteMoeHybridForCausalLM",
-        _common(
-            8,
-            layer_types=(["mamba"] * 3 + ["attention"]) * 2,
-            num_local_experts=2,
-            num_experts_per_tok=1,
-            shared_intermediate_size=128,
-            position_embedding_type="rope",
-            # Mamba-2 mixer: 16 heads × 32 dims, state 128 (Granite-4 / Nemotron-H use 128),
-            # conv 4 → conv 3 × 768 + SSM 16 × 32 × 128, fp32: 271,360 B per layer.
-            mamba_n_heads=16,
-            mamba_d_head=32,
-            mamba_d_state=128,
-            mamba_n_groups=1,
-            mamba_d_conv=4,
-            mamba_expand=4,
-            mamba_chunk_size=64,
-        ),
+        # Mamba-2 mixer: 16 heads × 32 dims, state 128 (Granite-4 / Nemotron-H use 128),
+        # conv 4 → conv 3 × 768 + SSM 16 × 32 × 128, fp32: 271,360 B per layer.
+        _granite_hybrid(heads=16, state=128, expand=4),
         "Granite-4-like Mamba-2 hybrid with a real state size (d_state 128), 8 layers",
         max_model_len=2048,
         prefix_caching=False,

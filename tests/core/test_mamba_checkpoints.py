@@ -58,34 +58,36 @@ def test_superseded_checkpoints_go_stale_and_are_evicted_before_the_turn_end():
     assert evicted and hashes[11] in mamba
 
 
-def test_with_the_prompt_length_known_only_prompt_states_and_the_turn_end_stay_cached():
+def test_with_the_prompt_length_known_the_turn_end_supersedes_the_prompts_last_state():
     """What the engine does (it passes the prompt length): states written while the prompt is
-    prefilled stay cached when superseded (stale); of the decode-time states only the newest
-    complete one stays cached — fresh while its request runs (the turn end so far), stale once
-    the request has ended — and the older one is dropped when a newer one is superseded."""
+    prefilled stay cached when superseded (stale) — until a decode-time state supersedes the
+    last of them; of the decode-time states only the newest complete one stays cached."""
     cache = make_cache(_specs(), large_pages=64)
     prompt = list(range(1, 101))  # 100 tokens, prefilled in chunks ending at 48 and 100
     answer = list(range(1000, 1100))  # decodes past 112, 128, ..., 192
     tokens = prompt + answer
     hashes = block_hashes(tokens, BS)
+    mamba = cache.index.by_type[1]
+
+    def cached() -> list[int]:
+        return sorted(b for b in range(len(hashes)) if hashes[b] in mamba)
+
     for n in (48, 100):
         assert cache.allocate("a", n, prompt_tokens=len(prompt)) is not None
         cache.cache_blocks("a", hashes, n)
         cache.release_unneeded("a", n)
+    # The chunks' checkpoints 32 and 96 (blocks 1, 5) and the first chunk's end 48 (block 2)
+    # are cached; the running state (block 6) is complete only at 112, in decode.
+    assert cached() == [1, 2, 5]
     for n in range(101, len(tokens)):
         assert cache.allocate("a", n) is not None
         cache.cache_blocks("a", hashes, n)
         cache.release_unneeded("a", n)
-    mamba = cache.index.by_type[1]
-    cached = sorted(b for b in range(len(hashes)) if hashes[b] in mamba)
-    # The first chunk's checkpoint 32 (block 1), its end 48 (block 2) and the prompt's
-    # checkpoint 96 (block 5) stay; of the decode-time states only the newest complete one
-    # (after 192 tokens, block 11) is still cached, fresh while the request runs.
-    assert cached == [1, 2, 5, 11]
-    turn_end = mamba[hashes[11]]
-    assert turn_end.is_cached and not turn_end.is_stale
-    assert mamba[hashes[5]].is_stale
+    # The first decode-time state (112) superseded the prompt's last state (96); of the
+    # decode-time states only the newest complete one (192, block 11) is still cached.
+    assert cached() == [1, 2, 11]
     cache.free("a")
-    assert sorted(b for b in range(len(hashes)) if hashes[b] in mamba) == [1, 2, 5, 11]
+    assert cached() == [1, 2, 11]
+    turn_end = mamba[hashes[11]]
     assert turn_end.is_cached and turn_end.is_stale
     check_invariants(cache)

@@ -173,3 +173,20 @@ def run_scenarios(model: str, manager: str, *, plain_vllm: bool = False) -> Engi
 def zoo_models() -> list[str]:
     only = os.environ.get("JENGA_E2E_MODELS")
     return only.split(",") if only else list(FULL_BYTES_PER_TOKEN)
+
+
+def make_request(request_id: str, tokens: list[int], max_tokens: int = 8):
+    """A real vLLM ``Request`` hashing its blocks at ``BLOCK_SIZE`` tokens (as the scheduler's)."""
+    from vllm import SamplingParams
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+    from vllm.v1.request import Request
+
+    init_none_hash(sha256)
+    return Request(
+        request_id,
+        tokens,
+        SamplingParams(max_tokens=max_tokens),
+        None,
+        block_hasher=get_request_block_hasher(BLOCK_SIZE, sha256),
+    )

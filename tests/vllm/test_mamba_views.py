@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.vllm.harness import make_request  # noqa: E402
+
 pytestmark = pytest.mark.e2e
 
 torch = pytest.importorskip("torch")
@@ -63,22 +65,6 @@ def setup():
     return config, specs
 
 
-def make_request(request_id: str, tokens: list[int]):
-    from vllm import SamplingParams
-    from vllm.utils.hashing import sha256
-    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
-    from vllm.v1.request import Request
-
-    init_none_hash(sha256)
-    return Request(
-        request_id,
-        tokens,
-        SamplingParams(max_tokens=64),
-        None,
-        block_hasher=get_request_block_hasher(BLOCK, sha256),
-    )
-
-
 def worker_columns(row: list[int], computed: int, scheduled: int, spec) -> tuple[int, int]:
     """(running-state block id, checkpoint block id or None) as vLLM's worker picks them."""
     from vllm.model_executor.layers.mamba.checkpoint import compute_mamba_prefill_checkpoints
@@ -103,7 +89,7 @@ def test_every_state_column_the_worker_touches_is_a_page_jenga_allocated(setup):
     state = next(i for i, t in enumerate(config.plan.types) if t.spec.kind == "mamba")
     spec = config.kv_cache_groups[state].kv_cache_spec
     prompt = list(range(100, 100 + 250))
-    req = make_request("a", prompt)
+    req = make_request("a", prompt, max_tokens=64)
     rows: list[int] = []
     owned: list[set[int]] = []
     # A 250-token prompt in chunks of 96 (the scheduler ends non-final chunks on a block

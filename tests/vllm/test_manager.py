@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.vllm.harness import make_request  # noqa: E402
+
 pytestmark = pytest.mark.e2e
 
 torch = pytest.importorskip("torch")
@@ -55,22 +57,6 @@ def manager(config):
 
     return JengaKVCacheManager(
         config, max_model_len=512, scheduler_block_size=BLOCK, hash_block_size=BLOCK, log_stats=True
-    )
-
-
-def make_request(request_id: str, tokens: list[int]):
-    from vllm import SamplingParams
-    from vllm.utils.hashing import sha256
-    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
-    from vllm.v1.request import Request
-
-    init_none_hash(sha256)
-    return Request(
-        request_id,
-        tokens,
-        SamplingParams(max_tokens=8),
-        None,
-        block_hasher=get_request_block_hasher(BLOCK, sha256),
     )
 
 

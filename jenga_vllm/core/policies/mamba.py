@@ -22,10 +22,10 @@ stay None.
 Which states stay cached (docs/design.md §4, "Mamba retention"): states written while the prompt
 is prefilled — every chunk end, the prompt's checkpoint, a shared-prefix junction the scheduler
 split at — are kept when superseded, stale (``keeps_released``). Of the states written during
-decode only the request's newest complete one stays cached — fresh while the request runs, stale
-once it has ended (a chat's turn end, where a preempted request resumes): caching a whole-model
-state every B tokens of every request would fill the cache with states no later request starts
-from (``JengaCache.release_unneeded`` drops the older one at the end of each block). The state written at a shared-prefix junction the engine split a prefill at is
+decode only the request's newest complete one stays cached, stale (a chat's turn end, where a
+preempted request resumes); it supersedes the older one and the last state the prompt's prefill
+left: caching a whole-model state every B tokens of every request would fill the cache with
+states no later request starts from (``JengaCache._retain_state``). The state written at a shared-prefix junction the engine split a prefill at is
 kept fresh at once (``SmallPage.at_junction``): a second request already shares that prefix.
 Valid hits: multiples of B whose state is cached.
 
