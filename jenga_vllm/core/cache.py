@@ -309,8 +309,19 @@ class JengaCache:
                 hit_pages.extend(p for p in shared if p is not None)
                 needs[t] = sum(1 for p in shared if p is None)
 
-        def admit() -> RequestPages:
-            return self._admit(
+        nothing_to_take = not hit_pages and not any(needs)
+        if not nothing_to_take:
+            if hit_pages:
+                slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
+                budget = self.allocator.budget_for(needs, slot_delta, large_delta)
+            else:
+                budget = self.allocator.budget_for(needs)
+            if budget is None:
+                return None
+            for page in hit_pages:
+                self.allocator.touch(page)
+        if is_new:
+            req = self._admit(
                 request_id,
                 num_tokens,
                 hit,
@@ -319,41 +330,29 @@ class JengaCache:
                 prompt_tokens,
                 junction_tokens,
             )
-
-        if not hit_pages and not any(needs):
-            if is_new:
-                req = admit()
+        if nothing_to_take:
             req.num_tokens = num_tokens
             self._refresh_thresholds(req)
             return [[] for _ in self.policies]
-        if hit_pages:
-            slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
-            budget = self.allocator.budget_for(needs, slot_delta, large_delta)
-        else:
-            budget = self.allocator.budget_for(needs)
-        if budget is None:
-            return None
-
-        for page in hit_pages:
-            self.allocator.touch(page)
-        if is_new:
-            req = admit()
         new_pages: list[list[SmallPage]] = []
         for t, policy in enumerate(self.policies):
             table = req.tables[t]
             fresh: list[SmallPage] = []
             if policy.uses_token_prefix:
+                # The state where this request's prefix stops being shared with a cached one:
+                # the next request with that prefix starts there (Marconi's junction).
+                junction_block = (
+                    req.junction_tokens // policy.block_tokens - 1
+                    if req.junction_tokens and not policy.is_token_indexed
+                    else -1
+                )
                 for block in policy.new_blocks(len(table), num_tokens, checkpoint):
                     if block > len(table):  # state types skip intermediate states
                         table.extend([None] * (block - len(table)))
                     page = self.allocator.allocate(req.owner, t, budget)
                     page.rank = policy.eviction_rank(block)
-                    # The state where this request's prefix stops being shared with a cached
-                    # one: the next request with that prefix starts here (Marconi's junction).
-                    page.at_junction = (
-                        not policy.is_token_indexed
-                        and (block + 1) * policy.block_tokens == req.junction_tokens
-                    )
+                    if block == junction_block:
+                        page.at_junction = True
                     table.append(page)
                     fresh.append(page)
             new_pages.append(fresh)
