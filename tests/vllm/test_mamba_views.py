@@ -109,13 +109,13 @@ def test_every_state_column_the_worker_touches_is_a_page_jenga_allocated(setup):
         if req.num_computed_tokens >= len(prompt):
             req.append_output_token_ids(7)
     # The final prompt chunk exported the state after 224 tokens (the prompt's last full block
-    # before its end) into block 6; decode has moved past it, and it stays cached (a prefill-time
-    # state), as do the chunk ends 96 and 192 and the chunks' checkpoints 64 and 160. Of the
-    # decode-time states only the newest complete one stays cached: 288 (block 8); 256 (block 7)
-    # was dropped when 288 was superseded.
+    # before its end) into block 6: it stayed cached (a prefill-time state) until the first
+    # decode-time state (256, block 7) superseded it. The chunk ends 96 and 192 and the chunks'
+    # checkpoints 64 and 160 stay; of the decode-time states only the newest complete one stays
+    # cached: 288 (block 8); 256 was dropped when 288 was superseded.
     index = manager.cache.index
     cached = [b for b, h in enumerate(req.block_hashes) if index.get(state, h) is not None]
-    assert cached == [1, 2, 4, 5, 6, 8]
+    assert cached == [1, 2, 4, 5, 8]
     manager.free(req)
 
 
