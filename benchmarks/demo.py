@@ -4,8 +4,8 @@ For each manager it starts ``vllm serve MODEL --kv-cache-manager {vllm,jenga}`` 
 the same ``--kv-cache-memory-bytes``, sends real OpenAI-API completion requests concurrently,
 samples ``/metrics`` while they run, shuts the server down, and prints one table:
 KV capacity in tokens (vLLM's startup line), the peak number of requests running at once,
-preemptions, generated tokens/s, and the jenga/stock ratio. Also writes
-benchmarks/results/demo.md.
+preemptions, generated tokens/s, and the jenga/stock ratio; then the jenga server's per-layer-type
+series (``vllm:jenga_*``) from its last /metrics scrape. Also writes benchmarks/results/demo.md.
 
 Run: ``make demo`` (or ``python benchmarks/demo.py [--model gemma4] [--requests 16]``).
 """
@@ -36,6 +36,7 @@ class ServeRun:
     preemptions: int
     tokens_per_s: float
     completion_tokens: int
+    jenga_series: str  # the vllm:jenga_* samples of the last /metrics scrape ("" for stock)
 
 
 def serve_and_measure(
@@ -83,7 +84,19 @@ def serve_and_measure(
             raise RuntimeError(f"{manager}: {len(bad)} requests failed, e.g. {bad[0]}")
         tokens = sum(body["usage"]["completion_tokens"] for _, body in results)
         preemptions = int(server.metrics().get("vllm:num_preemptions_total", 0))
-    return ServeRun(manager, capacity, concurrency, peak, preemptions, tokens / elapsed, tokens)
+        series = jenga_series(server.metrics_text())
+    return ServeRun(
+        manager, capacity, concurrency, peak, preemptions, tokens / elapsed, tokens, series
+    )
+
+
+def jenga_series(scrape: str) -> str:
+    """The ``vllm:jenga_*`` samples of a /metrics scrape (no HELP/TYPE lines, no _created)."""
+    return "\n".join(
+        line
+        for line in scrape.splitlines()
+        if line.startswith("vllm:jenga_") and "_created{" not in line
+    )
 
 
 def table(model: str, kv_bytes: int, runs: dict[str, ServeRun]) -> str:
@@ -140,13 +153,20 @@ def main() -> None:
                 max_model_len=args.max_model_len,
             )
     text = table(args.model, args.kv_bytes, runs)
+    scrape = runs["jenga"].jenga_series
+    if not scrape or runs["vllm"].jenga_series:
+        raise RuntimeError("jenga's series must appear under jenga and only there")
     print()
     print(text)
+    print("\njenga's per-layer-type series, from the jenga server's /metrics after the run:")
+    print(scrape)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "demo.md").write_text(
         "# make demo\n\n"
         f"{args.requests} concurrent completions of {args.prompt_tokens} prompt tokens + "
-        f"{args.max_tokens} generated, greedy, fp32, CPU.\n\n{text}\n"
+        f"{args.max_tokens} generated, greedy, fp32, CPU.\n\n{text}\n\n"
+        "jenga's per-layer-type series, from the jenga server's /metrics after the run "
+        f"(README, Metrics):\n\n```\n{scrape}\n```\n"
     )
 
 

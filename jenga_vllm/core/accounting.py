@@ -118,3 +118,36 @@ def pool_usage(cache: JengaCache) -> PoolUsage:
                 if unfilled > 0:
                     usage.types[t].partial_bytes += unfilled * tl.bytes_per_token
     return usage
+
+
+def snapshot(cache: JengaCache) -> dict:
+    """The pool's census and the cache's cumulative counters as plain Python numbers (what
+    metrics export): per layer type bytes used / cached / free in carved large pages, pages used
+    and cached, fragmentation (padding + partly filled pages + stranded slots), pages evicted
+    and released by the policy; pool-level large pages. O(pool), like ``pool_usage``."""
+    usage = pool_usage(cache)
+    counters = cache.allocator.counters
+    types = {}
+    for t, (tu, tl) in enumerate(zip(usage.types, cache.plan.types, strict=True)):
+        types[tu.name] = {
+            "kind": tl.spec.kind,
+            "used_bytes": tu.used_bytes,
+            "cached_bytes": tu.cached_bytes,
+            "free_bytes": tu.empty_bytes,
+            "used_pages": tu.used_pages,
+            "cached_pages": tu.cached_pages,
+            "padding_bytes": tu.padding_bytes,
+            "partial_bytes": tu.partial_bytes,
+            "stranded_bytes": tu.stranded_bytes,
+            "fragmentation_bytes": tu.padding_bytes + tu.partial_bytes + tu.stranded_bytes,
+            "evicted_pages": counters.evicted_by_type[t],
+            "released_pages": cache.released_pages[t],
+        }
+    return {
+        "pool_bytes": usage.pool_bytes,
+        "large_page_bytes": usage.large_page_bytes,
+        "large_pages_total": usage.pool_bytes // usage.large_page_bytes,
+        "large_pages_free": usage.free_large_pages,
+        "large_pages_evictable": usage.evictable_large_pages,
+        "types": types,
+    }

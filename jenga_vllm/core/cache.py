@@ -132,6 +132,7 @@ class JengaCache:
         self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
         self._states_this_step: set[SmallPage] = set()
+        self.released_pages = [0] * num_types  # pages released by the policy, per type
         self.enable_caching = enable_caching
         self.requests: dict[str, RequestPages] = {}
         self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
@@ -177,6 +178,18 @@ class JengaCache:
         has not written yet (``allocate`` refuses such a hit until ``new_step``)."""
         states = self._states_this_step
         return bool(states) and any(p in states for per in hit.pages for p in per if p is not None)
+
+    def hit_tokens_by_type(self, hashes: Sequence[Hashable], max_tokens: int) -> list[int]:
+        """The longest prefix each layer type alone could serve from cache (0 for types not
+        keyed by tokens): which type limits a hit. Changes nothing; for metrics."""
+        longest = min(len(hashes), max_tokens // self.plan.block_size)
+        hits = [0] * len(self.policies)
+        if not self.enable_caching or longest <= 0:
+            return hits
+        for t in self.prefix_types:
+            lookup = self._cached_lookup(t, hashes)
+            hits[t] = self.policies[t].longest_valid_hit(longest, lookup) * self.plan.block_size
+        return hits
 
     def _fixed_point(self, types: list[int], length: int, lookups: list) -> int:
         """Longest length (in common blocks, ≤ length) every type in ``types`` accepts."""
@@ -499,6 +512,8 @@ class JengaCache:
                 if running < len(table) and table[running] is not None:
                     superseded.append(req.decode_state.pop(t))
         if to_release:
+            for page in to_release:
+                self.released_pages[page.type_idx] += 1
             self.allocator.release(to_release, is_stale=True)
         for page, key in superseded:
             # Not evicted (and reused) meanwhile, and no other request started from it.

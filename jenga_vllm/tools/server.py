@@ -40,6 +40,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+LABEL_RE = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
 class VllmServer:
     """One ``vllm serve`` child process; use as a context manager."""
 
@@ -52,6 +55,7 @@ class VllmServer:
         max_model_len: int = 512,
         block_size: int = 32,
         extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
         startup_timeout: float = 600.0,
     ) -> None:
         self.model = str(model)
@@ -68,11 +72,12 @@ class VllmServer:
             *extra_args,
         ]  # fmt: skip
         self.startup_timeout = startup_timeout
+        self.env = env or {}
         self.process: subprocess.Popen | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> VllmServer:
-        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
+        env = dict(os.environ, VLLM_SERVER_DEV_MODE="1", **self.env)
         log = open(self.log_path, "w")  # noqa: SIM115 - the child owns it until it exits
         self.process = subprocess.Popen(
             self.args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -133,6 +138,34 @@ class VllmServer:
                 "ignore_eos": True,
             },
         )
+
+    def get(self, path: str, timeout: float = 60) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of a GET request."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                return r.status, json.loads(r.read() or b"null")
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"null")
+
+    def metrics_text(self) -> str:
+        """The raw text of /metrics (Prometheus exposition format)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as r:
+            return r.read().decode()
+
+    def metric_samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """Every Prometheus sample of /metrics as (name, labels, value)."""
+        samples = []
+        for line in self.metrics_text().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name_labels, _, value = line.rpartition(" ")
+            name, _, labels = name_labels.partition("{")
+            pairs = dict(LABEL_RE.findall(labels))
+            try:
+                samples.append((name, pairs, float(value)))
+            except ValueError:
+                continue
+        return samples
 
     def reset_prefix_cache(self) -> bool:
         status, body = self._post("/reset_prefix_cache", None)

@@ -43,6 +43,7 @@ from vllm.v1.kv_cache_interface import (
 from vllm.v1.metrics.stats import PrefixCacheStats
 from vllm.v1.request import Request
 
+from jenga_vllm.core.accounting import snapshot
 from jenga_vllm.core.cache import JengaCache, PrefixHit
 from jenga_vllm.core.errors import JengaUnsupportedError
 from jenga_vllm.core.invariants import check_invariants
@@ -84,6 +85,9 @@ class PageBlock:
 
 
 NULL_BLOCK = PageBlock(None, 0)
+# Per-type hit lengths of looked-up requests not yet admitted (metrics); requests aborted while
+# waiting never come back, so the map is dropped past this size.
+PENDING_LOOKUPS_CAP = 65_536
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,11 @@ class JengaKVCacheManager:
         self._zero_new_pages = kv_cache_config.needs_kv_cache_zeroing
         self._units_to_zero: list[int] = []
         self._units_per_small = [t.units_per_small for t in plan.types]
+        # Per layer type, for metrics (only with log_stats): prefix-cache tokens queried and
+        # the tokens each type alone could have served, counted at admission as vLLM does.
+        self.prefix_queries = 0
+        self.prefix_hits_by_type = [0] * len(plan.types)
+        self._pending_hits_by_type: dict[str, list[int]] = {}
         logger.info("Jenga KV cache manager active: %s", plan.describe())
 
     # ---- capacity ------------------------------------------------------------------------
@@ -244,6 +253,11 @@ class JengaKVCacheManager:
         if not self.log_stats or not self.prefix_cache_lookup_enabled(request):
             return
         assert self.prefix_cache_stats is not None
+        by_type = self._pending_hits_by_type.pop(request.request_id, None)
+        if by_type is not None:
+            self.prefix_queries += request.num_tokens
+            for t, tokens in enumerate(by_type):
+                self.prefix_hits_by_type[t] += tokens
         self.prefix_cache_stats.record(
             num_tokens=request.num_tokens,
             num_hits=num_hits,
@@ -256,6 +270,12 @@ class JengaKVCacheManager:
         if not self.prefix_cache_lookup_enabled(request):
             return self.empty_kv_cache_blocks, 0, 0
         hit = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
+        if self.log_stats:
+            if len(self._pending_hits_by_type) > PENDING_LOOKUPS_CAP:  # aborted while waiting
+                self._pending_hits_by_type.clear()
+            self._pending_hits_by_type[request.request_id] = self.cache.hit_tokens_by_type(
+                request.block_hashes, request.num_tokens - 1
+            )
         if hit.num_tokens == 0:
             return self.empty_kv_cache_blocks, 0, hit.junction_tokens
         return self._blocks(hit.pages), hit.num_tokens, hit.junction_tokens
@@ -403,6 +423,31 @@ class JengaKVCacheManager:
 
     def take_events(self) -> list:
         return []
+
+    def stats_snapshot(self) -> dict:
+        """Per layer type memory and cache figures and the layout, as plain Python numbers
+        (the payload of jenga's metrics, docs/design.md §5); O(pool)."""
+        snap = snapshot(self.cache)
+        snap["prefix_cache_queries_tokens"] = self.prefix_queries
+        for t, figures in enumerate(snap["types"].values()):
+            figures["prefix_cache_hit_tokens"] = self.prefix_hits_by_type[t]
+        snap["layout"] = {
+            "unit_bytes": self.plan.unit_bytes,
+            "block_size": self.plan.block_size,
+            "types": {
+                t.spec.name: {
+                    "kind": t.spec.kind,
+                    "layers": t.spec.num_layers,
+                    "block_tokens": t.block_tokens if t.is_token_indexed else None,
+                    "small_page_bytes": t.small_page_bytes,
+                    "content_bytes": t.content_bytes,
+                    "padding_bytes": t.padding_bytes,
+                    "pages_per_large_page": t.pages_per_large,
+                }
+                for t in self.plan.types
+            },
+        }
+        return snap
 
     # ---- views ----------------------------------------------------------------------------
     def _blocks(self, pages: Sequence[Sequence[SmallPage | None]]) -> KVCacheBlocks:

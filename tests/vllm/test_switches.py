@@ -222,7 +222,7 @@ def test_uninstall_restores_every_patched_symbol_and_install_reapplies():
         *path, name = entry.attribute.split(".")
         for part in path:
             owner = getattr(owner, part)
-        return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        return owner.__dict__.get(name) if isinstance(owner, type) else getattr(owner, name, None)
 
     plugin.install()
     import vllm.v1.worker.gpu_model_runner  # noqa: F401 - applies the post-import entries
@@ -241,8 +241,10 @@ def test_uninstall_restores_every_patched_symbol_and_install_reapplies():
                 assert current(entry) is not patched[entry.key], entry.key
         from vllm.v1.core.kv_cache_manager import KVCacheManager
         from vllm.v1.core.sched import scheduler
+        from vllm.v1.engine.core import EngineCore
 
         assert scheduler.KVCacheManager is KVCacheManager
+        assert not hasattr(EngineCore, "jenga_stats")  # an added method is removed again
     finally:
         plugin.install()
     assert set(patched) <= set(plugin.installed())
