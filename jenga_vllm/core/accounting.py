@@ -106,6 +106,15 @@ def pool_usage(cache: JengaCache) -> PoolUsage:
         tu.used_bytes = tu.used_pages * tl.small_page_bytes
         tu.cached_bytes = tu.cached_pages * tl.small_page_bytes
         tu.empty_bytes = tu.empty_pages * tl.small_page_bytes
+    for t, partial in enumerate(_partial_bytes(cache)):
+        usage.types[t].partial_bytes = partial
+    return usage
+
+
+def _partial_bytes(cache: JengaCache) -> list[int]:
+    """Per type: token slots of running requests' last pages they do not fill (O(requests))."""
+    plan = cache.plan
+    partial = [0] * len(plan.types)
     for req in cache.requests.values():
         for t, (table, tl) in enumerate(zip(req.tables, plan.types, strict=True)):
             if (
@@ -116,38 +125,45 @@ def pool_usage(cache: JengaCache) -> PoolUsage:
             ):
                 unfilled = len(table) * tl.block_tokens - req.num_tokens
                 if unfilled > 0:
-                    usage.types[t].partial_bytes += unfilled * tl.bytes_per_token
-    return usage
+                    partial[t] += unfilled * tl.bytes_per_token
+    return partial
 
 
 def snapshot(cache: JengaCache) -> dict:
-    """The pool's census and the cache's cumulative counters as plain Python numbers (what
+    """The pool's figures and the cache's cumulative counters as plain Python numbers (what
     metrics export): per layer type bytes used / cached / free in carved large pages, pages used
     and cached, fragmentation (padding + partly filled pages + stranded slots), pages evicted
-    and released by the policy; pool-level large pages. O(pool), like ``pool_usage``."""
-    usage = pool_usage(cache)
-    counters = cache.allocator.counters
+    and released by the policy; pool-level large pages. The same figures as ``pool_usage``,
+    from the allocator's running per-type counts: O(types + requests), not O(pool) (a census
+    of a GPU-sized pool takes tens of milliseconds, and metrics ask every second)."""
+    plan = cache.plan
+    alloc = cache.allocator
+    partial = _partial_bytes(cache)
     types = {}
-    for t, (tu, tl) in enumerate(zip(usage.types, cache.plan.types, strict=True)):
-        types[tu.name] = {
+    for t, tl in enumerate(plan.types):
+        used, cached = alloc.used_pages[t], alloc.cached_pages[t]
+        empty = alloc.carved_large[t] * tl.pages_per_large - used - cached
+        padding = (used + cached) * tl.padding_bytes
+        stranded = alloc.num_empty_slots[t] * tl.small_page_bytes
+        types[tl.spec.name] = {
             "kind": tl.spec.kind,
-            "used_bytes": tu.used_bytes,
-            "cached_bytes": tu.cached_bytes,
-            "free_bytes": tu.empty_bytes,
-            "used_pages": tu.used_pages,
-            "cached_pages": tu.cached_pages,
-            "padding_bytes": tu.padding_bytes,
-            "partial_bytes": tu.partial_bytes,
-            "stranded_bytes": tu.stranded_bytes,
-            "fragmentation_bytes": tu.padding_bytes + tu.partial_bytes + tu.stranded_bytes,
-            "evicted_pages": counters.evicted_by_type[t],
+            "used_bytes": used * tl.small_page_bytes,
+            "cached_bytes": cached * tl.small_page_bytes,
+            "free_bytes": empty * tl.small_page_bytes,
+            "used_pages": used,
+            "cached_pages": cached,
+            "padding_bytes": padding,
+            "partial_bytes": partial[t],
+            "stranded_bytes": stranded,
+            "fragmentation_bytes": padding + partial[t] + stranded,
+            "evicted_pages": alloc.counters.evicted_by_type[t],
             "released_pages": cache.released_pages[t],
         }
     return {
-        "pool_bytes": usage.pool_bytes,
-        "large_page_bytes": usage.large_page_bytes,
-        "large_pages_total": usage.pool_bytes // usage.large_page_bytes,
-        "large_pages_free": usage.free_large_pages,
-        "large_pages_evictable": usage.evictable_large_pages,
+        "pool_bytes": plan.pool_bytes,
+        "large_page_bytes": plan.large_page_bytes,
+        "large_pages_total": plan.pool_bytes // plan.large_page_bytes,
+        "large_pages_free": len(alloc.free_large),
+        "large_pages_evictable": cache.evictor.num_large(),
         "types": types,
     }

@@ -39,6 +39,7 @@ exactly the FREE large pages except the null page 0.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -132,7 +133,15 @@ class TwoLevelAllocator:
         # Stack; popping gives the lowest index first. Large page 0 is the null page.
         self.free_large: list[int] = list(range(plan.num_large_pages - 1, 0, -1))
         self.num_empty_slots = [0] * num_types
-        self.with_empty: list[dict[LargePage, None]] = [{} for _ in range(num_types)]
+        # Per type, kept as pages change state (metrics read them; the invariant check
+        # recounts them): USED and CACHED small pages, carved (ACTIVE or EVICTABLE) large pages.
+        self.used_pages = [0] * num_types
+        self.cached_pages = [0] * num_types
+        self.carved_large = [0] * num_types
+        # OrderedDicts: the oldest entry is taken and removed all the time (see evictor.py)
+        self.with_empty: list[OrderedDict[LargePage, None]] = [
+            OrderedDict() for _ in range(num_types)
+        ]
         self.counters = AllocatorCounters(evicted_by_type=[0] * num_types)
         self._pages_per_large = [t.pages_per_large for t in plan.types]
         states = states_per_request or [1] * num_types
@@ -217,6 +226,7 @@ class TwoLevelAllocator:
         counters.evicted_small += 1
         self._drop_cached_page(page)
         page.large.num_used += 1
+        self.used_pages[type_idx] += 1
         _mark_used(page)
         return page
 
@@ -231,13 +241,18 @@ class TwoLevelAllocator:
             self.counters.evicted_large += 1
             self.counters.large_pages_evicted += 1
             self._drop_cached_pages(large)
+            self.carved_large[large.type_idx] -= 1
         ppl = self._pages_per_large[type_idx]
         if large.type_idx != type_idx or not large.pages:
             large.type_idx = type_idx
-            units_per_large = self.plan.units_per_large
-            step = self.plan.types[type_idx].units_per_small
-            base = large.index * units_per_large
-            large.pages = [SmallPage(base + j * step, type_idx, large, j) for j in range(ppl)]
+            pages = large.carved.get(type_idx)
+            if pages is None:
+                step = self.plan.types[type_idx].units_per_small
+                base = large.index * self.plan.units_per_large
+                pages = [SmallPage(base + j * step, type_idx, large, j) for j in range(ppl)]
+                large.carved[type_idx] = pages
+            large.pages = pages
+        self.carved_large[type_idx] += 1
         large.empty_slots = list(range(ppl - 1, -1, -1))
         if ppl > 1:  # a one-slot large page never holds another request's pages: no owner
             large.owner = owner
@@ -286,6 +301,7 @@ class TwoLevelAllocator:
         elif large.empty_slots:  # freshly carved: it becomes ACTIVE with its remaining slots
             self._slots_opened(large, len(large.empty_slots))
         large.num_used += 1
+        self.used_pages[large.type_idx] += 1
         return page
 
     # ---- touching cached pages (prefix hits) ------------------------------------------------
@@ -301,6 +317,8 @@ class TwoLevelAllocator:
         self.evictor.remove_small(page)
         large.num_cached -= 1
         large.num_used += 1
+        self.cached_pages[page.type_idx] -= 1
+        self.used_pages[page.type_idx] += 1
         page.ref_count = 1
 
     def _activate(self, large: LargePage) -> None:
@@ -329,15 +347,18 @@ class TwoLevelAllocator:
     def release_in_order(self, pages: list[SmallPage], is_stale: bool) -> None:
         """``release`` for pages already in the evictor's release order."""
         evictor = self.evictor
+        used_pages, cached_pages = self.used_pages, self.cached_pages
         for page in pages:
             page.ref_count -= 1
             if page.ref_count:
                 continue
             large = page.large
             large.num_used -= 1
+            used_pages[page.type_idx] -= 1
             if page.block_hash is not None:
                 page.is_stale = is_stale and not evictor.is_junction(page)
                 large.num_cached += 1
+                cached_pages[page.type_idx] += 1
                 if large.num_used:
                     evictor.add_small(page)
                 else:
@@ -373,6 +394,7 @@ class TwoLevelAllocator:
             self._return_to_level0(large)
 
     def _return_to_level0(self, large: LargePage) -> None:
+        self.carved_large[large.type_idx] -= 1
         if large.owner is not None:
             large.owner.owned.pop(large, None)
             large.owner = None
@@ -386,6 +408,7 @@ class TwoLevelAllocator:
                 self.index.remove(page)
                 page.is_stale = False
         self.counters.evicted_by_type[large.type_idx] += large.num_cached
+        self.cached_pages[large.type_idx] -= large.num_cached
         large.num_cached = 0
         if large.owner is not None:
             large.owner.owned.pop(large, None)
@@ -423,6 +446,7 @@ class TwoLevelAllocator:
         self.counters.evicted_by_type[page.type_idx] += 1
         self.index.remove(page)
         page.large.num_cached -= 1
+        self.cached_pages[page.type_idx] -= 1
 
 
 def _mark_used(page: SmallPage) -> None:

@@ -58,6 +58,7 @@ class RequestPages:
     encoder_tokens: int = 0
     prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
     junction_tokens: int = 0  # the shared-prefix junction its hit reported (0: none)
+    hit_tokens: int = 0  # the prefix hit it was admitted with
     # per state type: (page, hash) of the newest decode-time state kept cached and of the newest
     # prefill-time one the request released (mamba.py, retention)
     decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
@@ -133,6 +134,12 @@ class JengaCache:
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
         self._states_this_step: set[SmallPage] = set()
         self.released_pages = [0] * num_types  # pages released by the policy, per type
+        # Per type: the prompt tokens whose out-of-window pages a new prefix releases fresh
+        # (release_unneeded): one window / chunk; 0 for types that keep every page or hold
+        # states (those follow their own retention rule, policies/mamba.py).
+        self._shared_horizon = [
+            (t.spec.window or t.spec.chunk or 0) if t.is_token_indexed else 0 for t in plan.types
+        ]
         self.enable_caching = enable_caching
         self.requests: dict[str, RequestPages] = {}
         self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
@@ -181,15 +188,24 @@ class JengaCache:
 
     def hit_tokens_by_type(self, hashes: Sequence[Hashable], max_tokens: int) -> list[int]:
         """The longest prefix each layer type alone could serve from cache (0 for types not
-        keyed by tokens): which type limits a hit. Changes nothing; for metrics."""
+        keyed by tokens): which type limits a hit. Changes nothing; for metrics.
+
+        In a model with full-attention layers every other type's figure is capped at theirs:
+        a longer hit is useless to such a model, and looking past it would cost a sliding
+        window a backward search over the whole prompt per request (docs/design.md §5)."""
         longest = min(len(hashes), max_tokens // self.plan.block_size)
         hits = [0] * len(self.policies)
         if not self.enable_caching or longest <= 0:
             return hits
+        full = [t for t in self.prefix_types if self.plan.types[t].spec.kind == "full"]
+        for t in full:  # a forward scan that stops at the first miss
+            hits[t] = self.policies[t].longest_valid_hit(longest, self._cached_lookup(t, hashes))
+        bound = min((hits[t] for t in full), default=longest)
         for t in self.prefix_types:
-            lookup = self._cached_lookup(t, hashes)
-            hits[t] = self.policies[t].longest_valid_hit(longest, lookup) * self.plan.block_size
-        return hits
+            if t not in full:
+                lookup = self._cached_lookup(t, hashes)
+                hits[t] = self.policies[t].longest_valid_hit(bound, lookup)
+        return [h * self.plan.block_size for h in hits]
 
     def _fixed_point(self, types: list[int], length: int, lookups: list) -> int:
         """Longest length (in common blocks, ≤ length) every type in ``types`` accepts."""
@@ -433,6 +449,7 @@ class JengaCache:
             encoder_tokens=enc,
             prompt_tokens=prompt_tokens,
             junction_tokens=junction_tokens,
+            hit_tokens=hit.num_tokens,
         )
         self.requests[request_id] = req
         return req
@@ -490,6 +507,14 @@ class JengaCache:
         if num_computed_tokens < req.next_release:
             return 0
         to_release: list[SmallPage] = []
+        # The pages of a prompt's first window, when the prompt started a new prefix (no hit),
+        # may be what later requests share — a system prompt no longer than the window leaves
+        # it, page by page, while its first request runs — so they age like any cached page;
+        # every other released page goes to the stale queue (evicted first). docs/design.md §4.
+        first_of_prefix = req.hit_tokens == 0 and req.prompt_tokens is not None
+        if first_of_prefix:
+            horizons = [min(h, req.prompt_tokens) for h in self._shared_horizon]
+        fresh: list[SmallPage] = []
         superseded: list[tuple[SmallPage, Hashable]] = []
         for t in self.prefix_types:
             policy = self.policies[t]
@@ -500,7 +525,10 @@ class JengaCache:
                 if page is not None:
                     if page.block_hash is not None and not policy.is_token_indexed:
                         superseded += self._retain_state(req, t, block, page)
-                    to_release.append(page)
+                    if first_of_prefix and (block + 1) * policy.block_tokens <= horizons[t]:
+                        fresh.append(page)
+                    else:
+                        to_release.append(page)
                     table[block] = None
             if target > req.released[t]:
                 req.released[t] = target
@@ -511,10 +539,11 @@ class JengaCache:
                 running = num_computed_tokens // policy.block_tokens - 1
                 if running < len(table) and table[running] is not None:
                     superseded.append(req.decode_state.pop(t))
-        if to_release:
-            for page in to_release:
-                self.released_pages[page.type_idx] += 1
-            self.allocator.release(to_release, is_stale=True)
+        for pages, is_stale in ((fresh, False), (to_release, True)):
+            if pages:
+                for page in pages:
+                    self.released_pages[page.type_idx] += 1
+                self.allocator.release(pages, is_stale=is_stale)
         for page, key in superseded:
             # Not evicted (and reused) meanwhile, and no other request started from it.
             if page.is_cached and page.block_hash == key and not page.hits:
@@ -523,7 +552,7 @@ class JengaCache:
         self._refresh_thresholds(req)
         if DEBUG_INVARIANTS:
             self.check()
-        return len(to_release)
+        return len(fresh) + len(to_release)
 
     def free(self, request_id: str) -> None:
         """The request finished or was preempted: every page goes to the cache, suffix first."""

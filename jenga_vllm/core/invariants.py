@@ -68,8 +68,18 @@ def check_invariants(cache: JengaCache) -> None:
     small_queued = 0
     large_queued = 0
     seen_units: set[int] = set()
+    used_by_type = [0] * num_types
+    cached_by_type = [0] * num_types
+    carved_by_type = [0] * num_types
     for large in alloc.large_pages[1:]:
         state = large.state
+        for t, pages in large.carved.items():  # kept page lists of other types: all EMPTY
+            if pages is large.pages and state is not LargePageState.FREE:
+                continue
+            _check(
+                all(p.ref_count == 0 and p.block_hash is None for p in pages),
+                f"large page {large.index}: a kept page list of type {t} holds a non-EMPTY page",
+            )
         if state is LargePageState.FREE:
             _check(large.index in free_set, f"FREE large page {large.index} not in the free list")
             _check(large.owner is None, f"FREE large page {large.index} still has an owner")
@@ -137,6 +147,9 @@ def check_invariants(cache: JengaCache) -> None:
             used == large.num_used and cached == large.num_cached,
             f"large page {large.index}: counters {large.num_used}/{large.num_cached} != {used}/{cached}",
         )
+        used_by_type[large.type_idx] += used
+        cached_by_type[large.type_idx] += cached
+        carved_by_type[large.type_idx] += 1
         if state is LargePageState.ACTIVE:
             empty_slots[large.type_idx] += len(empty)
             if empty:
@@ -164,6 +177,13 @@ def check_invariants(cache: JengaCache) -> None:
             f"type {t}: {alloc.num_empty_slots[t]} empty slots counted, {empty_slots[t]} found",
         )
         _check(set(alloc.with_empty[t]) == with_empty[t], f"type {t}: empty-slot pool mismatch")
+        _check(
+            (alloc.used_pages[t], alloc.cached_pages[t], alloc.carved_large[t])
+            == (used_by_type[t], cached_by_type[t], carved_by_type[t]),
+            f"type {t}: used/cached/carved counted {alloc.used_pages[t]}/{alloc.cached_pages[t]}/"
+            f"{alloc.carved_large[t]}, found {used_by_type[t]}/{cached_by_type[t]}/"
+            f"{carved_by_type[t]}",
+        )
     _check(
         sum(evictor.num_small(t) for t in range(num_types)) == small_queued,
         "the evictor's small queues hold pages that are not CACHED in ACTIVE large pages",

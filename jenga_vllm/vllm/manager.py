@@ -85,6 +85,15 @@ class PageBlock:
 
 
 NULL_BLOCK = PageBlock(None, 0)
+
+
+def _new_block(page: SmallPage, block_size: int) -> PageBlock:
+    """The one PageBlock of ``page`` (kept on the page: the scheduler asks for a request's
+    whole table at each new request and after each allocation)."""
+    block = page.handle = PageBlock(page, block_size)
+    return block
+
+
 # Per-type hit lengths of looked-up requests not yet admitted (metrics); requests aborted while
 # waiting never come back, so the map is dropped past this size.
 PENDING_LOOKUPS_CAP = 65_536
@@ -453,7 +462,10 @@ class JengaKVCacheManager:
     def _blocks(self, pages: Sequence[Sequence[SmallPage | None]]) -> KVCacheBlocks:
         return KVCacheBlocks(
             tuple(
-                [PageBlock(p, t.block_tokens) if p is not None else NULL_BLOCK for p in per]
+                [
+                    (p.handle or _new_block(p, t.block_tokens)) if p is not None else NULL_BLOCK
+                    for p in per
+                ]
                 for per, t in zip(pages, self.plan.types, strict=True)
             )
         )

@@ -41,3 +41,14 @@ def test_eviction_quality_quick_reports_all_three_evictors():
     for row in rows:
         rates = [float(x) for x in re.findall(r"\| (0\.\d{3}|1\.000) ", row)]
         assert len(rates) == 3 and all(0 <= r <= 1 for r in rates)
+
+
+def test_scheduler_overhead_quick_steps_vllms_scheduler_with_both_managers():
+    out = run("scheduler_overhead.py", "--quick", "--models", "llama-3.1-8b,gpt-oss-20b")
+    rows = [line for line in out.splitlines() if line.startswith("| llama") and "GiB" in line]
+    assert len(rows) == 2  # warm and cold pass
+    # A homogeneous model: both managers make the very same scheduling decisions.
+    assert all("| yes |" in row for row in rows)
+    ratios = re.findall(r"\*\*([0-9.]+)x, ([0-9.]+)x\*\*", out)
+    assert len(ratios) == 4 and all(0 < float(r) < 100 for pair in ratios for r in pair)
+    assert "`allocate_slots`" in out and "`get_computed_blocks`" in out

@@ -83,6 +83,18 @@ def test_mamba_state_missing_limits_the_hit_for_all_types():
     assert hit.num_tokens == 64
 
 
+def test_hit_tokens_by_type_names_the_type_that_limits_a_hit():
+    cache = make_cache(three_type_specs(window=40, mamba_interval=64), large_pages=20)
+    prompt = list(range(100))
+    run_prompt(cache, "a", prompt)
+    cache.free("a")
+    hashes = block_hashes(prompt + [1] * 60, BS)
+    # Full attention and the window hold 6 whole blocks (96 tokens); Mamba's state only at 64.
+    assert cache.hit_tokens_by_type(hashes, 159) == [96, 96, 64]
+    assert cache.find_longest_hit(hashes, 159).num_tokens == 64
+    assert cache.hit_tokens_by_type(block_hashes([7] * 160, BS), 159) == [0, 0, 0]
+
+
 def test_request_aware_placement_frees_whole_large_pages():
     specs = [LayerTypeSpec.uniform("full", "full", 1, 64)]  # 1 KiB pages
     plan = plan_layout(specs, BS, max_pages_per_large=4)
@@ -312,6 +324,56 @@ def test_window_pages_that_served_a_hit_are_not_released_stale():
     fresh |= {p.unit_id for large in cache.evictor.large_fresh for p in large.pages}
     assert reused and reused <= fresh and not reused & stale
     assert stale  # the second request's own out-of-window pages are stale
+
+
+def test_a_new_prompts_first_window_ages_normally_other_released_pages_go_stale():
+    """The first request of a prefix (no hit) releases the pages of its prompt's first window
+    fresh — a system prompt no longer than the window leaves it while that request runs, and
+    the next request needs all of it; the rest of the prompt, pages holding generated tokens,
+    and the out-of-window pages of a request that hit go to the stale queue."""
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 64, window=32),
+    ]
+    cache = make_cache(specs, large_pages=40)
+
+    def queued(pages_of) -> tuple[set[int], set[int]]:
+        ev = cache.evictor
+        fresh = {p.unit_id for p in ev.small_fresh[1]}
+        fresh |= {p.unit_id for large in ev.large_fresh for p in large.pages}
+        stale = {p.unit_id for p in ev.small_stale[1]}
+        stale |= {p.unit_id for large in ev.large_stale for p in large.pages}
+        return fresh & pages_of, stale & pages_of
+
+    prompt = list(range(100))
+    hashes = block_hashes(prompt + list(range(900, 960)), BS)
+    assert cache.allocate("first", 100, prompt_tokens=100) is not None
+    swa = {p.unit_id for p in cache.requests["first"].tables[1]}
+    cache.cache_blocks("first", hashes, 100)
+    cache.release_unneeded("first", 100)  # window 32: blocks 0-3 leave; 0-1 are its first window
+    fresh, stale = queued(swa)
+    assert len(fresh) == 2 and len(stale) == 2
+    assert cache.allocate("first", 160) is not None  # decode to 160 tokens
+    swa = {p.unit_id for p in cache.requests["first"].tables[1] if p is not None} | swa
+    cache.cache_blocks("first", hashes, 160)
+    cache.release_unneeded("first", 160)  # blocks 4-7 leave: 4-5 prompt, 6-7 generated
+    fresh, stale = queued(swa)
+    assert len(fresh) == 2 and len(stale) == 6
+    check_invariants(cache)
+    hit = run_prompt(cache, "second", prompt + list(range(500, 600)))  # run_prompt: no prompt
+    assert hit.num_tokens == 96
+    cache.free("second")
+    third_tokens = prompt + list(range(500, 600)) + list(range(2000, 2100))
+    third_hashes = block_hashes(third_tokens, BS)
+    found = cache.find_longest_hit(third_hashes, 299)
+    assert found.num_tokens == 192
+    assert cache.allocate("third", 300, found, prompt_tokens=300) is not None
+    new = {p.unit_id for p in cache.requests["third"].tables[1][12:]}
+    cache.cache_blocks("third", third_hashes, 300)
+    cache.release_unneeded("third", 300)  # blocks 12-15 (its own prompt) leave the window
+    fresh, stale = queued(new)
+    assert stale and not fresh  # a request that hit: its own window pages are stale
+    check_invariants(cache)
 
 
 def test_types_with_many_pages_per_large_page_are_packed_across_requests():

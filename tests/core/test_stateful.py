@@ -17,7 +17,15 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from jenga_vllm.core import JengaCache, LayerTypeSpec, block_hashes, check_invariants, plan_layout
+from jenga_vllm.core import (
+    JengaCache,
+    LayerTypeSpec,
+    block_hashes,
+    check_invariants,
+    plan_layout,
+    pool_usage,
+)
+from jenga_vllm.core.accounting import snapshot
 
 BS = 16
 WINDOW = 40
@@ -179,6 +187,27 @@ class JengaMachine(RuleBasedStateMachine):
     @invariant()
     def pool_is_consistent(self):
         check_invariants(self.cache)
+
+    @invariant()
+    def metrics_snapshot_equals_a_census(self):
+        """The O(types) snapshot metrics export equals the O(pool) census, and adds up."""
+        snap, usage = snapshot(self.cache), pool_usage(self.cache)
+        for tu, figures in zip(usage.types, snap["types"].values(), strict=True):
+            assert (figures["used_bytes"], figures["cached_bytes"], figures["free_bytes"]) == (
+                tu.used_bytes,
+                tu.cached_bytes,
+                tu.empty_bytes,
+            )
+            assert (figures["padding_bytes"], figures["partial_bytes"]) == (
+                tu.padding_bytes,
+                tu.partial_bytes,
+            )
+            assert figures["stranded_bytes"] == tu.stranded_bytes
+        held = sum(
+            f["used_bytes"] + f["cached_bytes"] + f["free_bytes"] for f in snap["types"].values()
+        )
+        free = (snap["large_pages_free"] + 1) * snap["large_page_bytes"]  # + the null page
+        assert held + free == snap["pool_bytes"]
 
     @invariant()
     def live_pages_never_overlap(self):
