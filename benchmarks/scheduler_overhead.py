@@ -134,33 +134,16 @@ def workload(args: Args) -> list[list[int]]:
 
 
 def build_scheduler(model: str, manager: str, args: Args):
-    """(scheduler, block hasher) for the real shapes of ``model``: EngineCore's start-up path."""
-    import contextlib
-
-    import vllm.v1.engine.core as core
+    """(scheduler, block hasher) for the real shapes of ``model``: EngineCore's start-up path
+    (``scheduler_replay.scheduler_from_specs``) with the GPU Triton backend's layout."""
+    from scheduler_replay import scheduler_from_specs
     from vllm.plugins import load_general_plugins
-    from vllm.utils.hashing import get_hash_fn_by_name
-    from vllm.v1.attention.backends.utils import (
-        get_supported_kv_cache_layouts,
-        record_kv_cache_layout,
-        resolve_kv_cache_layout,
-    )
-    from vllm.v1.core.kv_cache_utils import (
-        generate_scheduler_kv_cache_config,
-        get_request_block_hasher,
-        init_none_hash,
-        resolve_kv_cache_block_sizes,
-    )
-    from vllm.v1.core.sched.scheduler import Scheduler
-    from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
-    from vllm.v1.structured_output import StructuredOutputManager
 
     from jenga_vllm.tools.model_shapes import load_model_shapes
     from jenga_vllm.tools.vllm_layout import _gpu_attention_backend, build_vllm_config, layer_specs
 
     load_general_plugins()  # the jenga plugin, as every vLLM process loads it
     config_file, kv_bytes = MODELS[model]
-    kv_bytes = int(kv_bytes * args.kv_scale)
     shapes = load_model_shapes(CONFIGS / config_file)
     vllm_config = build_vllm_config(
         shapes, max_model_len=args.max_model_len, block_size=args.block_size
@@ -170,34 +153,9 @@ def build_scheduler(model: str, manager: str, args: Args):
     vllm_config.scheduler_config.async_scheduling = False
     vllm_config.additional_config = {"kv_cache_manager": manager}
     specs = layer_specs(shapes, vllm_config)
-    with contextlib.suppress(AssertionError):  # already registered in this process
-        register_all_kvcache_specs(vllm_config)
-    supported = [
-        layout.name for layout in get_supported_kv_cache_layouts([_gpu_attention_backend()])
-    ]
-    layout = resolve_kv_cache_layout(vllm_config, [supported], list(specs.values()))
-    record_kv_cache_layout(vllm_config.cache_config, layout.name)
-    # core.* are the names the plugin patches: jenga configs for a jenga VllmConfig.
-    configs = core.get_kv_cache_configs(vllm_config, [specs], [kv_bytes])
-    config = generate_scheduler_kv_cache_config(configs)
-    vllm_config.cache_config.num_gpu_blocks = config.num_blocks
-    vllm_config.cache_config.block_size = min(
-        g.kv_cache_spec.block_size for g in config.kv_cache_groups
+    return scheduler_from_specs(
+        vllm_config, specs, int(kv_bytes * args.kv_scale), _gpu_attention_backend()
     )
-    core.update_kv_cache_capacity(vllm_config, config)
-    block_size, hash_block_size = resolve_kv_cache_block_sizes(config, vllm_config)
-    config.hash_block_size = hash_block_size
-    scheduler = Scheduler(
-        vllm_config=vllm_config,
-        kv_cache_config=config,
-        structured_output_manager=StructuredOutputManager(vllm_config),
-        block_size=block_size,
-        hash_block_size=hash_block_size,
-        log_stats=True,
-    )
-    hash_fn = get_hash_fn_by_name(vllm_config.cache_config.prefix_caching_hash_algo)
-    init_none_hash(hash_fn)
-    return scheduler, get_request_block_hasher(hash_block_size, hash_fn)
 
 
 def time_manager_calls(manager, sink: dict) -> None:

@@ -176,11 +176,22 @@ def kv_dtype_name(vllm_config) -> str:
 
 def build_scheduler(model: str, manager: str, kv_bytes: int, args: ReplayArgs):
     """(scheduler, block hasher): EngineCore's _initialize_kv_caches without workers."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    vllm_config = engine_config(model, manager, kv_bytes, args)
+    specs = layer_specs(model, vllm_config)
+    return scheduler_from_specs(vllm_config, specs, kv_bytes, CPUAttentionBackend)
+
+
+def scheduler_from_specs(vllm_config, specs: dict[str, Any], kv_bytes: int, backend):
+    """EngineCore's start-up path from the workers' layer specs to a real Scheduler (and the
+    request block hasher): layout, KV-cache configs (the plugin answers for a jenga config),
+    capacity, block sizes. ``backend``: the attention backend class the workers would use."""
     import vllm.v1.engine.core as core
     from vllm.utils.hashing import get_hash_fn_by_name
-    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
     from vllm.v1.attention.backends.utils import (
         get_supported_kv_cache_layouts,
+        record_kv_cache_layout,
         resolve_kv_cache_layout,
     )
     from vllm.v1.core.kv_cache_utils import (
@@ -193,14 +204,15 @@ def build_scheduler(model: str, manager: str, kv_bytes: int, args: ReplayArgs):
     from vllm.v1.core.single_type_kv_cache_manager import register_all_kvcache_specs
     from vllm.v1.structured_output import StructuredOutputManager
 
-    vllm_config = engine_config(model, manager, kv_bytes, args)
     try:
         register_all_kvcache_specs(vllm_config)
     except AssertionError:  # already registered in this process
         pass
-    specs = layer_specs(model, vllm_config)
-    layouts = get_supported_kv_cache_layouts([CPUAttentionBackend])
-    resolve_kv_cache_layout(vllm_config, [[layout.name for layout in layouts]], specs.values())
+    layouts = get_supported_kv_cache_layouts([backend])
+    layout = resolve_kv_cache_layout(
+        vllm_config, [[layout.name for layout in layouts]], list(specs.values())
+    )
+    record_kv_cache_layout(vllm_config.cache_config, layout.name)
     # core.* are the names the plugin patches: jenga configs for a jenga VllmConfig.
     configs = core.get_kv_cache_configs(vllm_config, [specs], [kv_bytes])
     config = generate_scheduler_kv_cache_config(configs)
@@ -212,7 +224,7 @@ def build_scheduler(model: str, manager: str, kv_bytes: int, args: ReplayArgs):
     block_size, hash_block_size = resolve_kv_cache_block_sizes(config, vllm_config)
     config.hash_block_size = hash_block_size
     scheduler_cls = vllm_config.scheduler_config.get_scheduler_cls()
-    assert scheduler_cls is Scheduler, scheduler_cls  # synchronous engine on CPU
+    assert scheduler_cls is Scheduler, scheduler_cls  # the synchronous engine
     scheduler = Scheduler(
         vllm_config=vllm_config,
         kv_cache_config=config,
