@@ -435,7 +435,7 @@ class JengaKVCacheManager:
 
     def stats_snapshot(self) -> dict:
         """Per layer type memory and cache figures and the layout, as plain Python numbers
-        (the payload of jenga's metrics, docs/design.md §5); O(pool)."""
+        (the payload of jenga's metrics, docs/design.md §5); O(types + running requests)."""
         snap = snapshot(self.cache)
         snap["prefix_cache_queries_tokens"] = self.prefix_queries
         for t, figures in enumerate(snap["types"].values()):

@@ -8,8 +8,9 @@ endpoints live in the API-server process. The path between them (docs/design.md 
 - engine: ``attach_snapshot`` (a wrapper of ``Scheduler.make_stats``) puts the manager's
   ``stats_snapshot()`` — plain numbers — under the reserved key ``JENGA_KEY`` of
   ``SchedulerStats.kv_connector_stats``, the one ``SchedulerStats`` field that carries an
-  arbitrary dict across vLLM's msgpack boundary. The census is O(pool), so it is attached at most
-  every ``JENGA_STATS_INTERVAL_S`` seconds (default 1) and whenever the scheduler is idle;
+  arbitrary dict across vLLM's msgpack boundary. It is O(types + running requests) and is
+  attached at most every ``JENGA_STATS_INTERVAL_S`` seconds (default 1) and whenever the
+  scheduler is idle;
 - frontend: ``strip_snapshot`` (a wrapper of ``StatLoggerManager.record``) removes the key before
   any of vLLM's loggers sees it (vLLM's connector loggers would choke on it) and leaves the
   payload on the decoded stats object as ``jenga_kv``; ``JengaStatLogger`` sets the series;
