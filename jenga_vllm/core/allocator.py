@@ -20,8 +20,15 @@ fresh large page (steps 2–3) only while this allocation still has a whole larg
 pages of the type to place; a smaller remainder — every decode step's page — tries step 4 first.
 Types whose large page holds far more than one request uses (attention pages beside huge Mamba
 states; REQUEST_AWARE_MAX_TOKENS; more states than one request holds) always try step 4 before
-step 2. Steps 2–3 consume a large
-page. So that a greedy choice for one type never starves another, an allocation first computes
+step 2. Two more departures from the paper's order keep large pages whole (docs/design.md §5;
+measured in benchmarks/results/scheduler_replay.md): a page the request's own window left behind
+(stale, in a large page it owns) is reused right after step 1, so a sliding window slides inside
+the request's own large pages; and step 5 comes before steps 2–3 for a stale page of the type
+(when the page is a remainder or no large page is FREE), and for any CACHED page of the type when
+the page is a remainder and such slots add up to a large page or none is FREE — CACHED slots of
+ACTIVE large pages serve their type only, while a large page serves every type. A type whose
+small page is a whole large page (gpt-oss, one-type models) has no slots: steps 2–3 only, on a
+fast path. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an allocation first computes
 each type's *minimum* large pages (what its slots in ACTIVE large pages cannot cover); a type may
 take a large page beyond its minimum only from the spare ones (``LargePageBudget``, the
 artifact's min/max quota).
@@ -66,10 +73,13 @@ class PageOwner:
 
     owned: dict[LargePage, None]
     with_empty: list[dict[LargePage, None]]
+    # per type: pages it released stale inside large pages it owns (a window's old pages),
+    # reused first by its next pages of the type; entries may have changed state since
+    stale: list[list[SmallPage]]
 
     @staticmethod
     def new(num_types: int) -> PageOwner:
-        return PageOwner({}, [{} for _ in range(num_types)])
+        return PageOwner({}, [{} for _ in range(num_types)], [[] for _ in range(num_types)])
 
 
 @dataclass(slots=True)
@@ -144,6 +154,13 @@ class TwoLevelAllocator:
         ]
         self.counters = AllocatorCounters(evicted_by_type=[0] * num_types)
         self._pages_per_large = [t.pages_per_large for t in plan.types]
+        # A type whose small page fills a large page gets its page objects now, as vLLM creates
+        # its blocks at start-up (one per large page: no more objects than vLLM's blocks).
+        units = plan.units_per_large
+        for t, layout in enumerate(plan.types):
+            if layout.pages_per_large == 1:
+                for large in self.large_pages[1:]:
+                    large.carved[t] = [SmallPage(large.index * units, t, large, 0)]
         states = states_per_request or [1] * num_types
         self._packed = [
             t.pages_per_large * t.block_tokens > REQUEST_AWARE_MAX_TOKENS
@@ -198,21 +215,53 @@ class TwoLevelAllocator:
             slot_delta[large.type_idx] += len(large.empty_slots) + large.num_cached - hits
         return slot_delta, large_delta
 
-    # ---- the five-step allocation order -----------------------------------------------------
+    # ---- the allocation order ---------------------------------------------------------------
     def allocate(self, owner: PageOwner, type_idx: int, budget: LargePageBudget) -> SmallPage:
         """One small page of ``type_idx`` for ``owner``; the budget must come from budget_for."""
+        if self._pages_per_large[type_idx] == 1:
+            # A page the size of a large page (gpt-oss, one-type models): no slots to share
+            # (A_t is always 0, so the budget covers it), no owner; steps 2-3 only.
+            budget.place_one(type_idx)
+            budget.claimed(type_idx)
+            return self._take_whole(type_idx)
         counters = self.counters
         fills_a_large_page = budget.place_one(type_idx) >= self._pages_per_large[type_idx]
         own = owner.with_empty[type_idx]
         if own:
             counters.own_slot += 1
             return self._use_empty_slot(next(iter(own)))
+        own_stale = owner.stale[type_idx]
+        while own_stale:
+            # A window slides inside the request's own large pages, so they come back whole
+            # when it ends (a stale page another request hit, or that was evicted, is skipped).
+            page = own_stale.pop()
+            if page.large.owner is owner and page.is_stale and self.evictor.contains_small(page):
+                self.evictor.remove_small(page)
+                counters.evicted_small += 1
+                return self._reuse_cached(page)
         anywhere = self.with_empty[type_idx]
         if anywhere and (self._packed[type_idx] or not fills_a_large_page):
             # A fresh large page would stay partly EMPTY while the request runs: fill a hole
             # first (step 4 early), keeping the free large page for any type.
             counters.any_slot += 1
             return self._use_slot_in(owner, next(iter(anywhere)))
+        evictor = self.evictor
+        if (
+            evictor.small_stale[type_idx]
+            and (not fills_a_large_page or not self.free_large)
+            or not fills_a_large_page
+            and evictor.num_small(type_idx)
+            >= (self._pages_per_large[type_idx] if self.free_large else 1)
+        ):
+            # Step 5 early. A stale CACHED page (out of a running request's window, or
+            # superseded) is worth less than a large page: a FREE one serves every type, an
+            # EVICTABLE one holds a finished request's prefix. And a remainder page reuses a
+            # CACHED slot of its type rather than take a large page when those slots add up to
+            # a large page (or no FREE large page is left): they can serve no other type, so
+            # large pages stay whole for the types that need them (full attention beside
+            # sliding windows on Gemma, chunked-local pages on Llama 4). docs/design.md §5.
+            counters.evicted_small += 1
+            return self._reuse_cached(evictor.pop_small(type_idx))
         if budget.may_claim(type_idx):
             large = self._claim_large(owner, type_idx)
             if large is not None:
@@ -224,9 +273,13 @@ class TwoLevelAllocator:
         page = self.evictor.pop_small(type_idx)
         assert page is not None, "allocate() called beyond the feasible budget"
         counters.evicted_small += 1
+        return self._reuse_cached(page)
+
+    def _reuse_cached(self, page: SmallPage) -> SmallPage:
+        """Evict a CACHED page of an ACTIVE large page (already out of the queues) and use it."""
         self._drop_cached_page(page)
         page.large.num_used += 1
-        self.used_pages[type_idx] += 1
+        self.used_pages[page.type_idx] += 1
         _mark_used(page)
         return page
 
@@ -259,6 +312,46 @@ class TwoLevelAllocator:
             owner.owned[large] = None
         self.counters.large_pages_carved += 1
         return large
+
+    def _take_whole(self, type_idx: int) -> SmallPage:
+        """``_claim_large`` + ``_use_empty_slot`` for a type with one small page per large page
+        (its large pages never hold EMPTY slots or an owner)."""
+        counters = self.counters
+        if self.free_large:
+            large = self.large_pages[self.free_large.pop()]
+            counters.fresh_large += 1
+        else:
+            large = self.evictor.pop_large()
+            assert large is not None, "allocate() called beyond the feasible budget"
+            counters.evicted_large += 1
+            counters.large_pages_evicted += 1
+            old_type = large.type_idx
+            if self._pages_per_large[old_type] > 1:  # carved for another type until now
+                self._drop_cached_pages(large)
+                large.empty_slots = []
+            elif large.num_cached:
+                cached = large.pages[0]
+                self.index.remove(cached)
+                cached.is_stale = False
+                counters.evicted_by_type[old_type] += 1
+                self.cached_pages[old_type] -= 1
+                large.num_cached = 0
+            self.carved_large[old_type] -= 1
+        if large.type_idx != type_idx or not large.pages:
+            large.type_idx = type_idx
+            pages = large.carved.get(type_idx)
+            if pages is None:
+                base = large.index * self.plan.units_per_large
+                pages = [SmallPage(base, type_idx, large, 0)]
+                large.carved[type_idx] = pages
+            large.pages = pages
+        self.carved_large[type_idx] += 1
+        counters.large_pages_carved += 1
+        page = large.pages[0]
+        _mark_used(page)
+        large.num_used = 1
+        self.used_pages[type_idx] += 1
+        return page
 
     def _use_slot_in(self, owner: PageOwner, large: LargePage) -> SmallPage:
         """An EMPTY slot of an ACTIVE large page; an orphan large page is adopted first."""
@@ -348,19 +441,34 @@ class TwoLevelAllocator:
         """``release`` for pages already in the evictor's release order."""
         evictor = self.evictor
         used_pages, cached_pages = self.used_pages, self.cached_pages
+        whole = self._pages_per_large
         for page in pages:
             page.ref_count -= 1
             if page.ref_count:
                 continue
             large = page.large
+            t = page.type_idx
+            used_pages[t] -= 1
+            if whole[t] == 1:  # its own large page: EVICTABLE or back to level 0, no slots
+                large.num_used = 0
+                if page.block_hash is not None:
+                    page.is_stale = stale = is_stale and not evictor.is_junction(page)
+                    large.num_cached = 1
+                    cached_pages[t] += 1
+                    evictor.add_large(large, stale)
+                else:
+                    self.carved_large[t] -= 1
+                    self.free_large.append(large.index)
+                continue
             large.num_used -= 1
-            used_pages[page.type_idx] -= 1
             if page.block_hash is not None:
                 page.is_stale = is_stale and not evictor.is_junction(page)
                 large.num_cached += 1
-                cached_pages[page.type_idx] += 1
+                cached_pages[t] += 1
                 if large.num_used:
                     evictor.add_small(page)
+                    if page.is_stale and large.owner is not None:
+                        large.owner.stale[page.type_idx].append(page)
                 else:
                     self._deactivate(large)
             else:
@@ -421,6 +529,8 @@ class TwoLevelAllocator:
         owner.owned.clear()
         for d in owner.with_empty:
             d.clear()
+        for pages in owner.stale:
+            pages.clear()
 
     # ---- explicit eviction ----------------------------------------------------------------------
     def evict_one(self) -> bool:

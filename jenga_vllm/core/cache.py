@@ -256,10 +256,12 @@ class JengaCache:
         hit: PrefixHit | None = None,
         encoder_tokens: int = 0,
         in_flight_tokens: int | None = None,
+        extra_needs: Sequence[int] | None = None,
     ) -> bool:
         """Whether ``num_tokens`` tokens would fit for the request, each type holding at most
         what its policy keeps live at once (``max_live_blocks``; windows recycle their pages)
-        while ``in_flight_tokens`` are scheduled; changes nothing."""
+        while ``in_flight_tokens`` are scheduled, with ``extra_needs`` small pages per type
+        left over for others; changes nothing."""
         needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
         if in_flight_tokens is not None:
             needs = [
@@ -268,9 +270,33 @@ class JengaCache:
                 else n
                 for n, policy in zip(needs, self.policies, strict=True)
             ]
+        if extra_needs is not None:
+            needs = [n + extra for n, extra in zip(needs, extra_needs, strict=True)]
         hit_pages = [p for per in hit.pages for p in per if p is not None] if hit else []
         slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
         return self.allocator.budget_for(needs, slot_delta, large_delta) is not None
+
+    def next_token_needs(self) -> list[int]:
+        """Small pages per type the requests holding pages take, net of what they release, when
+        each grows by one token (the next decode step). Only requests whose tables are full
+        (``covered_tokens``) are looked at: O(requests) comparisons, a few page counts."""
+        needs = [0] * len(self.policies)
+        for req in self.requests.values():
+            if req.num_tokens + 1 > req.covered_tokens:
+                self.add_next_token_needs(needs, req.request_id)
+        return needs
+
+    def add_next_token_needs(self, needs: list[int], request_id: str) -> None:
+        """Add one request's share of ``next_token_needs`` to ``needs``."""
+        req = self.requests[request_id]
+        grown = req.num_tokens + 1
+        for t in self.prefix_types:
+            policy = self.policies[t]
+            table = req.tables[t]
+            new = len(policy.new_blocks(len(table), grown))
+            if new:
+                freed = min(policy.first_needed_block(req.num_tokens), len(table))
+                needs[t] += max(0, new - max(0, freed - req.released[t]))
 
     def free_bytes(self) -> int:
         """Bytes a new allocation could take: FREE and EVICTABLE large pages plus EMPTY and

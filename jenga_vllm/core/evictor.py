@@ -33,6 +33,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable
+from operator import attrgetter
 
 from jenga_vllm.core.pages import LargePage, SmallPage
 
@@ -95,8 +96,10 @@ class Evictor(ABC):
 
     # Whole EVICTABLE large pages.
     def add_large(self, large: LargePage, is_stale: bool) -> None:
-        stale = is_stale and self.uses_stale_queue()
-        (self.large_stale if stale else self.large_fresh)[large] = None
+        if is_stale and self.uses_stale_queue():
+            self.large_stale[large] = None
+        else:
+            self.large_fresh[large] = None
 
     def remove_large(self, large: LargePage) -> None:
         if self.large_stale.pop(large, _MISSING) is _MISSING:
@@ -122,7 +125,7 @@ class PrefixSubsetEvictor(Evictor):
     """Jenga's evictor: aligned (deepest token first across types), stale first, large first."""
 
     def release_order(self, pages: list[SmallPage]) -> list[SmallPage]:
-        return sorted(pages, key=_rank_descending)
+        return sorted(pages, key=_RANK, reverse=True)  # stable: ties keep their given order
 
 
 class StrictPrefixSubsetEvictor(PrefixSubsetEvictor):
@@ -139,6 +142,9 @@ class PerTypeLRUEvictor(Evictor):
 
     def uses_stale_queue(self) -> bool:
         return False
+
+
+_RANK = attrgetter("rank")
 
 
 def _rank_descending(page: SmallPage) -> int:

@@ -217,6 +217,9 @@ class JengaKVCacheManager:
             ],
         )
         self.retained_hit_group_ids: tuple[int, ...] = ()
+        # Pages per type the running batch's next decode step takes (admission headroom), or
+        # None until this step's first admission needs it.
+        self._headroom_needs: list[int] | None = None
         self.mamba_shared_prefix_checkpoint = False
         self._small_bytes = [t.small_page_bytes for t in plan.types]
         self._usable_bytes = plan.usable_large_pages * plan.large_page_bytes
@@ -354,6 +357,22 @@ class JengaKVCacheManager:
             in_flight_tokens=self.max_in_flight_tokens,
         ):
             return None
+        admitting = is_new and has_scheduled_reqs
+        if admitting:
+            # Decode headroom (docs/design.md §5): a waiting or preempted request is admitted
+            # only if the running batch's next decode step still fits beside it; else it
+            # would be that step's preemption victim (a preempted request keeps its prefix hit
+            # under jenga, so it came straight back into the memory its preemption freed).
+            if self._headroom_needs is None:
+                self._headroom_needs = cache.next_token_needs()
+            if not cache.can_allocate(
+                request_id,
+                min(num_tokens, self.max_model_len),
+                hit,
+                encoder_tokens,
+                extra_needs=self._headroom_needs,
+            ):
+                return None
         if self.watermark_bytes and has_scheduled_reqs and is_new:
             if self.available_bytes() - self.watermark_bytes < 0:
                 return None
@@ -374,6 +393,8 @@ class JengaKVCacheManager:
         )
         if new_pages is None:
             return None
+        if admitting:
+            cache.add_next_token_needs(self._headroom_needs, request_id)
         if self._zero_new_pages:
             self._record_units_to_zero(new_pages)
         if self.enable_caching and not delay_cache_blocks:
@@ -551,6 +572,7 @@ class JengaKVCacheManager:
 
     def new_step_starts(self) -> None:
         self.cache.new_step()
+        self._headroom_needs = None  # recomputed at this step's first admission
 
 
 @dataclass(frozen=True)

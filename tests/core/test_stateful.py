@@ -38,6 +38,13 @@ SPECS = [  # small pages 2048 / 1536 / 1024 / 3072 / 512 B -> large page 6144 B,
     LayerTypeSpec.uniform("mamba", "mamba", 2, 1536, block_tokens=INTERVAL),
     LayerTypeSpec.uniform("cross", "cross_attention", 1, 32),
 ]
+# The same five types with a Mamba state as large as a large page: one small page per large page
+# (the allocator's whole-page fast path), mixed with types that share large pages.
+SPECS_WHOLE_PAGE = [
+    *SPECS[:3],
+    LayerTypeSpec.uniform("mamba", "mamba", 2, 3072, block_tokens=INTERVAL),
+    SPECS[4],
+]
 PREFIXES = [[1000 + i for i in range(n)] for n in (0, 37, 64, 100)]
 EXAMPLES = int(os.environ.get("JENGA_STATEFUL_EXAMPLES", "200"))
 
@@ -56,11 +63,12 @@ def expected_live_blocks(kind: str, computed: int, total: int, hit_first: int) -
 
 class JengaMachine(RuleBasedStateMachine):
     requests = Bundle("requests")
+    specs = SPECS
 
     def __init__(self) -> None:
         super().__init__()
-        geometry = plan_layout(SPECS, BS)
-        self.plan = plan_layout(SPECS, BS, geometry.large_page_bytes * 13)
+        geometry = plan_layout(self.specs, BS)
+        self.plan = plan_layout(self.specs, BS, geometry.large_page_bytes * 13)
         self.cache = JengaCache(self.plan)
         self.tokens: dict[str, list[int]] = {}
         self.computed: dict[str, int] = {}
@@ -229,7 +237,7 @@ class JengaMachine(RuleBasedStateMachine):
         for rid, req in self.cache.requests.items():
             computed, total = self.computed[rid], len(self.tokens[rid])
             for t, table in enumerate(req.tables):
-                kind = SPECS[t].kind
+                kind = self.specs[t].kind
                 live = {b for b, p in enumerate(table) if p is not None}
                 expected = expected_live_blocks(kind, computed, total, 0)
                 if expected is not None:
@@ -248,3 +256,11 @@ TestJengaStateful.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+
+
+class WholePageMachine(JengaMachine):
+    specs = SPECS_WHOLE_PAGE
+
+
+TestJengaStatefulWholePages = WholePageMachine.TestCase
+TestJengaStatefulWholePages.settings = TestJengaStateful.settings

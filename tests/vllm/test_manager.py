@@ -97,7 +97,11 @@ def test_out_of_memory_changes_nothing_then_everything_returns(manager, config):
     admitted = []
     for req in requests:
         before = manager.available_bytes()
-        if manager.allocate_slots(req, 480, full_sequence_must_fit=True) is None:
+        # has_scheduled_reqs=False: memory alone decides (no decode headroom, see below)
+        fits = manager.allocate_slots(
+            req, 480, full_sequence_must_fit=True, has_scheduled_reqs=False
+        )
+        if fits is None:
             assert manager.available_bytes() == before
             assert manager.get_block_ids(req.request_id) == ([], [])
             break
@@ -110,6 +114,31 @@ def test_out_of_memory_changes_nothing_then_everything_returns(manager, config):
     assert manager.usage == 0.0
     assert manager.reset_prefix_cache()
     assert manager.cache.num_free_large_pages() == plan.usable_large_pages
+
+
+def test_admission_leaves_room_for_the_running_batchs_next_decode_step(manager):
+    # Every running request sits at a page boundary (96 = 3 × 32 tokens), so the next decode
+    # step takes a new full-attention page for each. A waiting request is admitted only if
+    # those still fit beside it; with no request running yet (vLLM's has_scheduled_reqs=False)
+    # it is admitted on its own needs, as stock vLLM does.
+    manager.new_step_starts()
+    admitted = []
+    while True:
+        req = make_request(f"r{len(admitted)}", [len(admitted) + 1] * 96)
+        before = manager.available_bytes()
+        if manager.allocate_slots(req, 96, full_sequence_must_fit=True) is None:
+            assert manager.available_bytes() == before  # refused: nothing changed
+            break
+        admitted.append(req)
+    assert len(admitted) >= 2
+    headroom = manager.cache.next_token_needs()
+    assert sum(headroom) >= len(admitted)  # a full-attention page each, at least
+    assert manager._headroom_needs == headroom  # kept up to date admission by admission
+    # The memory for the refused request alone is there: only the headroom kept it out.
+    assert manager.allocate_slots(req, 96, has_scheduled_reqs=False) is not None
+    for r in [*admitted, req]:
+        manager.free(r)
+    assert manager.usage == 0.0
 
 
 def test_mamba_hybrid_one_state_page_and_units_to_zero():
