@@ -386,15 +386,14 @@ NOTES = """
    this cycle). Now a waiting or preempted request is admitted only if the running batch's next
    decode step still fits beside it (decode headroom, `JengaKVCacheManager.allocate_slots`).
 3. *Stranded slots* (gemma4, llama4). Preemptions came with 4–14 sliding-window slots CACHED in
-   ACTIVE large pages (usable by that type only) while full attention needed a large page. Now
-   a window slides inside its request's own large pages (its stale pages are reused first), and a
-   remainder page reuses a CACHED slot of its type before a large page is claimed when such
-   slots add up to a large page (or none is FREE): llama4 idle 211 → 71 KB.
+   ACTIVE large pages (usable by that type only) while full attention needed a large page. Now,
+   with no FREE large page, a remainder page evicts by LRU across granularities: a CACHED page of
+   its type cached before the EVICTABLE large page the paper's order would give up first.
 
-Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 104 (with 33% more
-capacity, 8% fewer steps, equal recomputation), gemma3 88 → 188 / 52, gpt_oss 100 → 168 / 84,
-llama4 104 → 136 / 112, llama 204 → 204 / 200. What remains on llama4 (steps 1.04x) is capacity
-and the tail: jenga's pool has 83 usable large pages = 249 block equivalents vs vLLM's 255 blocks
+Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 128 (with 33% more
+capacity: 7% fewer steps, 3% more recomputed tokens, was 11%), gemma3 88 → 188 / 52, gpt_oss
+100 → 168 / 84, llama4 104 → 136 / 116, llama 204 → 204 / 200. What remains on llama4 is capacity
+and the tail (steps 1.03x): jenga's pool has 83 usable large pages = 249 block equivalents vs vLLM's 255 blocks
 (large page 0 is the null page: 3 blocks vs vLLM's 1; view slack 2; rounding to whole large
 pages 2), and which request is preempted last decides the final steps, where one request runs
 alone.

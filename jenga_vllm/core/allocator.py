@@ -20,14 +20,13 @@ fresh large page (steps 2–3) only while this allocation still has a whole larg
 pages of the type to place; a smaller remainder — every decode step's page — tries step 4 first.
 Types whose large page holds far more than one request uses (attention pages beside huge Mamba
 states; REQUEST_AWARE_MAX_TOKENS; more states than one request holds) always try step 4 before
-step 2. Two more departures from the paper's order keep large pages whole (docs/design.md §5;
-measured in benchmarks/results/scheduler_replay.md): a page the request's own window left behind
-(stale, in a large page it owns) is reused right after step 1, so a sliding window slides inside
-the request's own large pages; and step 5 comes before steps 2–3 for a stale page of the type
-(when the page is a remainder or no large page is FREE), and for any CACHED page of the type when
-the page is a remainder and such slots add up to a large page or none is FREE — CACHED slots of
-ACTIVE large pages serve their type only, while a large page serves every type. A type whose
-small page is a whole large page (gpt-oss, one-type models) has no slots: steps 2–3 only, on a
+step 2. And step 5 comes before steps 2–3 when it spares a large page (docs/design.md §4;
+measured in benchmarks/results/scheduler_replay.md and eviction_quality.md): for a stale page of
+the type (when the new page is a remainder, or no large page is FREE), and, for a remainder page
+when no large page is FREE, for a CACHED page of the type cached less recently than the EVICTABLE
+large page step 3 would evict (the evictor's clock) — true LRU across the two granularities,
+where the paper's order always gives up a whole large page first. A type whose small page is a
+whole large page (gpt-oss, one-type models) has no slots: steps 2–3 only, on a
 fast path. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an allocation first computes
 each type's *minimum* large pages (what its slots in ACTIVE large pages cannot cover); a type may
 take a large page beyond its minimum only from the spare ones (``LargePageBudget``, the
@@ -73,13 +72,10 @@ class PageOwner:
 
     owned: dict[LargePage, None]
     with_empty: list[dict[LargePage, None]]
-    # per type: pages it released stale inside large pages it owns (a window's old pages),
-    # reused first by its next pages of the type; entries may have changed state since
-    stale: list[list[SmallPage]]
 
     @staticmethod
     def new(num_types: int) -> PageOwner:
-        return PageOwner({}, [{} for _ in range(num_types)], [[] for _ in range(num_types)])
+        return PageOwner({}, [{} for _ in range(num_types)])
 
 
 @dataclass(slots=True)
@@ -230,15 +226,6 @@ class TwoLevelAllocator:
         if own:
             counters.own_slot += 1
             return self._use_empty_slot(next(iter(own)))
-        own_stale = owner.stale[type_idx]
-        while own_stale:
-            # A window slides inside the request's own large pages, so they come back whole
-            # when it ends (a stale page another request hit, or that was evicted, is skipped).
-            page = own_stale.pop()
-            if page.large.owner is owner and page.is_stale and self.evictor.contains_small(page):
-                self.evictor.remove_small(page)
-                counters.evicted_small += 1
-                return self._reuse_cached(page)
         anywhere = self.with_empty[type_idx]
         if anywhere and (self._packed[type_idx] or not fills_a_large_page):
             # A fresh large page would stay partly EMPTY while the request runs: fill a hole
@@ -249,17 +236,15 @@ class TwoLevelAllocator:
         if (
             evictor.small_stale[type_idx]
             and (not fills_a_large_page or not self.free_large)
-            or not fills_a_large_page
-            and evictor.num_small(type_idx)
-            >= (self._pages_per_large[type_idx] if self.free_large else 1)
+            or not (fills_a_large_page or self.free_large)
+            and evictor.small_goes_before_large(type_idx)
         ):
             # Step 5 early. A stale CACHED page (out of a running request's window, or
             # superseded) is worth less than a large page: a FREE one serves every type, an
-            # EVICTABLE one holds a finished request's prefix. And a remainder page reuses a
-            # CACHED slot of its type rather than take a large page when those slots add up to
-            # a large page (or no FREE large page is left): they can serve no other type, so
-            # large pages stay whole for the types that need them (full attention beside
-            # sliding windows on Gemma, chunked-local pages on Llama 4). docs/design.md §5.
+            # EVICTABLE one holds a finished request's prefix. With no FREE large page, a
+            # remainder evicts by LRU across granularities: its type's least recently cached
+            # small page if that is older than the large page step 3 would evict. CACHED slots
+            # serve their type only; a large page serves every type. docs/design.md §4.
             counters.evicted_small += 1
             return self._reuse_cached(evictor.pop_small(type_idx))
         if budget.may_claim(type_idx):
@@ -418,7 +403,7 @@ class TwoLevelAllocator:
         self.evictor.remove_large(large)
         cached = [p for p in large.pages if p.ref_count == 0 and p.block_hash is not None]
         cached.sort(key=_rank_descending)
-        self.evictor.add_small_many(cached)
+        self.evictor.add_small_many(cached, large.stamp)
         if large.empty_slots:
             self._slots_opened(large, len(large.empty_slots))
 
@@ -467,8 +452,6 @@ class TwoLevelAllocator:
                 cached_pages[t] += 1
                 if large.num_used:
                     evictor.add_small(page)
-                    if page.is_stale and large.owner is not None:
-                        large.owner.stale[page.type_idx].append(page)
                 else:
                     self._deactivate(large)
             else:
@@ -529,8 +512,6 @@ class TwoLevelAllocator:
         owner.owned.clear()
         for d in owner.with_empty:
             d.clear()
-        for pages in owner.stale:
-            pages.clear()
 
     # ---- explicit eviction ----------------------------------------------------------------------
     def evict_one(self) -> bool:

@@ -57,6 +57,7 @@ class Evictor(ABC):
         ]
         self.large_fresh: OrderedDict[LargePage, None] = OrderedDict()
         self.large_stale: OrderedDict[LargePage, None] = OrderedDict()
+        self.clock = 0  # counts pages becoming evictable (LRU order across the queues)
 
     @abstractmethod
     def release_order(self, pages: list[SmallPage]) -> list[SmallPage]:
@@ -74,12 +75,32 @@ class Evictor(ABC):
 
     # Small pages of ACTIVE large pages.
     def add_small(self, page: SmallPage) -> None:
+        self.clock += 1
+        page.stamp = self.clock
         stale = page.is_stale and self.uses_stale_queue()
         (self.small_stale if stale else self.small_fresh)[page.type_idx][page] = None
 
-    def add_small_many(self, pages: Iterable[SmallPage]) -> None:
+    def add_small_many(self, pages: Iterable[SmallPage], stamp: int) -> None:
+        """Pages of a large page that turns ACTIVE again: they keep its ``stamp``."""
         for page in pages:
-            self.add_small(page)
+            page.stamp = stamp
+            stale = page.is_stale and self.uses_stale_queue()
+            (self.small_stale if stale else self.small_fresh)[page.type_idx][page] = None
+
+    def small_goes_before_large(self, type_idx: int) -> bool:
+        """Whether the next small page of the type to evict ranks before the next whole large
+        page (stale before fresh, then least recently cached); False when it has none."""
+        small = self.small_stale[type_idx] or self.small_fresh[type_idx]
+        if not small:
+            return False
+        large = self.large_stale or self.large_fresh
+        if not large:
+            return True
+        page = next(iter(small))
+        large_is_stale = large is self.large_stale
+        if page.is_stale != large_is_stale:
+            return page.is_stale
+        return page.stamp < next(iter(large)).stamp
 
     def remove_small(self, page: SmallPage) -> None:
         if self.small_stale[page.type_idx].pop(page, _MISSING) is _MISSING:
@@ -96,6 +117,8 @@ class Evictor(ABC):
 
     # Whole EVICTABLE large pages.
     def add_large(self, large: LargePage, is_stale: bool) -> None:
+        self.clock += 1
+        large.stamp = self.clock
         if is_stale and self.uses_stale_queue():
             self.large_stale[large] = None
         else:

@@ -34,6 +34,7 @@ class SmallPage:
     is_stale: bool = False  # released while its request still ran (left the window / old state)
     hits: int = 0  # requests that reused it since it was computed (prefix hits)
     at_junction: bool = False  # a state written where a shared prefix ends (see cache.py)
+    stamp: int = 0  # when it last became CACHED in an ACTIVE large page (evictor's clock)
     # The engine adapter's record of this page (vLLM: its block object), made once: the
     # unit id and type never change while this object exists (a re-carved large page gets
     # new SmallPage objects).
@@ -59,6 +60,7 @@ class LargePage:
     num_used: int = 0
     num_cached: int = 0
     owner: object | None = None  # request that pulled it (request-aware placement)
+    stamp: int = 0  # when it last became EVICTABLE (evictor's clock)
     # The small pages of every type this large page was ever carved for, made once per type
     # (a large page changes type all the time when types share one page size; all of a
     # FREE large page's small pages are EMPTY)
