@@ -20,8 +20,9 @@ fresh large page (steps 2–3) only while this allocation still has a whole larg
 pages of the type to place; a smaller remainder — every decode step's page — tries step 4 first.
 Types whose large page holds far more than one request uses (attention pages beside huge Mamba
 states; REQUEST_AWARE_MAX_TOKENS; more states than one request holds) always try step 4 before
-step 2. And step 5 comes before steps 2–3 when it spares a large page (docs/design.md §4;
-measured in benchmarks/results/scheduler_replay.md and eviction_quality.md): for a stale page of
+step 2. And step 5 comes before steps 2–3, for attention types, when it spares a large page
+(docs/design.md §4; measured in benchmarks/results/scheduler_replay.md, eviction_quality.md and
+simulate.md): for a stale page of
 the type (when the new page is a remainder, or no large page is FREE), and, for a remainder page
 when no large page is FREE, for a CACHED page of the type cached less recently than the EVICTABLE
 large page step 3 would evict (the evictor's clock) — true LRU across the two granularities,
@@ -150,6 +151,10 @@ class TwoLevelAllocator:
         ]
         self.counters = AllocatorCounters(evicted_by_type=[0] * num_types)
         self._pages_per_large = [t.pages_per_large for t in plan.types]
+        # Step 5 early is for attention pages only: a stale Mamba state may be the next turn's
+        # start (policies/mamba.py retention), and states age by the evictor's order alone
+        # (simulate.md: Jamba / Qwen3-Next multi-turn hit 0.89 -> 0.73 / 0.69 otherwise).
+        self._token_indexed = [t.is_token_indexed for t in plan.types]
         # A type whose small page fills a large page gets its page objects now, as vLLM creates
         # its blocks at start-up (one per large page: no more objects than vLLM's blocks).
         units = plan.units_per_large
@@ -234,9 +239,11 @@ class TwoLevelAllocator:
             return self._use_slot_in(owner, next(iter(anywhere)))
         evictor = self.evictor
         if (
-            evictor.small_stale[type_idx]
+            self._token_indexed[type_idx]
+            and evictor.small_stale[type_idx]
             and (not fills_a_large_page or not self.free_large)
             or not (fills_a_large_page or self.free_large)
+            and self._token_indexed[type_idx]
             and evictor.small_goes_before_large(type_idx)
         ):
             # Step 5 early. A stale CACHED page (out of a running request's window, or
