@@ -276,6 +276,37 @@ class JengaCache:
         slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
         return self.allocator.budget_for(needs, slot_delta, large_delta) is not None
 
+    def bytes_taken(
+        self,
+        request_id: str,
+        num_tokens: int,
+        hit: PrefixHit | None = None,
+        encoder_tokens: int = 0,
+        in_flight_tokens: int | None = None,
+    ) -> int:
+        """How much ``free_bytes`` drops if the request gets ``num_tokens`` tokens (capped like
+        ``can_allocate``): every new small page, and every CACHED hit page it touches, leaves
+        the free pool at its small-page size (a page from a FREE or EVICTABLE large page turns
+        the rest of it into free slots). vLLM's count: new blocks + evictable hit blocks."""
+        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        if in_flight_tokens is not None:
+            needs = [
+                min(n, policy.max_live_blocks(num_tokens, in_flight_tokens))
+                if policy.uses_token_prefix
+                else n
+                for n, policy in zip(needs, self.policies, strict=True)
+            ]
+        sizes = [t.small_page_bytes for t in self.plan.types]
+        taken = sum(n * size for n, size in zip(needs, sizes, strict=True))
+        if hit:
+            taken += sum(
+                sizes[p.type_idx]
+                for per in hit.pages
+                for p in per
+                if p is not None and not p.ref_count
+            )
+        return taken
+
     def next_token_needs(self) -> list[int]:
         """Small pages per type the requests holding pages take, net of what they release, when
         each grows by one token (the next decode step). Only requests whose tables are full

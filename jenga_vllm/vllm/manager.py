@@ -193,7 +193,10 @@ class JengaKVCacheManager:
         self.enable_kv_cache_events = enable_kv_cache_events
         self.log_stats = log_stats
         self.prefix_cache_stats = PrefixCacheStats() if log_stats else None
-        self.watermark_bytes = int(watermark * plan.usable_large_pages * plan.large_page_bytes)
+        # vLLM's watermark: int(watermark × num_blocks) blocks kept free when a waiting or
+        # preempted request is admitted; jenga counts it in large pages (its null page included,
+        # as vLLM's num_blocks includes its null block) — the same bytes on a one-type model.
+        self.watermark_bytes = int(watermark * plan.num_large_pages) * plan.large_page_bytes
         self.cache = JengaCache(
             plan,
             evictor=kv_cache_config.evictor,
@@ -349,15 +352,21 @@ class JengaKVCacheManager:
             cache.release_unneeded(
                 request_id, max(0, total_computed - request.num_in_flight_tokens)
             )
-        if full_sequence_must_fit and not cache.can_allocate(
-            request_id,
-            min(request.num_tokens, self.max_model_len),
-            hit,
-            encoder_tokens,
-            in_flight_tokens=self.max_in_flight_tokens,
-        ):
-            return None
         admitting = is_new and has_scheduled_reqs
+        # vLLM applies the watermark to waiting and preempted requests when others are
+        # scheduled, in both admission checks: what the request takes + the watermark must fit.
+        watermark = self.watermark_bytes if admitting else 0
+        if full_sequence_must_fit:
+            full_tokens = min(request.num_tokens, self.max_model_len)
+            in_flight = self.max_in_flight_tokens
+            if not cache.can_allocate(
+                request_id, full_tokens, hit, encoder_tokens, in_flight_tokens=in_flight
+            ):
+                return None
+            if watermark and self.available_bytes() - watermark < cache.bytes_taken(
+                request_id, full_tokens, hit, encoder_tokens, in_flight_tokens=in_flight
+            ):
+                return None
         if admitting:
             # Decode headroom (docs/design.md §5): a waiting or preempted request is admitted
             # only if the running batch's next decode step still fits beside it; else it
@@ -373,9 +382,10 @@ class JengaKVCacheManager:
                 extra_needs=self._headroom_needs,
             ):
                 return None
-        if self.watermark_bytes and has_scheduled_reqs and is_new:
-            if self.available_bytes() - self.watermark_bytes < 0:
-                return None
+        if watermark and self.available_bytes() - watermark < cache.bytes_taken(
+            request_id, min(num_tokens, self.max_model_len), hit, encoder_tokens
+        ):
+            return None
 
         have = (
             [0] * self.num_kv_cache_groups

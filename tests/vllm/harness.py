@@ -109,10 +109,12 @@ def _run(llm, model: str, token_prompts: list[list[int]], max_tokens: int) -> li
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
-def run_scenarios(model: str, manager: str, *, plain_vllm: bool = False) -> EngineRun:
+def run_scenarios(
+    model: str, manager: str, *, plain_vllm: bool = False, block_size: int = BLOCK_SIZE
+) -> EngineRun:
     """Run every scenario on one engine. ``plain_vllm`` uses ``vllm.LLM`` with no jenga keyword
     (so no jenga code runs when vLLM's plugin loading is off)."""
-    key = (model, manager)
+    key = (model, manager, block_size)
     if key in _RUNS and not plain_vllm:
         return _RUNS[key]
     if plain_vllm:
@@ -138,7 +140,7 @@ def run_scenarios(model: str, manager: str, *, plain_vllm: bool = False) -> Engi
             **per_model,
             dtype="float32",
             max_model_len=MAX_MODEL_LEN,
-            block_size=BLOCK_SIZE,
+            block_size=block_size,
             kv_cache_memory_bytes=kv_budget(model),
             enable_prefix_caching=model not in MAMBA_HYBRIDS + ENCODER_DECODER,
             enforce_eager=True,

@@ -254,3 +254,75 @@ def test_cross_attention_pages_come_with_the_first_step_and_go_with_the_request(
     manager.free(req)
     manager.free(other)
     assert manager.usage == 0.0
+
+
+@pytest.mark.parametrize("watermark", [0.0, 0.1, 0.25])
+def test_watermark_admission_decisions_equal_stock_vllms(watermark):
+    # vLLM's --watermark keeps int(watermark × num_blocks) blocks free when a waiting or
+    # preempted request is admitted while others are scheduled, in both admission checks. On a
+    # one-type model (a jenga page = a vLLM block) the same call sequence must get the same
+    # answers from both managers. Prompts end inside a page, so jenga's decode headroom is 0.
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+    from vllm.v1.attention.backends.utils import (
+        get_supported_kv_cache_layouts,
+        record_kv_cache_layout,
+        resolve_kv_cache_layout,
+    )
+    from vllm.v1.core.kv_cache_manager import KVCacheManager  # stock, not the plugin's global
+    from vllm.v1.core.kv_cache_utils import get_kv_cache_configs
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs
+    from jenga_vllm.vllm.manager import JengaKVCacheManager
+
+    specs = {
+        f"l{i}": FullAttentionSpec(
+            block_size=BLOCK, num_kv_heads=2, head_size=32, dtype=torch.float32
+        )
+        for i in range(2)
+    }
+    memory = 64 * BLOCK * 2 * 2 * 2 * 32 * 4  # 64 blocks of both layers
+    managers = {}
+    for name in ("vllm", "jenga"):
+        vllm_config = EngineArgs(
+            model=str(build_model("llama")),
+            dtype="float32",
+            block_size=BLOCK,
+            max_model_len=512,
+            additional_config={"kv_cache_manager": name},
+        ).create_engine_config()
+        if name == "vllm":
+            layouts = get_supported_kv_cache_layouts([CPUAttentionBackend])
+            layout = resolve_kv_cache_layout(
+                vllm_config, [[x.name for x in layouts]], list(specs.values())
+            )
+            record_kv_cache_layout(vllm_config.cache_config, layout.name)
+            config = get_kv_cache_configs(vllm_config, [specs], [memory])[0]
+            cls = KVCacheManager
+        else:
+            config = build_kv_cache_configs(vllm_config, [specs], [memory])[0]
+            cls = JengaKVCacheManager
+        assert (config.num_blocks if name == "vllm" else config.plan.num_large_pages) == 64
+        managers[name] = cls(
+            config,
+            max_model_len=512,
+            scheduler_block_size=BLOCK,
+            hash_block_size=BLOCK,
+            watermark=watermark,
+        )
+    decisions = {}
+    for name, manager in managers.items():
+        answers = []
+        for i in range(16):
+            req = make_request(f"{name}{i}", [1000 + 7 * i + k for k in range(100)])
+            fits = manager.allocate_slots(
+                req, 100, full_sequence_must_fit=i % 2 == 0, has_scheduled_reqs=i > 0
+            )
+            answers.append(fits is not None)
+        decisions[name] = answers
+    assert decisions["jenga"] == decisions["vllm"], decisions
+    # 63 usable blocks (one is the null block), 4 per request: 15 fit with no watermark; with
+    # W = int(watermark × 64) kept free, a request is admitted while 4 + W blocks are free
+    assert sum(decisions["vllm"]) == {0.0: 15, 0.1: 14, 0.25: 11}[watermark]

