@@ -295,11 +295,13 @@ def plan_layout(
     num_large = 1
     if memory_bytes is not None:
         if memory_bytes < 2 * large:
-            raise JengaConfigError(
+            error = JengaConfigError(
                 f"KV memory of {memory_bytes} bytes holds fewer than 2 large pages of {large} bytes "
                 "(one is the null page); give more KV cache memory "
                 "(e.g. --kv-cache-memory-bytes) or use fewer/smaller layers"
             )
+            error.min_bytes = 2 * large  # type: ignore[attr-defined]
+            raise error
         num_large = memory_bytes // large
     if num_large * (large // unit) > MAX_UNIT_IDS:
         raise JengaConfigError(

@@ -249,20 +249,24 @@ def plan_for(vllm_config, specs: dict[str, KVCacheSpec], memory_bytes: int | Non
     geometry = plan_layout([t.spec for t in types], block_size, max_model_len=max_model_len)
     if memory_bytes is None:
         return types, geometry
-    least = 2 * geometry.large_page_bytes + _view_slack(geometry)
-    if memory_bytes < least:
+    slack = _view_slack(geometry)
+    try:
+        plan = plan_layout(
+            [t.spec for t in types],
+            block_size,
+            max(0, memory_bytes - slack),
+            max_model_len=max_model_len,
+        )
+    except JengaConfigError as err:
+        least = getattr(err, "min_bytes", None)
+        if least is None:
+            raise
         raise JengaConfigError(
             f"jenga: a KV cache of {memory_bytes:,} bytes cannot hold this model's smallest pool, "
-            f"{least:,} bytes (2 large pages of {geometry.large_page_bytes:,} bytes, one of them "
-            f"the null page, + {_view_slack(geometry):,} bytes for the page views); give the KV "
-            "cache more memory (--kv-cache-memory-bytes, or --gpu-memory-utilization on a GPU)"
-        )
-    plan = plan_layout(
-        [t.spec for t in types],
-        block_size,
-        memory_bytes - _view_slack(geometry),
-        max_model_len=max_model_len,
-    )
+            f"{least + slack:,} bytes (2 large pages of {least // 2:,} bytes, one of them the null "
+            f"page, + {slack:,} bytes for the page views); give the KV cache more memory "
+            "(--kv-cache-memory-bytes, or --gpu-memory-utilization on a GPU)"
+        ) from None
     return types, plan
 
 

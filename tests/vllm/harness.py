@@ -49,7 +49,8 @@ ENCODER_DECODER_BATCH_TOKENS = 512
 BUDGET_BYTES = {"granite_hybrid": 2_000_000, "whisper": 1_200_000}
 # KV budget, in max-length full-attention requests: small enough that the long scenario preempts,
 # large enough that stock vLLM fits one max-length request (Gemma-4-like: stock pads its pages).
-BUDGET_REQUESTS = {"gemma4": 2.0}
+# Gemma-3-like: at 1.2 jenga's decode headroom at admission avoids every preemption.
+BUDGET_REQUESTS = {"gemma4": 2.0, "gemma3": 1.1}
 DEFAULT_BUDGET_REQUESTS = 1.2
 ENGINE_LOCK = "/tmp/jenga-engine.lock"  # one engine at a time on shared CI/dev machines
 
