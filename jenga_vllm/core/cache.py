@@ -249,6 +249,26 @@ class JengaCache:
             needs.append(len(policy.new_blocks(have, num_tokens, checkpoint)))
         return needs
 
+    def _live_needs(
+        self,
+        request_id: str,
+        num_tokens: int,
+        hit: PrefixHit | None,
+        encoder_tokens: int,
+        in_flight_tokens: int | None,
+    ) -> list[int]:
+        """``pages_needed``, each type capped at what its policy keeps live at once while
+        ``in_flight_tokens`` are scheduled (``max_live_blocks``; None: no cap)."""
+        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        if in_flight_tokens is None:
+            return needs
+        return [
+            min(n, policy.max_live_blocks(num_tokens, in_flight_tokens))
+            if policy.uses_token_prefix
+            else n
+            for n, policy in zip(needs, self.policies, strict=True)
+        ]
+
     def can_allocate(
         self,
         request_id: str,
@@ -262,14 +282,7 @@ class JengaCache:
         what its policy keeps live at once (``max_live_blocks``; windows recycle their pages)
         while ``in_flight_tokens`` are scheduled, with ``extra_needs`` small pages per type
         left over for others; changes nothing."""
-        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
-        if in_flight_tokens is not None:
-            needs = [
-                min(n, policy.max_live_blocks(num_tokens, in_flight_tokens))
-                if policy.uses_token_prefix
-                else n
-                for n, policy in zip(needs, self.policies, strict=True)
-            ]
+        needs = self._live_needs(request_id, num_tokens, hit, encoder_tokens, in_flight_tokens)
         if extra_needs is not None:
             needs = [n + extra for n, extra in zip(needs, extra_needs, strict=True)]
         hit_pages = [p for per in hit.pages for p in per if p is not None] if hit else []
@@ -288,14 +301,7 @@ class JengaCache:
         ``can_allocate``): every new small page, and every CACHED hit page it touches, leaves
         the free pool at its small-page size (a page from a FREE or EVICTABLE large page turns
         the rest of it into free slots). vLLM's count: new blocks + evictable hit blocks."""
-        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
-        if in_flight_tokens is not None:
-            needs = [
-                min(n, policy.max_live_blocks(num_tokens, in_flight_tokens))
-                if policy.uses_token_prefix
-                else n
-                for n, policy in zip(needs, self.policies, strict=True)
-            ]
+        needs = self._live_needs(request_id, num_tokens, hit, encoder_tokens, in_flight_tokens)
         sizes = [t.small_page_bytes for t in self.plan.types]
         taken = sum(n * size for n, size in zip(needs, sizes, strict=True))
         if hit:

@@ -127,16 +127,22 @@ def test_request_aware_placement_frees_whole_large_pages():
     assert released == sum(1 for h in owners.values() if h == {"a"})
 
 
-def test_single_new_pages_fill_holes_before_taking_a_fresh_large_page():
-    # Llama-4-like: a large page holds one chunked-local page or three full-attention pages.
-    # A request whose full-attention page took a large page of its own would strand two slots
-    # there, which the chunked-local type (whole large pages only) cannot use.
+def llama4_like_cache(large_pages: int) -> JengaCache:
+    """A large page holds 3 full-attention pages (2 layers) or 1 chunked-local page (6)."""
     specs = [
         LayerTypeSpec.uniform("full", "full", 2, 64),
         LayerTypeSpec.uniform("local", "chunked_local", 6, 64, chunk=4 * BS),
     ]
-    cache = make_cache(specs, large_pages=13)
+    cache = make_cache(specs, large_pages=large_pages)
     assert [t.pages_per_large for t in cache.plan.types] == [3, 1]
+    return cache
+
+
+def test_single_new_pages_fill_holes_before_taking_a_fresh_large_page():
+    # Llama-4-like: a large page holds one chunked-local page or three full-attention pages.
+    # A request whose full-attention page took a large page of its own would strand two slots
+    # there, which the chunked-local type (whole large pages only) cannot use.
+    cache = llama4_like_cache(large_pages=13)
     assert cache.plan.usable_large_pages == 12
     admitted = 0
     while cache.allocate(f"r{admitted}", BS) is not None:  # one page of each type per request
@@ -398,12 +404,7 @@ def test_with_no_free_large_page_a_remainder_evicts_the_least_recently_cached_fi
     # recently: a small page of its type (in an ACTIVE large page) or a whole EVICTABLE large
     # page — not always the large page, which serves every type (and the paper's step order
     # would take it first whenever the budget allows).
-    specs = [
-        LayerTypeSpec.uniform("full", "full", 2, 64),
-        LayerTypeSpec.uniform("local", "chunked_local", 6, 64, chunk=4 * BS),
-    ]
-    cache = make_cache(specs, large_pages=5)
-    assert [t.pages_per_large for t in cache.plan.types] == [3, 1]
+    cache = llama4_like_cache(large_pages=5)
     for i in range(3):  # full pages share one large page; each local page has its own
         run_prompt(cache, f"r{i}", [i * 100 + t for t in range(BS)], hit=False)
     assert cache.num_free_large_pages() == 0
