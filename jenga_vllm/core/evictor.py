@@ -170,10 +170,6 @@ class PerTypeLRUEvictor(Evictor):
 _RANK = attrgetter("rank")
 
 
-def _rank_descending(page: SmallPage) -> int:
-    return -page.rank
-
-
 def _type_then_rank_descending(page: SmallPage) -> tuple[int, int]:
     return (page.type_idx, -page.rank)
 
