@@ -133,6 +133,8 @@ class JengaCache:
         self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
         self._states_this_step: set[SmallPage] = set()
+        # With a list here, cache_blocks appends (type_idx, block, key) per page it indexes.
+        self.stored_journal: list[tuple[int, int, Hashable]] | None = None
         self.released_pages = [0] * num_types  # pages released by the policy, per type
         # Per type: the prompt tokens whose out-of-window pages a new prefix releases fresh
         # (release_unneeded): one window / chunk; 0 for types that keep every page or hold
@@ -533,12 +535,16 @@ class JengaCache:
             if full <= upto:
                 continue
             limit = min(full, len(hashes) // policy.hash_ratio)
+            journal = self.stored_journal
             for block in range(upto, limit):
                 page = table[block]
                 if page is not None and page.block_hash is None and policy.is_cacheable(block):
-                    if self.index.insert(page, hashes[policy.hash_index(block)]):
+                    key = hashes[policy.hash_index(block)]
+                    if self.index.insert(page, key):
                         if self.guards_same_step_states and not policy.is_token_indexed:
                             self._states_this_step.add(page)
+                        if journal is not None:
+                            journal.append((t, block, key))
             req.cached_upto[t] = max(upto, limit)
         self._refresh_thresholds(req)
 

@@ -7,6 +7,11 @@ treats hashes as opaque keys; inside vLLM the adapter passes vLLM's own ``reques
 
 Invariant: ``page.block_hash is not None`` ⇔ the page is this type's entry for that hash; at most
 one page per (type, hash) — a second page computing the same block stays unhashed.
+
+Journal: with ``journal`` set to a list, every entry removed from the index (an eviction) is
+appended as ``(type_idx, key)`` — what an engine adapter turns into "block removed" events
+(vLLM's KV events). Insertions are journalled by ``JengaCache.cache_blocks``, which knows the
+block positions.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ class PrefixIndex:
 
     def __init__(self, num_types: int) -> None:
         self.by_type: list[dict[Hashable, SmallPage]] = [{} for _ in range(num_types)]
+        self.journal: list[tuple[int, Hashable]] | None = None
 
     def get(self, type_idx: int, key: Hashable) -> SmallPage | None:
         return self.by_type[type_idx].get(key)
@@ -53,6 +59,8 @@ class PrefixIndex:
 
     def remove(self, page: SmallPage) -> None:
         del self.by_type[page.type_idx][page.block_hash]
+        if self.journal is not None:
+            self.journal.append((page.type_idx, page.block_hash))
         page.block_hash = None
 
     def __len__(self) -> int:

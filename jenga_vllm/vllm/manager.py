@@ -49,6 +49,7 @@ from jenga_vllm.core.errors import JengaUnsupportedError
 from jenga_vllm.core.invariants import check_invariants
 from jenga_vllm.core.pages import SmallPage
 from jenga_vllm.core.spec import DEBUG_INVARIANTS
+from jenga_vllm.vllm.events import KVEventJournal
 from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
 logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
@@ -152,7 +153,7 @@ class PoolFacade:
         return self._manager.usage
 
     def take_events(self) -> list:
-        return []
+        return self._manager.take_events()
 
 
 class JengaKVCacheManager:
@@ -178,9 +179,10 @@ class JengaKVCacheManager:
     ) -> None:
         plan = kv_cache_config.plan
         assert plan is not None
-        # Refused at start-up (supported.py): speculative decoding, context parallelism,
-        # --prefix-match-unit.
-        assert not (use_eagle or num_prefill_lookahead), "speculative decoding reached jenga"
+        # Refused at start-up (supported.py): draft-model speculative decoding, context
+        # parallelism, --prefix-match-unit. (ngram drafts have no KV: their scheduled tokens
+        # are ordinary tokens to the manager.)
+        assert not (use_eagle or num_prefill_lookahead), "a draft model's KV reached jenga"
         assert dcp_world_size == pcp_world_size == 1, "context parallelism reached jenga"
         assert not enable_caching or hash_block_size == plan.block_size, (
             f"prefix hashes at {hash_block_size} tokens, jenga pages hold {plan.block_size}"
@@ -204,6 +206,12 @@ class JengaKVCacheManager:
             guards_same_step_states=True,
         )
         self._checkpoint_rule = _MambaCheckpointRule.for_config(kv_cache_config, hash_block_size)
+        # vLLM's KV events (--kv-events-config), from the prefix index's journals.
+        self._events = (
+            KVEventJournal(self.cache, kv_cache_config.kv_cache_groups)
+            if enable_kv_cache_events and enable_caching
+            else None
+        )
         self.block_size = plan.block_size
         self.num_kv_cache_groups = len(kv_cache_config.kv_cache_groups)
         self.empty_kv_cache_blocks = KVCacheBlocks(
@@ -293,6 +301,11 @@ class JengaKVCacheManager:
             )
         if hit.num_tokens == 0:
             return self.empty_kv_cache_blocks, 0, hit.junction_tokens
+        if (
+            self._events is not None
+            and getattr(request, "kv_cache_report_mode", "incremental") == "full"
+        ):
+            self._events.cached_blocks(request, hit.pages)
         return self._blocks(hit.pages), hit.num_tokens, hit.junction_tokens
 
     def get_computed_blocks_for_connector(
@@ -413,6 +426,8 @@ class JengaKVCacheManager:
                 request.block_hashes,
                 min(total_computed + num_new_tokens, request.num_tokens),
             )
+        if self._events is not None:
+            self._events.flush(request)
         if DEBUG_INVARIANTS:
             check_invariants(cache)
         if not any(new_pages):
@@ -453,6 +468,8 @@ class JengaKVCacheManager:
     def reset_prefix_cache(self) -> bool:
         if not self.cache.reset_prefix_cache():
             return False
+        if self._events is not None:
+            self._events.cleared()
         if self.log_stats:
             assert self.prefix_cache_stats is not None
             self.prefix_cache_stats.reset = True
@@ -462,7 +479,8 @@ class JengaKVCacheManager:
         return [0] * self.num_kv_cache_groups
 
     def take_events(self) -> list:
-        return []
+        """vLLM's KV events since the last call (empty unless --kv-events-config is on)."""
+        return self._events.take() if self._events is not None else []
 
     def stats_snapshot(self) -> dict:
         """Per layer type memory and cache figures and the layout, as plain Python numbers
@@ -543,6 +561,8 @@ class JengaKVCacheManager:
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         if self.enable_caching and request.request_id in self.cache.requests:
             self.cache.cache_blocks(request.request_id, request.block_hashes, num_computed_tokens)
+            if self._events is not None:
+                self._events.flush(request)
 
     def truncate_computed_blocks(
         self, blocks: KVCacheBlocks, num_computed_tokens: int

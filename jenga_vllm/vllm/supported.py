@@ -58,6 +58,16 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
     ("MLA (DeepSeek-V2 latent KV)", "a one-type model, vLLM's layer-outermost placement"),
     ("prefix caching", "vLLM's block hashes; per-type valid hits; prefix-aligned eviction"),
     ("chunked prefill, preemption (recompute)", "as stock: allocate_slots returns None to preempt"),
+    (
+        "speculative decoding, ngram method (--speculative-config)",
+        "the scheduled draft tokens get slots like any token; rejected ones are overwritten "
+        "as stock's are; same token ids and acceptance as stock",
+    ),
+    (
+        "KV cache events (--kv-events-config)",
+        "vLLM's BlockStored / BlockRemoved / AllBlocksCleared stream from jenga's prefix index "
+        "(per layer type; removals are the pages jenga evicts)",
+    ),
 )
 
 
@@ -77,22 +87,6 @@ REFUSED: tuple[Refusal, ...] = (
         "remove it or use --kv-cache-manager vllm",
         "args",
         _set("kv_transfer_config"),
-    ),
-    Refusal(
-        "kv_events",
-        "KV cache events (--kv-events-config)",
-        "jenga publishes no block events yet",
-        "remove it or use --kv-cache-manager vllm",
-        "args",
-        _set("kv_events_config"),
-    ),
-    Refusal(
-        "speculative_decoding",
-        "speculative decoding (--speculative-config)",
-        "draft layers and lookahead slots are not planned in the jenga pool yet",
-        "remove it or use --kv-cache-manager vllm",
-        "args",
-        _set("speculative_config"),
     ),
     Refusal(
         "prefix_match_unit",
@@ -125,6 +119,16 @@ REFUSED: tuple[Refusal, ...] = (
         "serve it with --kv-cache-manager vllm",
         "config",
         lambda config: config.model_config.is_attention_free,
+    ),
+    Refusal(
+        "speculative_draft_model",
+        "speculative decoding with a draft model (EAGLE / EAGLE-3 / MTP / draft_model methods)",
+        "the draft's KV layers and lookahead slots are not planned in the jenga pool yet",
+        "use the ngram method, or --kv-cache-manager vllm",
+        "config",
+        lambda config: (
+            config.speculative_config is not None and not config.speculative_config.use_ngram()
+        ),
     ),
     Refusal(
         "encoder_decoder_prefix_caching",

@@ -326,3 +326,57 @@ def test_watermark_admission_decisions_equal_stock_vllms(watermark):
     # 63 usable blocks (one is the null block), 4 per request: 15 fit with no watermark; with
     # W = int(watermark × 64) kept free, a request is admitted while 4 + W blocks are free
     assert sum(decisions["vllm"]) == {0.0: 15, 0.1: 14, 0.25: 11}[watermark]
+
+
+def test_kv_events_name_exactly_the_index_entries(config):
+    # vLLM's KV events from jenga: a BlockStored per type for the blocks indexed (chained
+    # parents), a BlockRemoved for each entry the allocator evicts, and AllBlocksCleared on a
+    # reset; replaying the stream gives exactly the prefix index's entries at every point.
+    from vllm.distributed.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+    from vllm.v1.core.kv_cache_utils import maybe_convert_block_hash as external
+
+    from jenga_vllm.vllm.manager import JengaKVCacheManager
+
+    manager = JengaKVCacheManager(
+        config,
+        max_model_len=512,
+        scheduler_block_size=BLOCK,
+        hash_block_size=BLOCK,
+        enable_kv_cache_events=True,
+    )
+    live: set[tuple[int, object]] = set()
+
+    def replay() -> list:
+        events = manager.take_events()
+        for event in events:
+            if isinstance(event, BlockStored):
+                assert event.group_idx is not None and event.kv_cache_spec_kind
+                for h in event.block_hashes:
+                    assert (event.group_idx, h) not in live
+                    live.add((event.group_idx, h))
+            elif isinstance(event, BlockRemoved):
+                live.remove((event.group_idx, event.block_hashes[0]))
+            else:
+                assert isinstance(event, AllBlocksCleared)
+                live.clear()
+        index = manager.cache.index.by_type
+        assert live == {(t, external(h)) for t, entries in enumerate(index) for h in entries}
+        return events
+
+    first = make_request("a", list(range(10, 210)))
+    assert manager.allocate_slots(first, 200) is not None
+    stored = replay()
+    assert [type(e) for e in stored] == [BlockStored, BlockStored]  # 6 full blocks per type
+    assert all(len(e.block_hashes) == 6 and e.parent_block_hash is None for e in stored)
+    assert stored[0].block_hashes == [external(h) for h in first.block_hashes[:6]]
+    manager.free(first)
+    # a flood of distinct prompts evicts the cached blocks, each removal announced
+    for i in range(40):
+        req = make_request(f"f{i}", [1000 + 500 * i + k for k in range(450)])
+        if manager.allocate_slots(req, 450, has_scheduled_reqs=False) is None:
+            break
+        manager.free(req)
+        assert all(e.parent_block_hash is None for e in replay() if isinstance(e, BlockStored))
+    assert sum(manager.cache.allocator.counters.evicted_by_type) > 0
+    assert manager.reset_prefix_cache()
+    assert isinstance(replay()[-1], AllBlocksCleared) and not live

@@ -81,10 +81,6 @@ REFUSED_ARGS = {
     "kv_connector": {
         "kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}
     },
-    "kv_events": {"kv_events_config": {"enable_kv_cache_events": True}},
-    "speculative_decoding": {
-        "speculative_config": {"method": "ngram", "num_speculative_tokens": 2}
-    },
     "prefix_match_unit": {"prefix_match_unit": 16},
     "pipeline_parallel": {"pipeline_parallel_size": 2},
     "decode_context_parallel": {"decode_context_parallel_size": 2},
