@@ -367,8 +367,11 @@ class JengaKVCacheManager:
             )
         admitting = is_new and has_scheduled_reqs
         # vLLM applies the watermark to waiting and preempted requests when others are
-        # scheduled, in both admission checks: what the request takes + the watermark must fit.
-        watermark = self.watermark_bytes if admitting else 0
+        # scheduled, in both admission checks: what the request takes + the watermark must fit;
+        # ``reserved_blocks`` (vLLM's reservation for in-flight async loads) is kept free too.
+        watermark = (self.watermark_bytes if admitting else 0) + reserved_blocks * (
+            self.plan.unit_bytes
+        )
         if full_sequence_must_fit:
             full_tokens = min(request.num_tokens, self.max_model_len)
             in_flight = self.max_in_flight_tokens

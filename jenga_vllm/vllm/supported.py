@@ -89,6 +89,23 @@ REFUSED: tuple[Refusal, ...] = (
         _set("kv_transfer_config"),
     ),
     Refusal(
+        "kv_offloading",
+        "KV offloading to CPU memory (--kv-offloading-size)",
+        "it runs as a KV connector, and jenga's unit-id pool has no connector path yet",
+        "remove it or use --kv-cache-manager vllm",
+        "args",
+        _set("kv_offloading_size"),
+    ),
+    Refusal(
+        "num_gpu_blocks_override",
+        "--num-gpu-blocks-override",
+        "it counts vLLM's blocks, and jenga's pool is sized in bytes (its pages differ per "
+        "layer type)",
+        "size the pool with --kv-cache-memory-bytes (or --gpu-memory-utilization) instead",
+        "args",
+        lambda args: getattr(args, "num_gpu_blocks_override", None) is not None,
+    ),
+    Refusal(
         "prefix_match_unit",
         "--prefix-match-unit",
         "jenga matches prefixes at its page size, the block size, already",

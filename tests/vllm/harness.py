@@ -97,7 +97,9 @@ def _counters(llm) -> dict[str, float]:
     }
 
 
-def _run(llm, model: str, token_prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+def _run(
+    llm, model: str, token_prompts: list[list[int]], max_tokens: int, policy: str = "fcfs"
+) -> list[list[int]]:
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -106,16 +108,24 @@ def _run(llm, model: str, token_prompts: list[list[int]], max_tokens: int) -> li
         inputs = [whisper_prompt(len(p) * 31 + p[-1], p) for p in token_prompts]
     else:
         inputs = [TokensPrompt(prompt_token_ids=p) for p in token_prompts]
-    outs = llm.generate(inputs, params, use_tqdm=False)
+    # Under priority scheduling, mixed priorities (lower runs first, preempts last).
+    priority = [(3 * i) % 5 for i in range(len(inputs))] if policy == "priority" else None
+    outs = llm.generate(inputs, params, use_tqdm=False, priority=priority)
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
 def run_scenarios(
-    model: str, manager: str, *, plain_vllm: bool = False, block_size: int = BLOCK_SIZE
+    model: str,
+    manager: str,
+    *,
+    plain_vllm: bool = False,
+    block_size: int = BLOCK_SIZE,
+    policy: str = "fcfs",
 ) -> EngineRun:
     """Run every scenario on one engine. ``plain_vllm`` uses ``vllm.LLM`` with no jenga keyword
-    (so no jenga code runs when vLLM's plugin loading is off)."""
-    key = (model, manager, block_size)
+    (so no jenga code runs when vLLM's plugin loading is off); ``policy`` is vLLM's
+    ``--scheduling-policy``."""
+    key = (model, manager, block_size, policy)
     if key in _RUNS and not plain_vllm:
         return _RUNS[key]
     if plain_vllm:
@@ -147,6 +157,7 @@ def run_scenarios(
             enforce_eager=True,
             disable_log_stats=False,
             max_num_seqs=8,
+            scheduling_policy=policy,
             seed=0,
         )
         try:
@@ -157,7 +168,9 @@ def run_scenarios(
                 ("long", LONG_DECODE, [all_prompts["long"]]),
             ):
                 before = _counters(llm)
-                outputs = [out for batch in batches for out in _run(llm, model, batch, max_tokens)]
+                outputs = [
+                    out for batch in batches for out in _run(llm, model, batch, max_tokens, policy)
+                ]
                 after = _counters(llm)
                 run.scenarios[name] = ScenarioResult(
                     outputs,

@@ -256,8 +256,8 @@ def test_cross_attention_pages_come_with_the_first_step_and_go_with_the_request(
     assert manager.usage == 0.0
 
 
-@pytest.mark.parametrize("watermark", [0.0, 0.1, 0.25])
-def test_watermark_admission_decisions_equal_stock_vllms(watermark):
+@pytest.mark.parametrize("watermark,reserved", [(0.0, 0), (0.1, 0), (0.25, 0), (0.0, 9)])
+def test_watermark_admission_decisions_equal_stock_vllms(watermark, reserved):
     # vLLM's --watermark keeps int(watermark × num_blocks) blocks free when a waiting or
     # preempted request is admitted while others are scheduled, in both admission checks. On a
     # one-type model (a jenga page = a vLLM block) the same call sequence must get the same
@@ -318,14 +318,20 @@ def test_watermark_admission_decisions_equal_stock_vllms(watermark):
         for i in range(16):
             req = make_request(f"{name}{i}", [1000 + 7 * i + k for k in range(100)])
             fits = manager.allocate_slots(
-                req, 100, full_sequence_must_fit=i % 2 == 0, has_scheduled_reqs=i > 0
+                req,
+                100,
+                full_sequence_must_fit=i % 2 == 0,
+                has_scheduled_reqs=i > 0,
+                reserved_blocks=reserved,
             )
             answers.append(fits is not None)
         decisions[name] = answers
     assert decisions["jenga"] == decisions["vllm"], decisions
     # 63 usable blocks (one is the null block), 4 per request: 15 fit with no watermark; with
     # W = int(watermark × 64) kept free, a request is admitted while 4 + W blocks are free
-    assert sum(decisions["vllm"]) == {0.0: 15, 0.1: 14, 0.25: 11}[watermark]
+    # (reserved_blocks: vLLM's reservation for in-flight async loads, kept free the same way)
+    expected = {(0.0, 0): 15, (0.1, 0): 14, (0.25, 0): 11, (0.0, 9): 13}
+    assert sum(decisions["vllm"]) == expected[watermark, reserved]
 
 
 def test_kv_events_name_exactly_the_index_entries(config):

@@ -81,6 +81,8 @@ REFUSED_ARGS = {
     "kv_connector": {
         "kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}
     },
+    "kv_offloading": {"kv_offloading_size": 1.0},
+    "num_gpu_blocks_override": {"num_gpu_blocks_override": 64},
     "prefix_match_unit": {"prefix_match_unit": 16},
     "pipeline_parallel": {"pipeline_parallel_size": 2},
     "decode_context_parallel": {"decode_context_parallel_size": 2},

@@ -70,3 +70,15 @@ def test_block_size_16_on_cpu_same_tokens_as_stock():
         assert jenga.scenarios[name].outputs == stock.scenarios[name].outputs, name
     assert jenga.scenarios["prefix"].prefix_hits > 0
     assert jenga.scenarios["long"].preemptions > 0
+
+
+def test_priority_scheduling_same_tokens_as_stock():
+    """--scheduling-policy priority: vLLM's scheduler picks admissions and preemption victims by
+    priority whichever manager says "no room"; with mixed priorities and forced preemption,
+    jenga gives stock's tokens."""
+    stock = run_scenarios("gemma3", "vllm", policy="priority")
+    jenga = run_scenarios("gemma3", "jenga", policy="priority")
+    for name in ("prefix", "long"):
+        assert jenga.scenarios[name].outputs == stock.scenarios[name].outputs, name
+    assert jenga.scenarios["prefix"].prefix_hits > 0
+    assert jenga.scenarios["long"].preemptions > 0 and stock.scenarios["long"].preemptions > 0
