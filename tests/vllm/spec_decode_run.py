@@ -1,9 +1,12 @@
-"""One real engine with ngram speculative decoding; prints JSON (``python -m`` this module).
+"""One real engine with speculative decoding; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.spec_decode_run MANAGER MODEL``: greedy fp32 token ids for prompts that
+``python -m tests.vllm.spec_decode_run MANAGER METHOD``: greedy fp32 token ids for prompts that
 share a prefix (prefix hits) and for a batch that outgrows a small KV budget (preemption), with
 repetitive prompts so the ngram proposer finds drafts; plus vLLM's own counters (prefix hits,
-preemptions, spec-decode drafts / draft tokens / accepted tokens).
+preemptions, spec-decode drafts / draft tokens / accepted tokens). Methods and their zoo models:
+ngram on the Gemma-3-like model (``ngram``) and on the Llama-like one (``ngram_llama``); EAGLE / EAGLE-3 heads (``build_eagle_draft``) and a draft model
+(``llama_draft``: 1 layer, 1 kv head, so a page size of its own) on the Llama-like model; and
+``draft_self``, the target as its own draft (every draft accepted).
 """
 
 from __future__ import annotations
@@ -12,10 +15,36 @@ import fcntl
 import json
 import sys
 
-from tests.vllm.harness import ENGINE_LOCK, kv_budget, word_token_ids
+from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN, word_token_ids
 
-SPEC = {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2,
-        "prompt_lookup_max": 4}  # fmt: skip
+# method → (target zoo model, KV bytes per token of target + draft layers (fp32), KV budget in
+# max-length requests: small enough that the last batch preempts in both managers)
+METHODS = {
+    "ngram": ("gemma3", 3072, 1.1),
+    "ngram_llama": ("llama", 2048, 1.2),
+    "eagle": ("llama", 2048 + 512, 1.2),
+    "eagle3": ("llama", 2048 + 512, 1.2),
+    "draft_model": ("llama", 2048 + 256, 1.2),
+    "draft_self": ("llama", 2 * 2048, 1.2),
+}
+
+
+def speculative_config(method: str) -> dict:
+    from jenga_vllm.tools.zoo import build_eagle_draft, build_model
+
+    if method.startswith("ngram"):
+        return {"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_min": 2,
+                "prompt_lookup_max": 4}  # fmt: skip
+    draft = {
+        "eagle": lambda: build_eagle_draft("llama", "eagle"),
+        "eagle3": lambda: build_eagle_draft("llama", "eagle3"),
+        "draft_model": lambda: build_model("llama_draft"),
+        "draft_self": lambda: build_model("llama"),
+    }[method]()
+    name = "draft_model" if method.startswith("draft") else method
+    return {"method": name, "model": str(draft), "num_speculative_tokens": 2}
+
+
 COUNTERS = (
     "vllm:prefix_cache_hits",
     "vllm:num_preemptions",
@@ -38,7 +67,8 @@ if __name__ == "__main__":
     from jenga_vllm import LLM
     from jenga_vllm.tools.zoo import build_model
 
-    manager, model = sys.argv[1], sys.argv[2]
+    manager, method = sys.argv[1], sys.argv[2]
+    model, bytes_per_token, budget_requests = METHODS[method]
     shared = word_token_ids(7, 200)
     batches = [
         [repetitive(100, 30, prefix=shared)],
@@ -50,11 +80,11 @@ if __name__ == "__main__":
         llm = LLM(
             str(build_model(model)),
             kv_cache_manager=manager,
-            speculative_config=SPEC,
+            speculative_config=speculative_config(method),
             dtype="float32",
-            max_model_len=512,
+            max_model_len=MAX_MODEL_LEN,
             block_size=32,
-            kv_cache_memory_bytes=kv_budget(model),
+            kv_cache_memory_bytes=int(budget_requests * bytes_per_token * MAX_MODEL_LEN),
             enforce_eager=True,
             disable_log_stats=False,
             max_num_seqs=8,

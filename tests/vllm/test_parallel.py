@@ -44,3 +44,45 @@ def test_tensor_parallel_2_same_tokens_as_stock():
     assert jenga["outputs"] == stock["outputs"]
     assert len(jenga["outputs"]) == 7 and all(len(o) == 96 for o in jenga["outputs"])
     assert jenga["vllm:prefix_cache_hits"] > 0 and stock["vllm:prefix_cache_hits"] > 0
+
+
+def _serve_data_parallel(manager: str) -> tuple[list[str], dict[str, float], str]:
+    import fcntl
+
+    from jenga_vllm.tools.server import VllmServer
+    from jenga_vllm.tools.zoo import build_model, word_token_ids, words
+    from tests.vllm.harness import ENGINE_LOCK, kv_budget
+
+    shared = word_token_ids(11, 128)
+    prompts = [words(word_token_ids(500 + i, 20 + 7 * i, prefix=shared)) for i in range(5)]
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with VllmServer(
+            build_model("gemma3"),
+            manager,
+            kv_cache_memory_bytes=kv_budget("gemma3"),
+            extra_args=("--data-parallel-size", "2"),
+        ) as server:
+            texts = []
+            for prompt in prompts:  # one at a time: each runs alone in its rank, deterministic
+                status, body = server.complete(prompt, 24)
+                assert status == 200, body
+                texts.append(body["choices"][0]["text"])
+            by_engine: dict[str, float] = {}
+            for name, labels, value in server.metric_samples():
+                if name == "vllm:prefix_cache_hits_total":
+                    engine = labels.get("engine", "?")
+                    by_engine[engine] = by_engine.get(engine, 0.0) + value
+            return texts, by_engine, server.log_text()
+
+
+def test_data_parallel_2_one_jenga_manager_per_engine_core():
+    """--data-parallel-size 2 through vLLM's own API server, DP coordinator and two engine cores:
+    each core builds its own jenga manager; same completions as stock's DP=2 server; prefix
+    hits where requests sharing a prefix land on the same rank (5 requests, 2 ranks)."""
+    stock_texts, stock_hits, _ = _serve_data_parallel("vllm")
+    texts, hits, log = _serve_data_parallel("jenga")
+    assert texts == stock_texts
+    assert log.count("Jenga KV cache manager active") == 2
+    assert "EngineCore_DP0" in log and "EngineCore_DP1" in log
+    assert sum(hits.values()) > 0 and sum(stock_hits.values()) > 0

@@ -1,10 +1,16 @@
-"""Speculative decoding under jenga: ngram served, draft-model methods refused with the fix.
+"""Speculative decoding under jenga, against stock with the same speculative config.
 
-Oracle (ngram): the Gemma-3-like zoo model (sliding-window + full attention) with vLLM's ngram
-proposer (3 speculative tokens) gives the same greedy token ids under jenga as under stock, with
-prefix hits and forced preemption under jenga, and vLLM's spec-decode counters show drafts
-accepted in both (acceptance is a property of the token ids, so the accepted counts agree to
-within the few drafts a different preemption schedule adds or drops).
+Oracle: greedy token ids identical to stock's, with prefix hits and forced preemption, and
+vLLM's spec-decode counters reported for both (acceptance is a property of the token ids, so the
+accepted counts agree to within the few drafts a different preemption schedule adds or drops):
+- ngram (3 tokens) on the Gemma-3-like model (sliding-window + full attention), whose repeats
+  get drafts accepted; its batch sits at the edge of its budget (0–2 preemptions per run, in
+  either manager, as arrival timing goes), so forced preemption is asserted on the others;
+- an EAGLE head (``build_eagle_draft``): its layer joins the full-attention type; hits stop a
+  block short (vLLM's EAGLE block drop), so the hit counts equal stock's;
+- a draft model with pages of another shape (``llama_draft``: 1 kv head).
+EAGLE-3, ngram on the Llama-like model and the target as its own draft (every draft accepted)
+run in ``benchmarks/spec_decode_equivalence.py`` (results/spec_decode_equivalence.md).
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
-def _run(manager: str) -> dict:
+def run_spec(manager: str, method: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.vllm.spec_decode_run", manager, "gemma3"],
+        [sys.executable, "-m", "tests.vllm.spec_decode_run", manager, method],
         capture_output=True,
         text=True,
         timeout=900,
@@ -34,22 +40,28 @@ def _run(manager: str) -> dict:
     for line in done.stdout.splitlines():
         if line.startswith("SPEC_RESULT "):
             return json.loads(line.split(" ", 1)[1])
-    raise AssertionError(f"{manager} ngram engine failed:\n{done.stderr[-3000:]}")
+    raise AssertionError(f"{manager} {method} engine failed:\n{done.stderr[-3000:]}")
 
 
-def test_ngram_speculative_decoding_same_tokens_as_stock():
-    stock, jenga = _run("vllm"), _run("jenga")
+@pytest.mark.parametrize("method", ["ngram", "eagle", "draft_model"])
+def test_speculative_decoding_same_tokens_as_stock(method):
+    stock, jenga = run_spec("vllm", method), run_spec("jenga", method)
     assert jenga["outputs"] == stock["outputs"]
     assert len(jenga["outputs"]) == 12 and all(len(o) == 160 for o in jenga["outputs"])
     for run in (stock, jenga):
-        assert run["vllm:spec_decode_num_accepted_tokens"] > 0
+        assert run["vllm:spec_decode_num_drafts"] > 0
         assert run["vllm:prefix_cache_hits"] > 0
-    assert jenga["vllm:num_preemptions"] > 0
+    if method != "ngram":
+        assert jenga["vllm:num_preemptions"] > 0
+    if method == "ngram":  # random draft heads accept almost nothing; ngram finds repeats
+        assert jenga["vllm:spec_decode_num_accepted_tokens"] > 0
+    else:  # the same block drop / lookup as stock: the same hits
+        assert jenga["vllm:prefix_cache_hits"] == stock["vllm:prefix_cache_hits"]
     accepted = [r["vllm:spec_decode_num_accepted_tokens"] for r in (stock, jenga)]
-    assert abs(accepted[0] - accepted[1]) <= 0.02 * accepted[0], accepted
+    assert abs(accepted[0] - accepted[1]) <= 0.02 * accepted[0] + 1, accepted
 
 
-def test_draft_model_methods_are_refused_before_any_engine_starts():
+def test_unverified_methods_and_hybrids_are_refused_before_any_engine_starts():
     from vllm.engine.arg_utils import EngineArgs
 
     from jenga_vllm.tools.zoo import build_model
@@ -59,11 +71,17 @@ def test_draft_model_methods_are_refused_before_any_engine_starts():
     plugin.install()
     model = str(build_model("llama"))
     jenga = {"kv_cache_manager": "jenga"}
-    draft = {"method": "draft_model", "model": model, "num_speculative_tokens": 2}
-    args = EngineArgs(model=model, speculative_config=draft, additional_config=jenga)
+    medusa = {"method": "medusa", "model": model, "num_speculative_tokens": 2}
+    args = EngineArgs(model=model, speculative_config=medusa, additional_config=jenga)
     with pytest.raises(JengaUnsupportedError) as error:
         args.create_engine_config()
-    assert str(error.value) == BY_KEY["speculative_draft_model"].message(model)
+    assert str(error.value) == BY_KEY["speculative_method"].message(model)
+    hybrid = str(build_model("granite_hybrid"))
+    draft = {"method": "draft_model", "model": hybrid, "num_speculative_tokens": 2}
+    args = EngineArgs(model=hybrid, speculative_config=draft, additional_config=jenga)
+    with pytest.raises(JengaUnsupportedError) as error:
+        args.create_engine_config()
+    assert str(error.value) == BY_KEY["speculative_hybrid"].message(hybrid)
     ngram = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
     config = EngineArgs(
         model=model, speculative_config=ngram, additional_config=jenga

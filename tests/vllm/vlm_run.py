@@ -1,0 +1,96 @@
+"""One real engine serving a tiny vision-language model; prints JSON (``python -m`` this module).
+
+``python -m tests.vllm.vlm_run MANAGER MODEL`` (MODEL: ``llava`` or ``gemma3_vlm``), greedy fp32:
+    images   A alone (image 1), then B (image 1 again, another tail), C (image 2, A's text),
+             D (A's text, no image) in one batch: vLLM keys image blocks by the image's hash, so
+             B hits A's blocks through the image, C and D only the text before it;
+    long     8 requests, 6 with images (two images used twice), ~150 text tokens each, decoding
+             120 tokens on a KV budget of 1.2 max-length requests: vLLM preempts and recomputes.
+Prints token ids per scenario and vLLM's counters (prefix-cache hits, preemptions). Needs
+``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent (the caller sets it).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import sys
+
+from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN
+
+# Text layers' KV bytes per token (fp32, K and V): llava 4 full layers, gemma3_vlm 6 layers.
+BYTES_PER_TOKEN = {"llava": 2048, "gemma3_vlm": 3072}
+BUDGET_REQUESTS = 1.2
+
+
+def text(seed: int, n: int) -> str:
+    return " ".join(f"w{(seed + 7 * i) % 480}" for i in range(n))
+
+
+if __name__ == "__main__":
+    from vllm import SamplingParams
+
+    from jenga_vllm import LLM
+    from jenga_vllm.tools.zoo_vlm import build_vlm, image_placeholder, make_image
+
+    manager, model = sys.argv[1], sys.argv[2]
+    image = image_placeholder(model)
+    head, mid = text(3, 40), text(11, 12)
+
+    def request(tail: int, img: int | None, head: str = head, tail_len: int = 6) -> dict:
+        if img is None:
+            return {"prompt": f"{head} {mid} {text(tail, tail_len)}"}
+        prompt = f"{head} {image} {mid} {text(tail, tail_len)}"
+        return {"prompt": prompt, "multi_modal_data": {"image": make_image(img)}}
+
+    scenarios = {
+        "images": [
+            ([request(100, 1)], 16),
+            ([request(200, 1), request(100, 2), request(100, None)], 16),
+        ],
+        "long": [
+            (
+                [
+                    request(300 + i, [3, 4, 5, 3, 4, 6, None, None][i], text(50 + i, 20), 130)
+                    for i in range(8)
+                ],
+                120,
+            )
+        ],
+    }
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        llm = LLM(
+            str(build_vlm(model)),
+            kv_cache_manager=manager,
+            dtype="float32",
+            max_model_len=MAX_MODEL_LEN,
+            block_size=32,
+            kv_cache_memory_bytes=int(BUDGET_REQUESTS * BYTES_PER_TOKEN[model] * MAX_MODEL_LEN),
+            enable_prefix_caching=True,
+            enforce_eager=True,
+            disable_log_stats=False,
+            max_num_seqs=8,
+            limit_mm_per_prompt={"image": 1},
+            seed=0,
+        )
+
+        def counters() -> dict:
+            names = ("vllm:prefix_cache_hits", "vllm:num_preemptions")
+            return {m.name: m.value for m in llm.get_metrics() if m.name in names}
+
+        result = {}
+        for name, batches in scenarios.items():
+            before, outputs = counters(), []
+            for batch, max_tokens in batches:
+                params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+                outs = llm.generate(batch, params, use_tqdm=False)
+                outputs += [list(o.outputs[0].token_ids) for o in outs]
+            after = counters()
+            result[name] = {
+                "outputs": outputs,
+                "prefix_hits": after["vllm:prefix_cache_hits"] - before["vllm:prefix_cache_hits"],
+                "preemptions": after["vllm:num_preemptions"] - before["vllm:num_preemptions"],
+            }
+        llm.llm_engine.engine_core.shutdown()
+    print("VLM_RESULT " + json.dumps(result), flush=True)
