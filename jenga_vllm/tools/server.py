@@ -139,6 +139,20 @@ class VllmServer:
             },
         )
 
+    def chat(self, content: list[dict[str, Any]], max_tokens: int = 16) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of a greedy /v1/chat/completions request: one user message
+        with OpenAI-style ``content`` parts (text, image_url)."""
+        return self._post(
+            "/v1/chat/completions",
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": max_tokens,
+                "temperature": 0.0,
+                "ignore_eos": True,
+            },
+        )
+
     def get(self, path: str, timeout: float = 60) -> tuple[int, Any]:
         """(HTTP status, JSON body) of a GET request."""
         try:

@@ -52,3 +52,67 @@ def test_image_prompts_same_tokens_as_stock(model):
     # B hits A's blocks through the image; C and D the text before it
     assert jenga["images"]["prefix_hits"] == stock["images"]["prefix_hits"] > 0
     assert jenga["long"]["preemptions"] > 0 and stock["long"]["preemptions"] > 0
+
+
+# A chat template for the Gemma-3-like zoo VLM: each image part becomes its placeholder, text
+# parts their text, separated by spaces (vLLM's string format would join them with newlines,
+# which Gemma-3's processor merges into the image's own newline tokens).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'text' %}{{ c['text'] }} {% else %}<start_of_image> {% endif %}"
+    "{% endfor %}{% endfor %}"
+)
+
+
+def _image_part(data: bytes, mime: str = "image/png") -> dict:
+    import base64
+
+    url = f"data:{mime};base64,{base64.b64encode(data).decode()}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_bad_images_get_vllms_400_and_the_server_keeps_serving(tmp_path):
+    """Bad input over HTTP, jenga serving the Gemma-3-like VLM: a corrupt image, more images
+    than --limit-mm-per-prompt, and an image prompt longer than the model's max length each get
+    vLLM's normal 400; a good image request before and after gets the same 200 answer."""
+    import fcntl
+    import io
+
+    from jenga_vllm.tools.server import VllmServer
+    from jenga_vllm.tools.zoo_vlm import build_vlm, make_image
+    from tests.vllm.harness import ENGINE_LOCK
+    from tests.vllm.vlm_run import BYTES_PER_TOKEN, text
+
+    png = io.BytesIO()
+    make_image(1).save(png, format="PNG")
+    good = [_image_part(png.getvalue()), {"type": "text", "text": text(3, 30)}]
+    template = tmp_path / "chat.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    path = os.environ.get("PYTHONPATH", "")
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with VllmServer(
+            build_vlm("gemma3_vlm"),
+            "jenga",
+            kv_cache_memory_bytes=2 * BYTES_PER_TOKEN["gemma3_vlm"] * 512,
+            extra_args=(
+                "--chat-template",
+                str(template),
+                "--limit-mm-per-prompt",
+                json.dumps({"image": 1}),
+            ),  # fmt: skip
+            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), path]))},
+        ) as server:
+            status, first = server.chat(good)
+            assert status == 200, first
+            corrupt = [_image_part(b"\x89PNG\r\n\x1a\n not an image"), good[1]]
+            status, body = server.chat(corrupt)
+            assert status == 400, body
+            status, body = server.chat([good[0], good[0], good[1]])
+            assert status == 400, body
+            status, body = server.chat([good[0], {"type": "text", "text": text(5, 600)}])
+            assert status == 400, body
+            status, again = server.chat(good)
+            assert status == 200, again
+            answer = [b["choices"][0]["message"]["content"] for b in (first, again)]
+            assert answer[0] == answer[1] and answer[0]
