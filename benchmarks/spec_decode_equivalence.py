@@ -14,14 +14,16 @@ KV budget of 1.2 max-length requests, 1.1 on the Gemma-3-like model), fp32, bloc
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
+
+from tests.vllm.harness import run_module  # noqa: E402
+
 METHODS = ("ngram", "ngram_llama", "eagle", "eagle3", "draft_model", "draft_self")
 COUNTERS = (
     ("vllm:spec_decode_num_drafts", "drafts"),
@@ -34,19 +36,9 @@ COUNTERS = (
 
 def run(manager: str, method: str) -> dict:
     started = time.time()
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.vllm.spec_decode_run", manager, method],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("SPEC_RESULT "):
-            result = json.loads(line.split(" ", 1)[1])
-            result["seconds"] = time.time() - started
-            return result
-    raise RuntimeError(f"{manager} {method} failed:\n{done.stderr[-3000:]}")
+    result = run_module("tests.vllm.spec_decode_run", manager, method, marker="SPEC_RESULT")
+    result["seconds"] = time.time() - started
+    return result
 
 
 def main() -> None:

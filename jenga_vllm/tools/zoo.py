@@ -53,7 +53,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,14 +325,23 @@ def build_model(name: str, seed: int = 0, root: Path | None = None) -> Path:
     if name not in ZOO:
         raise JengaConfigError(f"unknown zoo model {name!r}; choose one of {', '.join(ZOO)}")
     root = Path(root) if root is not None else zoo_dir()
-    target = root / f"{name}-s{seed}-{recipe_key(name, seed)}"
-    if (target / "config.json").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
+
+    def write(tmp: Path) -> None:
         _write_model(ZOO[name], seed, tmp)
         _write_tokenizer(tmp, whisper=ZOO[name].encoder_decoder)
+
+    return write_atomically(root / f"{name}-s{seed}-{recipe_key(name, seed)}", write)
+
+
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """``target``, written once: ``write`` fills a temporary sibling that is then renamed, so a
+    half-written model is never served (a model already there is kept)."""
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process won the race: keep theirs
@@ -425,26 +434,19 @@ def build_eagle_draft(
     if method == "eagle3":
         for name in (layer + "input_layernorm", layer + "hidden_norm", "norm"):
             weights[name + ".weight"] = torch.ones(h)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{method}-", dir=root))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "config.json").write_text(json.dumps(draft, indent=2, sort_keys=True))
         save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         _write_tokenizer(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process won the race: keep theirs
-            if not (out / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return write_atomically(out, write)
 
 
-def _write_tokenizer(out: Path, whisper: bool = False) -> None:
-    """A word-level tokenizer trained offline on a deterministic corpus ("w0 w1 ... w479");
-    ``whisper``: plus Whisper's control tokens and a ``WhisperProcessor`` (1-s audio chunks)."""
+def word_tokenizer(added: Sequence[Any] = (), **named_tokens: Any) -> Any:
+    """The zoo's word-level tokenizer, trained offline on "w0 w1 ... w479" (ids 0–3 the special
+    tokens, then the words in sorted order), plus ``added`` tokens numbered from 484 in order;
+    ``named_tokens`` become tokenizer attributes (``extra_special_tokens``)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -453,16 +455,27 @@ def _write_tokenizer(out: Path, whisper: bool = False) -> None:
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), vocab_size=10**6)
     corpus = [" ".join(f"w{i}" for i in range(VOCAB_WORDS))]
     tok.train_from_iterator(corpus, trainer)
-    if whisper:
-        tok.add_special_tokens(list(WHISPER_TOKENS))
+    for token in added:  # one at a time: ids follow the order
+        tok.add_tokens([token])
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    fast = PreTrainedTokenizerFast(
+    extra = {"extra_special_tokens": named_tokens} if named_tokens else {}
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
         eos_token="<eos>",
         bos_token="<bos>",
         unk_token="<unk>",
+        **extra,
     )
+
+
+def _write_tokenizer(out: Path, whisper: bool = False) -> None:
+    """The zoo tokenizer; ``whisper``: plus Whisper's control tokens and a ``WhisperProcessor``
+    (1-s audio chunks)."""
+    from tokenizers import AddedToken
+
+    added = [AddedToken(t, special=True) for t in WHISPER_TOKENS] if whisper else []
+    fast = word_tokenizer(added)
     if not whisper:
         fast.save_pretrained(out)
         return

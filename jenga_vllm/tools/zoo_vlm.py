@@ -29,37 +29,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from jenga_vllm.core.errors import JengaConfigError
-from jenga_vllm.tools.zoo import SPECIAL_TOKENS, VOCAB_WORDS, ZOO_VERSION, zoo_dir
+from jenga_vllm.tools.zoo import (
+    GEMMA_LAYER_TYPES,
+    SPECIAL_TOKENS,
+    VOCAB_WORDS,
+    ZOO_VERSION,
+    _common,
+    word_tokenizer,
+    write_atomically,
+    zoo_dir,
+)
 
 BASE_VOCAB = VOCAB_WORDS + len(SPECIAL_TOKENS)  # 484, same ids as the zoo tokenizer
 
 IMAGE_SIZE = 64
-# Gemma-3 layer mix of the jenga zoo's "gemma3": two sliding, one full, twice.
-GEMMA_LAYER_TYPES = (["sliding_attention"] * 2 + ["full_attention"]) * 2
-
-
-def _text_common(num_layers: int, vocab_size: int, **extra):
-    return {
-        "vocab_size": vocab_size,
-        "hidden_size": 128,
-        "intermediate_size": 256,
-        "num_hidden_layers": num_layers,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "max_position_embeddings": 2048,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "bos_token_id": 2,
-        "tie_word_embeddings": False,
-        "initializer_range": 0.2,
-        **extra,
-    }
 
 
 def _vision_common(**extra):
@@ -75,49 +61,17 @@ def _vision_common(**extra):
 
 
 def _tokenizer(added: list[str], special_names: dict[str, str]):
-    """The jenga zoo word-level tokenizer (ids 0..483 identical) plus ``added`` tokens (ids 484..)
-    in that order; ``special_names`` maps attribute names (image_token, ...) to token strings."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The zoo tokenizer (ids 0..483 identical) plus ``added`` tokens (ids 484..) in that order;
+    ``special_names`` maps attribute names (image_token, ...) to token strings."""
+    from tokenizers import AddedToken
 
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), vocab_size=10**6)
-    tok.train_from_iterator([" ".join(f"w{i}" for i in range(VOCAB_WORDS))], trainer)
     specials = set(special_names.values())
-    for t in added:  # one at a time: ids follow the list order
-        tok.add_tokens([AddedToken(t, special=t in specials, normalized=False)])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        extra_special_tokens=dict(special_names),
+    fast = word_tokenizer(
+        [AddedToken(t, special=t in specials, normalized=False) for t in added], **special_names
     )
     for i, t in enumerate(added):
         assert fast.convert_tokens_to_ids(t) == BASE_VOCAB + i, (t, fast.convert_tokens_to_ids(t))
     return fast
-
-
-def _save_atomically(out_dir, write) -> Path:
-    out = Path(out_dir)
-    if (out / "config.json").exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        write(tmp)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if not (out / "config.json").exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def _save_model(model_cls, config, seed: int, out: Path) -> None:
@@ -173,7 +127,7 @@ def build_llava(out_dir, seed: int = 0) -> Path:
         tok = _tokenizer([LLAVA_IMAGE_TOKEN], {"image_token": LLAVA_IMAGE_TOKEN})
         vocab = len(tok)  # 485
         image_token_id = BASE_VOCAB  # 484
-        text = LlamaConfig(**_text_common(4, vocab))
+        text = LlamaConfig(**_common(4, vocab_size=vocab))
         vision = CLIPVisionConfig(
             **_vision_common(patch_size=LLAVA_PATCH, projection_dim=64, initializer_range=0.2)
         )
@@ -206,7 +160,7 @@ def build_llava(out_dir, seed: int = 0) -> Path:
         )
         processor.save_pretrained(tmp)
 
-    return _save_atomically(out_dir, write)
+    return write_atomically(Path(out_dir), write)
 
 
 # ------------------------------------------------------------------------------------ Gemma-3
@@ -235,7 +189,7 @@ def build_gemma3_vlm(out_dir, seed: int = 0) -> Path:
         tok = _tokenizer(GEMMA_ADDED, names)
         ids = {t: BASE_VOCAB + i for i, t in enumerate(GEMMA_ADDED)}
         text = Gemma3TextConfig(
-            **_text_common(6, len(tok), sliding_window=64, layer_types=GEMMA_LAYER_TYPES)
+            **_common(6, vocab_size=len(tok), sliding_window=64, layer_types=GEMMA_LAYER_TYPES)
         )
         # No attention-pooling head: Gemma-3 checkpoints have none (vision_use_head False).
         vision = SiglipVisionConfig(**_vision_common(patch_size=GEMMA_PATCH, vision_use_head=False))
@@ -266,7 +220,7 @@ def build_gemma3_vlm(out_dir, seed: int = 0) -> Path:
         )
         processor.save_pretrained(tmp)
 
-    return _save_atomically(out_dir, write)
+    return write_atomically(Path(out_dir), write)
 
 
 def make_image(seed: int, size: int = IMAGE_SIZE):

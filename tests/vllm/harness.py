@@ -19,8 +19,12 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from jenga_vllm.tools.zoo import build_model, whisper_prompt, word_token_ids
 
@@ -184,6 +188,26 @@ def run_scenarios(
     if not plain_vllm:
         _RUNS[key] = run
     return run
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_module(module: str, *args: str, marker: str, env: dict | None = None) -> dict:
+    """Run ``python -m module args`` (one engine in a fresh process) from the repository root and
+    return the JSON its stdout prints after ``marker``; fail with its stderr tail if none."""
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env=env,
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith(marker + " "):
+            return json.loads(line.split(" ", 1)[1])
+    raise AssertionError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
 
 
 def zoo_models() -> list[str]:

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.vllm.harness import ROOT, run_module
+
 SHIM = ROOT / "tests" / "vllm" / "vlm_shim"  # transformers' torchvision modules, from PIL twins
 
 pytestmark = pytest.mark.e2e
@@ -27,18 +25,7 @@ pytestmark = pytest.mark.e2e
 def _run(manager: str, model: str) -> dict:
     path = os.environ.get("PYTHONPATH", "")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), path])))
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.vllm.vlm_run", manager, model],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env=env,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("VLM_RESULT "):
-            return json.loads(line.split(" ", 1)[1])
-    raise AssertionError(f"{manager} {model} engine failed:\n{done.stderr[-3000:]}")
+    return run_module("tests.vllm.vlm_run", manager, model, marker="VLM_RESULT", env=env)
 
 
 @pytest.mark.parametrize("model", ["llava", "gemma3_vlm"])

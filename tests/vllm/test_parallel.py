@@ -9,33 +9,20 @@ with prefix hits in both.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 
 
 def _run(manager: str) -> dict:
     env = dict(os.environ, VLLM_CPU_OMP_THREADS_BIND="0|1")
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.vllm.parallel_run", manager, "gemma3", "2"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env=env,
+    return run_module(
+        "tests.vllm.parallel_run", manager, "gemma3", "2", marker="PARALLEL_RESULT", env=env
     )
-    for line in done.stdout.splitlines():
-        if line.startswith("PARALLEL_RESULT "):
-            return json.loads(line.split(" ", 1)[1])
-    raise AssertionError(f"{manager} TP=2 engine failed:\n{done.stderr[-3000:]}")
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="TP=2 needs two CPUs")

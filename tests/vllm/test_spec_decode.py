@@ -15,32 +15,16 @@ run in ``benchmarks/spec_decode_equivalence.py`` (results/spec_decode_equivalenc
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from jenga_vllm.core.errors import JengaUnsupportedError
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 
 
 def run_spec(manager: str, method: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.vllm.spec_decode_run", manager, method],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith("SPEC_RESULT "):
-            return json.loads(line.split(" ", 1)[1])
-    raise AssertionError(f"{manager} {method} engine failed:\n{done.stderr[-3000:]}")
+    return run_module("tests.vllm.spec_decode_run", manager, method, marker="SPEC_RESULT")
 
 
 @pytest.mark.parametrize("method", ["ngram", "eagle", "draft_model"])
