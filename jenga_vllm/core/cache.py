@@ -13,6 +13,11 @@ scheduler step, mirroring what a scheduler asks:
     free(request_id)                                         (all pages → cache, suffix first)
     new_step()                                               (an engine step begins)
 
+Item-cache entries (vision embeddings, policies/vision_embedding.py) are held apart from
+requests: ``hold_item(key, tokens, type)`` takes or re-takes an entry's pages, keyed
+``(key, page index)`` in the prefix index, and ``release_item(key, keep)`` lets them go — cached
+for a later request with the same item, or dropped when they were never written.
+
 Page tables: per request and type, a list indexed by the type's block number; ``None`` marks a
 block the type no longer needs (vLLM's null block, unit id 0).
 
@@ -67,6 +72,16 @@ class RequestPages:
     covered_tokens: float = 0  # tokens the current tables can hold without a new page
     next_full: float = 0  # token count at which some type completes a new block to cache
     next_release: float = 0  # computed-token count at which some type releases a page
+
+
+@dataclass(slots=True, eq=False)
+class ItemPages:
+    """One held item-cache entry (an image's embeddings): its pages, in order."""
+
+    key: Hashable
+    type_idx: int
+    pages: list[SmallPage]
+    owner: PageOwner
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +143,11 @@ class JengaCache:
         )
         self.evictor.junction_hits = [p.junction_hits for p in self.policies]
         self.prefix_types = [i for i, p in enumerate(self.policies) if p.uses_token_prefix]
-        self.encoder_types = [i for i, p in enumerate(self.policies) if not p.uses_token_prefix]
+        self.encoder_types = [
+            i for i, p in enumerate(self.policies) if not p.uses_token_prefix and not p.holds_items
+        ]
+        self.item_types = [i for i, p in enumerate(self.policies) if p.holds_items]
+        self.items: dict[Hashable, ItemPages] = {}  # held item-cache entries
         self.state_types = [t for t in self.prefix_types if not self.policies[t].is_token_indexed]
         self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
@@ -519,6 +538,62 @@ class JengaCache:
         self.requests[request_id] = req
         return req
 
+    # ---- item-cache entries (vision embeddings) ------------------------------------------------
+    def item_cached(self, key: Hashable, num_tokens: int, type_idx: int) -> bool:
+        """Whether every page of item ``key`` is in the prefix index (held or CACHED)."""
+        if not self.enable_caching:
+            return key in self.items
+        count = self.policies[type_idx].num_blocks(num_tokens)
+        return all(self.index.get(type_idx, (key, i)) is not None for i in range(count))
+
+    def hold_item(self, key: Hashable, num_tokens: int, type_idx: int) -> list[SmallPage] | None:
+        """Hold the pages of item ``key`` (``num_tokens`` embeddings): CACHED pages that still
+        hold its page i are taken back, the rest allocated and named ``(key, i)``. Returns the
+        pages in order, or None — changing nothing — when memory cannot cover them."""
+        if key in self.items:
+            raise JengaAllocationError(f"item {key!r} is already held")
+        count = self.policies[type_idx].num_blocks(num_tokens)
+        if self.enable_caching:
+            found = [self.index.get(type_idx, (key, i)) for i in range(count)]
+        else:
+            found = [None] * count
+        reused = [p for p in found if p is not None]
+        needs = [0] * len(self.policies)
+        needs[type_idx] = count - len(reused)
+        slot_delta, large_delta = self.allocator.touch_effect(reused)
+        budget = self.allocator.budget_for(needs, slot_delta, large_delta)
+        if budget is None:
+            return None
+        for page in reused:
+            self.allocator.touch(page)
+        owner = PageOwner.new(len(self.policies))
+        rank = self._item_rank.randrange(1 << 30)
+        pages = []
+        for i, page in enumerate(found):
+            if page is None:
+                page = self.allocator.allocate(owner, type_idx, budget)
+                if self.enable_caching:
+                    self.index.insert(page, (key, i))
+            page.rank = rank
+            pages.append(page)
+        self.items[key] = ItemPages(key, type_idx, pages, owner)
+        if DEBUG_INVARIANTS:
+            self.check()
+        return pages
+
+    def release_item(self, key: Hashable, keep: bool = True) -> None:
+        """Let item ``key``'s pages go: CACHED under the evictor (``keep``), or EMPTY at once
+        (pages never written: a reservation given back, or a failed item)."""
+        item = self.items.pop(key)
+        if not keep:
+            for page in item.pages:
+                if page.block_hash is not None:
+                    self.index.remove(page)
+        self.allocator.release_in_order(item.pages, is_stale=False)
+        self.allocator.forget_owner(item.owner)
+        if DEBUG_INVARIANTS:
+            self.check()
+
     # ---- per-step bookkeeping ----------------------------------------------------------------
     def cache_blocks(self, request_id: str, hashes: Sequence[Hashable], num_tokens: int) -> None:
         """Offer every block complete within ``num_tokens`` tokens to the prefix index."""
@@ -648,8 +723,8 @@ class JengaCache:
         self._states_this_step.clear()
 
     def reset_prefix_cache(self) -> bool:
-        """Drop every cached page. Refused (False) while any request holds pages."""
-        if self.requests:
+        """Drop every cached page. Refused (False) while any request or item holds pages."""
+        if self.requests or self.items:
             return False
         while self.allocator.evict_one():
             pass

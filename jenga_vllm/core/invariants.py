@@ -37,6 +37,12 @@ def check_invariants(cache: JengaCache) -> None:
 
     refs: dict[int, int] = {}
     pages_by_id = {}
+    for item in cache.items.values():
+        for page in item.pages:
+            _check(page.type_idx == item.type_idx, f"item {item.key!r} holds a foreign page")
+            _check(id(page) not in refs, f"item {item.key!r} holds page {page.unit_id} twice")
+            refs[id(page)] = 1
+            pages_by_id[id(page)] = page
     for req in cache.requests.values():
         for t, table in enumerate(req.tables):
             seen = set()

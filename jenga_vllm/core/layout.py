@@ -223,8 +223,10 @@ def _validate(
                 f"layer type {spec.name!r} has non-positive or non-integer layer bytes {bad[:3]}; "
                 "every layer needs > 0 bytes per token (or per state)"
             )
+        # Item pages (vision embeddings) are not indexed by token blocks: any page length.
         if spec.block_tokens is not None and (
-            spec.block_tokens <= 0 or spec.block_tokens % block_size
+            spec.block_tokens <= 0
+            or (spec.block_tokens % block_size and not kinds[spec.kind].holds_items)
         ):
             raise JengaConfigError(
                 f"layer type {spec.name!r}: block_tokens={spec.block_tokens} must be a positive "

@@ -16,7 +16,7 @@ block positions.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 from jenga_vllm.core.pages import SmallPage
 
@@ -44,6 +44,9 @@ class PrefixIndex:
     def __init__(self, num_types: int) -> None:
         self.by_type: list[dict[Hashable, SmallPage]] = [{} for _ in range(num_types)]
         self.journal: list[tuple[int, Hashable]] | None = None
+        # type index → called with the key of each of its pages leaving the index (an engine
+        # adapter's item cache learns that an entry it keeps is gone)
+        self.on_remove: dict[int, Callable[[Hashable], None]] = {}
 
     def get(self, type_idx: int, key: Hashable) -> SmallPage | None:
         return self.by_type[type_idx].get(key)
@@ -61,7 +64,11 @@ class PrefixIndex:
         del self.by_type[page.type_idx][page.block_hash]
         if self.journal is not None:
             self.journal.append((page.type_idx, page.block_hash))
-        page.block_hash = None
+        key, page.block_hash = page.block_hash, None
+        if self.on_remove:
+            listener = self.on_remove.get(page.type_idx)
+            if listener is not None:
+                listener(key)
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.by_type)

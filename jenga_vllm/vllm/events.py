@@ -65,6 +65,7 @@ class KVEventJournal:
             )
             for g in kv_cache_groups
         ]
+        self.num_groups = len(kv_cache_groups)
         self.queue: list[KVCacheEvent] = []
 
     # ---- producers -------------------------------------------------------------------------
@@ -79,6 +80,7 @@ class KVEventJournal:
                     group_idx=t,
                 )
                 for t, key in self.removed
+                if t < self.num_groups  # item pages (vision embeddings) are no vLLM blocks
             )
             self.removed.clear()
         if self.stored:

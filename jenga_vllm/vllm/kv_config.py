@@ -54,6 +54,7 @@ from jenga_vllm.core.errors import JengaConfigError, JengaUnsupportedError
 from jenga_vllm.core.layout import LayoutPlan, plan_layout
 from jenga_vllm.core.policies import make_policies
 from jenga_vllm.core.spec import LayerTypeSpec
+from jenga_vllm.vllm import encoder_cache
 from jenga_vllm.vllm.supported import refuse
 
 logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
@@ -202,7 +203,8 @@ def _placements(
     if len(plan.types) == 1 and plan.types[0].units_per_small == 1 and not zeroing:
         return _layer_outermost(plan, types[0], size)
     tensors = []
-    for layout, vtype in zip(plan.types, types, strict=True):
+    # Item types (vision embeddings) follow vLLM's layer types and have no vLLM layer.
+    for layout, vtype in zip(plan.types[: len(types)], types, strict=True):
         for name, offset, spec in zip(
             vtype.spec.layer_names, layout.layer_offsets, vtype.layer_specs, strict=True
         ):
@@ -242,17 +244,24 @@ def _view_slack(plan: LayoutPlan) -> int:
 
 
 def plan_for(vllm_config, specs: dict[str, KVCacheSpec], memory_bytes: int | None):
-    """(layer types, layout plan) for a model's specs and a KV byte budget."""
+    """(layer types, layout plan) for a model's specs and a KV byte budget. With vision
+    embeddings in the pool (``encoder_cache.in_pool``) the plan has one more type after vLLM's,
+    ``vision_embedding``, and the budget grows by vLLM's encoder-cache bytes."""
     block_size = vllm_config.cache_config.block_size
     types = layer_types_from_specs(specs, block_size)
     max_model_len = vllm_config.model_config.max_model_len
-    geometry = plan_layout([t.spec for t in types], block_size, max_model_len=max_model_len)
+    all_specs = [t.spec for t in types]
+    if encoder_cache.in_pool(vllm_config):
+        all_specs.append(encoder_cache.vision_type_spec(vllm_config))
+        if memory_bytes is not None:
+            memory_bytes += encoder_cache.encoder_budget_bytes(vllm_config)
+    geometry = plan_layout(all_specs, block_size, max_model_len=max_model_len)
     if memory_bytes is None:
         return types, geometry
     slack = _view_slack(geometry)
     try:
         plan = plan_layout(
-            [t.spec for t in types],
+            all_specs,
             block_size,
             max(0, memory_bytes - slack),
             max_model_len=max_model_len,
@@ -305,15 +314,18 @@ def build_kv_cache_configs(
     return configs
 
 
-def pages_per_max_request(vllm_config, plan: LayoutPlan) -> list[int]:
+def pages_per_max_request(vllm_config, plan: LayoutPlan, items: bool = True) -> list[int]:
     """Small pages per type that one max_model_len request holds at its peak (each policy's
-    ``max_live_blocks``: windows also hold the in-flight chunk, as vLLM's formulas do)."""
+    ``max_live_blocks``: windows also hold the in-flight chunk, as vLLM's formulas do; item
+    types: one step's encoder input, counted only with ``items``)."""
     max_len = vllm_config.model_config.max_model_len
     in_flight = vllm_config.max_in_flight_tokens
     return [
         policy.max_live_blocks(max_len, in_flight)
         if policy.uses_token_prefix
         else policy.num_blocks(max_encoder_tokens(vllm_config))
+        if not policy.holds_items
+        else policy.num_blocks(min(max_encoder_tokens(vllm_config), max_len)) * items
         for policy in make_policies(plan)
     ]
 
@@ -328,10 +340,10 @@ def max_encoder_tokens(vllm_config) -> int:
     return min(length, budget) if length else budget
 
 
-def bytes_per_max_request(vllm_config, plan: LayoutPlan) -> int:
+def bytes_per_max_request(vllm_config, plan: LayoutPlan, items: bool = True) -> int:
     return sum(
         n * t.small_page_bytes
-        for n, t in zip(pages_per_max_request(vllm_config, plan), plan.types, strict=True)
+        for n, t in zip(pages_per_max_request(vllm_config, plan, items), plan.types, strict=True)
     )
 
 
@@ -354,7 +366,8 @@ def update_capacity(vllm_config, kv_cache_config: KVCacheConfig) -> None:
     plan = kv_cache_config.plan  # type: ignore[attr-defined]
     # vLLM's figure divides num_blocks *including* its null block by the blocks per request;
     # count the whole pool the same way (null large page included) so the numbers compare.
-    max_concurrency = plan.pool_bytes / bytes_per_max_request(vllm_config, plan)
+    # KV only: a text request holds no vision pages (their memory is in the pool's bytes).
+    max_concurrency = plan.pool_bytes / bytes_per_max_request(vllm_config, plan, items=False)
     max_model_len = vllm_config.model_config.max_model_len
     num_tokens = int(max_concurrency * max_model_len)
     cache_config = vllm_config.cache_config

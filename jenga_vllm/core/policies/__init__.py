@@ -7,6 +7,7 @@ from jenga_vllm.core.policies.chunked_local import ChunkedLocalPolicy
 from jenga_vllm.core.policies.cross_attention import CrossAttentionPolicy
 from jenga_vllm.core.policies.mamba import MambaPolicy
 from jenga_vllm.core.policies.sliding_window import SlidingWindowPolicy
+from jenga_vllm.core.policies.vision_embedding import VisionEmbeddingPolicy
 
 POLICY_REGISTRY: dict[str, type[LayerPolicy]] = {
     "full": FullAttentionPolicy,
@@ -14,6 +15,7 @@ POLICY_REGISTRY: dict[str, type[LayerPolicy]] = {
     "chunked_local": ChunkedLocalPolicy,
     "mamba": MambaPolicy,
     "cross_attention": CrossAttentionPolicy,
+    "vision_embedding": VisionEmbeddingPolicy,
 }
 
 
@@ -37,6 +39,7 @@ __all__ = [
     "LayerPolicy",
     "MambaPolicy",
     "SlidingWindowPolicy",
+    "VisionEmbeddingPolicy",
     "make_policies",
     "register_policy",
 ]

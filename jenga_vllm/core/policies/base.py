@@ -51,6 +51,7 @@ class LayerPolicy:
     is_token_indexed: ClassVar[bool] = True
     uses_token_prefix: ClassVar[bool] = True  # False: pages keyed by an encoder input, not tokens
     junction_hits: ClassVar[int] = 1
+    holds_items: ClassVar[bool] = False  # True: pages of item-cache entries (JengaCache.hold_item)
     most_pages_held: ClassVar[int | None] = None  # pages one request holds at most (None: grows)
     # Of the pages ``keeps_released`` does not keep, the request's newest stays cached (a state
     # type's turn end); False drops them all.
