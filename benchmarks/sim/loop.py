@@ -39,6 +39,7 @@ class RunResult:
     completed: int = 0
     dropped: int = 0  # requests that could not fit even alone
     deferrals: int = 0  # admissions put off by an engine step: their state was being written
+    encoder_runs: int = 0  # images encoded (traces with images: sim/vision.py)
     util_series: list[float] = field(default_factory=list)
 
     @property
@@ -117,6 +118,7 @@ def run_trace(
             attempt[idx] += 1
             tokens = tr.prompt + tr.output
             req = Running(f"r{idx}.{attempt[idx]}", idx, tokens, len(tr.prompt), 0, len(tokens))
+            req.images = tr.images
             hit = manager.admit(req)
             if first_hit[idx] is None:
                 first_hit[idx] = manager.last_hit
@@ -157,6 +159,7 @@ def run_trace(
                 result.waste_bytes = manager.held_bytes() - needed
                 result.padding_bytes = manager.padding_bytes()
     result.steps = step
+    result.encoder_runs = manager.images.runs if manager.images is not None else 0
     result.avg_util = util_sum / step if step else 0.0
     result.completed = done
     return result

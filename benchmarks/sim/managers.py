@@ -38,12 +38,14 @@ class Running:
     final_len: int
     hashes: list = field(default_factory=list)
     handle: object = None
+    images: tuple = ()  # (image id, embeddings) per image of the prompt (sim/vision.py)
 
 
 class Manager:
     """What the simulated scheduler asks a KV manager."""
 
     name = "?"
+    images = None  # the peer's encoder cache (sim/vision.py), when the trace has images
     checkpoint_tokens = 0  # Mamba state checkpoint interval (0: no state types)
     deferred = False  # the last refused admit starts from a state this engine step writes
     last_hit = 0  # prefix-hit tokens the last admit found (also when it refused)
@@ -102,10 +104,20 @@ def prefill_stops(
 class JengaManager(Manager):
     name = "jenga"
 
-    def __init__(self, shapes: ModelShapes, plan: LayoutPlan, block_size: int = BLOCK_SIZE):
+    def __init__(
+        self,
+        shapes: ModelShapes,
+        plan: LayoutPlan,
+        block_size: int = BLOCK_SIZE,
+        with_images: bool = False,
+    ):
         self.plan = plan
         self.block_size = block_size
         self.cache = JengaCache(plan, guards_same_step_states=True)
+        if with_images:  # vision embeddings in the pool (plan has a vision_embedding type)
+            from sim.vision import jenga_cache
+
+            self.images = jenga_cache(self)
         self.checkpoint_tokens = block_size if shapes.is_hybrid_state else 0
         self.exports_checkpoints = shapes.is_hybrid_state and shapes.model_type in MAMBA2_MODELS
 
@@ -114,7 +126,17 @@ class JengaManager(Manager):
         return self.plan.usable_large_pages * self.plan.large_page_bytes
 
     def new_step(self) -> None:
+        if self.images is not None:
+            self.images.end_step()
         self.cache.new_step()
+
+    def _allocate(self, rid: str, *args, **kwargs):
+        """``cache.allocate``; as jenga's vLLM manager, retained images go to the evictor
+        before the answer is "no room"."""
+        new = self.cache.allocate(rid, *args, **kwargs)
+        if new is None and self.images is not None and self.images.release_retained():
+            new = self.cache.allocate(rid, *args, **kwargs)
+        return new
 
     def _checkpoint(self, start: int, end: int) -> bool:
         """Whether vLLM's worker exports the prefill checkpoint of the chunk [start, end)."""
@@ -139,9 +161,12 @@ class JengaManager(Manager):
         stops = prefill_stops(
             req.prompt_len, hit.num_tokens, hit.junction_tokens, self.checkpoint_tokens
         )
+        images = self.images if req.images else None
+        if images is not None and not images.before(req.rid, req.images):
+            return None
         start = hit.num_tokens
         for i, stop in enumerate(stops):
-            new = self.cache.allocate(
+            new = self._allocate(
                 req.rid,
                 stop,
                 hit if i == 0 else None,
@@ -151,15 +176,19 @@ class JengaManager(Manager):
             if new is None:
                 if i:
                     self.cache.free(req.rid)
+                if images is not None:
+                    images.abandon(req.rid)
                 return None
             self.cache.cache_blocks(req.rid, req.hashes, stop)
             self.cache.release_unneeded(req.rid, stop)
             start = stop
+        if images is not None:
+            images.commit(req.rid)
         req.length = req.prompt_len
         return hit.num_tokens
 
     def extend(self, req: Running, new_len: int) -> bool:
-        if self.cache.allocate(req.rid, new_len) is None:
+        if self._allocate(req.rid, new_len) is None:
             return False
         bs = self.block_size
         full = new_len // bs
@@ -175,6 +204,8 @@ class JengaManager(Manager):
 
     def finish(self, req: Running) -> None:
         self.cache.free(req.rid)
+        if self.images is not None and req.images:
+            self.images.finish(req.rid, req.images)
 
     def held_bytes(self) -> int:
         """Used small pages plus the EMPTY slots stranded in large pages that hold them."""
@@ -187,7 +218,7 @@ class JengaManager(Manager):
 class VllmManager(Manager):
     """vLLM 0.32's own KVCacheManager on vLLM's own layout decision."""
 
-    def __init__(self, layout, name: str) -> None:
+    def __init__(self, layout, name: str, with_images: bool = False) -> None:
         from vllm.sampling_params import SamplingParams
         from vllm.utils.hashing import get_hash_fn_by_name
         from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
@@ -207,12 +238,18 @@ class VllmManager(Manager):
             (g.page_bytes - g.real_page_bytes) * g.num_layers for g in layout.groups
         ) // max(1, max(g.num_layers for g in layout.groups))
         self._retained: list = []  # copy-on-write endpoints the last step kept alive
+        if with_images:  # vLLM's encoder cache, its own budget beside the pool
+            from sim.vision import stock_cache
+
+            self.images = stock_cache()
 
     @property
     def pool_bytes(self) -> int:
         return (self.layout.num_blocks - 1) * self.layout.block_bytes
 
     def new_step(self) -> None:
+        if self.images is not None:
+            self.images.end_step()
         # As the scheduler does: blocks kept for last step's copies are freed after it ran.
         self.manager.block_pool.free_blocks(self._retained)
         self.manager.new_step_starts()
@@ -231,6 +268,9 @@ class VllmManager(Manager):
         if self.deferred:
             return None
         stops = prefill_stops(req.prompt_len, hit, junction, self.checkpoint_tokens, self.tail_unit)
+        images = self.images if req.images else None
+        if images is not None and not images.before(req.rid, req.images):
+            return None
         computed = hit
         for i, stop in enumerate(stops):
             new = self.manager.allocate_slots(
@@ -242,9 +282,13 @@ class VllmManager(Manager):
             if new is None:
                 if i:
                     self.manager.free(vreq)
+                if images is not None:
+                    images.abandon(req.rid)
                 return None
             vreq.num_computed_tokens = stop
             computed = stop
+        if images is not None:
+            images.commit(req.rid)
         req.handle = vreq
         req.length = req.prompt_len
         return hit
@@ -275,6 +319,8 @@ class VllmManager(Manager):
 
     def finish(self, req: Running) -> None:
         self.manager.free(req.handle)
+        if self.images is not None and req.images:
+            self.images.finish(req.rid, req.images)
 
     def _used_blocks(self) -> int:
         return self.layout.num_blocks - 1 - self.manager.block_pool.get_num_free_blocks()

@@ -17,6 +17,10 @@ Workloads:
     multimodal  (vision models) a 64-token system prompt + 1–2 images (Gemma-4: 280 tokens,
                 Llama-4: 144·(tiles+1), tiles 1–4) from a pool of 64 (Zipf 1.2) + a 16–96-token
                 question; output 32–256
+    vision      (vision models) the e2e_multimodal shape: a 64-token system prompt + a 16–96-token
+                question + one image (sizes as above) from a pool of 64 (Zipf 0.8) — no prefix
+                hit covers an image, so every image needs its embeddings — output 32–256; the
+                requests carry their images for the peers' encoder caches (sim/vision.py)
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class TraceRequest:
     output: list[int]
     after: int | None = None
     arrival: int = 0
+    images: tuple[tuple[int, int], ...] = ()  # (image id, embeddings), for encoder caches
 
 
 def _tokens(rng: random.Random, n: int) -> list[int]:
@@ -67,9 +72,11 @@ def make_trace(
     trace: list[TraceRequest] = []
     demand = 0
 
-    def add(prompt: list[int], output: list[int], after: int | None = None) -> None:
+    def add(
+        prompt: list[int], output: list[int], after: int | None = None, images: tuple = ()
+    ) -> None:
         nonlocal demand
-        trace.append(TraceRequest(prompt, output, after))
+        trace.append(TraceRequest(prompt, output, after, images=images))
         demand += shapes.needed_bytes(len(prompt) + len(output))
 
     if workload == "chat":
@@ -118,7 +125,7 @@ def make_trace(
             user = _lognormal(rng, 180, 1.0, 8, 2048)
             add(system + _tokens(rng, user), _tokens(rng, _lognormal(rng, 200, 0.8, 8, 2048)))
         _poisson_arrivals(rng, trace, shapes, SYSPROMPT_LOAD * pool_bytes)
-    elif workload == "multimodal":
+    elif workload in ("multimodal", "vision"):
         if not shapes.is_multimodal:
             return None
         system = _tokens(rng, 64)
@@ -127,7 +134,15 @@ def make_trace(
         else:
             sizes = [144 * (rng.randint(1, 4) + 1) for _ in range(64)]
         images = [_tokens(rng, n) for n in sizes]
-        while demand < demand_factor * pool_bytes and len(trace) < max_requests:
+        while workload == "vision" and demand < demand_factor * pool_bytes:
+            if len(trace) >= max_requests:
+                break
+            k = _zipf(rng, len(images), 0.8)
+            prompt = system + _tokens(rng, rng.randint(16, 96)) + images[k]
+            add(prompt, _tokens(rng, rng.randint(32, 256)), images=((k, sizes[k]),))
+        while workload == "multimodal" and demand < demand_factor * pool_bytes:
+            if len(trace) >= max_requests:
+                break
             prompt = list(system)
             for _ in range(rng.randint(1, 2)):
                 prompt += images[_zipf(rng, len(images), 1.2)]

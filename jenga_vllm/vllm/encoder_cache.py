@@ -165,6 +165,7 @@ class JengaEncoderCacheManager:
         self._pending: dict[str, dict[str, int]] = {}  # request → items can_allocate approved
         self._reserved: dict[str, list[str]] = {}  # request → items held by allocate_slots
         self._announce: dict[str, _Entry] = {}
+        self._created: list[str] = []  # entries reserved in this step
         # Unreferenced entries still held, newest last, up to vLLM's budget (``cache_size``
         # embeddings: the bytes that joined the pool): they outlive cached KV pages, and go to
         # the evictor when KV would otherwise preempt (``release_retained``) or past the budget.
@@ -203,6 +204,7 @@ class JengaEncoderCacheManager:
         self._pending.clear()
         self._reserved.clear()
         self._announce.clear()
+        self._created.clear()
         self.freed.clear()
 
     # ---- lookups ---------------------------------------------------------------------------
@@ -210,6 +212,11 @@ class JengaEncoderCacheManager:
         mm_hash = request.mm_features[input_id].identifier
         entry = self.entries.get(mm_hash)
         if entry is None:
+            return False
+        if not entry.written and mm_hash not in self._announce:
+            # Reserved in this step by a request that did not schedule its encoder after all
+            # (vLLM approves an item, then skips it when none of its embeddings fall in the
+            # scheduled range): nobody computes it in this step, so it is no hit.
             return False
         if not entry.held:  # CACHED: take its pages back (no new memory; cannot fail)
             pages = self.cache.hold_item(mm_hash, entry.num_embeds, self.type_idx)
@@ -276,6 +283,7 @@ class JengaEncoderCacheManager:
                 self._drop(held)
                 return False
             self.entries[mm_hash] = _Entry(num_embeds, pages)
+            self._created.append(mm_hash)
             held.append(mm_hash)
         self._reserved[request_id] = held
         return True
@@ -364,8 +372,12 @@ class JengaEncoderCacheManager:
     # ---- the step's output -------------------------------------------------------------------
     def get_freed_mm_hashes(self) -> list[str]:
         self._pending.clear()
-        for mm_hash in [h for h, e in self._announce.items() if not e.refs]:
-            self._drop([mm_hash])  # reserved, but its request was preempted in this step
+        for mm_hash in self._created:  # reserved, but no request of this step kept it
+            entry = self.entries.get(mm_hash)
+            if entry is not None and entry.held and not entry.refs and not entry.written:
+                self._drop([mm_hash])
+                self.freed.append(mm_hash)
+        self._created.clear()
         freed = [h for h in self.freed if h not in self.entries]
         self.freed = []
         return freed

@@ -187,3 +187,27 @@ def test_a_hit_on_a_state_written_this_step_waits_one_engine_step() -> None:
     vllm = managers.VllmManager(vllm_layout(shapes, kv, max_model_len=8192), "vllm")
     assert vllm.checkpoint_tokens == 1040  # its block: the 640-token prompt has no checkpoint
     assert loop.run_trace(vllm, trace, shapes, kv).hit_tokens == 0
+
+
+def test_vision_images_in_the_pool_never_encode_more_than_vllms_encoder_cache() -> None:
+    """benchmarks/sim_vision.py's case on Gemma-4-26B shapes, small: both peers serve the same
+    trace; jenga's pool encodes each image at least once and never more often than vLLM's own
+    EncoderCacheManager with its 8,192-embedding budget."""
+    import sim_vision
+    from sim import vision
+
+    shapes = load_model_shapes(CONFIGS / "gemma-4-26b-a4b.json")
+    kv = 1 << 30
+    trace = workloads.make_trace("vision", shapes, 0, kv, 300, 4096)
+    assert trace is not None and all(len(r.images) == 1 for r in trace)
+    distinct = {image for r in trace for image, _ in r.images}
+    specs = [*shapes.layer_type_specs(16), vision.vision_spec(shapes)]
+    from jenga_vllm.core.layout import plan_layout
+
+    plan = plan_layout(specs, 16, kv + vision.encoder_budget_bytes(shapes), max_model_len=4096)
+    jenga = loop.run_trace(managers.JengaManager(shapes, plan, with_images=True), trace, shapes, kv)
+    layout = vllm_layout(shapes, kv, max_model_len=4096)
+    stock = loop.run_trace(managers.VllmManager(layout, "vllm", True), trace, shapes, kv)
+    assert jenga.completed == stock.completed == len(trace)
+    assert len(distinct) <= jenga.encoder_runs <= stock.encoder_runs
+    assert "| gemma-4-26b-a4b |" in sim_vision.run_model("gemma-4-26b-a4b", kv, 60, 4096)

