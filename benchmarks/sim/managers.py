@@ -130,14 +130,6 @@ class JengaManager(Manager):
             self.images.end_step()
         self.cache.new_step()
 
-    def _allocate(self, rid: str, *args, **kwargs):
-        """``cache.allocate``; as jenga's vLLM manager, retained images go to the evictor
-        before the answer is "no room"."""
-        new = self.cache.allocate(rid, *args, **kwargs)
-        if new is None and self.images is not None and self.images.release_retained():
-            new = self.cache.allocate(rid, *args, **kwargs)
-        return new
-
     def _checkpoint(self, start: int, end: int) -> bool:
         """Whether vLLM's worker exports the prefill checkpoint of the chunk [start, end)."""
         if not self.exports_checkpoints:
@@ -162,11 +154,12 @@ class JengaManager(Manager):
             req.prompt_len, hit.num_tokens, hit.junction_tokens, self.checkpoint_tokens
         )
         images = self.images if req.images else None
-        if images is not None and not images.before(req.rid, req.images):
+        hit_pages = [p for per in hit.pages for p in per]
+        if images is not None and not images.before(req.rid, req.images, hit_pages):
             return None
         start = hit.num_tokens
         for i, stop in enumerate(stops):
-            new = self._allocate(
+            new = self.cache.allocate(
                 req.rid,
                 stop,
                 hit if i == 0 else None,
@@ -188,7 +181,7 @@ class JengaManager(Manager):
         return hit.num_tokens
 
     def extend(self, req: Running, new_len: int) -> bool:
-        if self._allocate(req.rid, new_len) is None:
+        if self.cache.allocate(req.rid, new_len) is None:
             return False
         bs = self.block_size
         full = new_len // bs

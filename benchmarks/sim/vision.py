@@ -69,8 +69,9 @@ class ImageCache:
         self._open: dict[str, tuple[ImageRequest, list[int]]] = {}
         self._prefilled: list[ImageRequest] = []
 
-    def before(self, rid: str, images: tuple[tuple[int, int], ...]) -> bool:
-        """Look the images up; the misses must fit (vLLM's ``can_allocate``)."""
+    def before(self, rid: str, images: tuple[tuple[int, int], ...], hit_pages=()) -> bool:
+        """Look the images up; the misses must fit (vLLM's ``can_allocate``); jenga's are
+        reserved without evicting the request's prefix hit (``hit_pages``)."""
         request = ImageRequest(rid, images)
         misses: list[int] = []
         scheduled = 0
@@ -83,7 +84,7 @@ class ImageCache:
             scheduled += request.get_num_encoder_embeds(i)
             misses.append(i)
         self._open[rid] = (request, misses)
-        if self.pooled and misses and not self.ec.reserve(rid):
+        if self.pooled and misses and not self.ec.reserve(rid, hit_pages):
             self.abandon(rid)
             return False
         return True
@@ -114,9 +115,6 @@ class ImageCache:
 
     def finish(self, rid: str, images: tuple[tuple[int, int], ...]) -> None:
         self.ec.free(ImageRequest(rid, images))
-
-    def release_retained(self) -> bool:
-        return self.pooled and self.ec.release_retained()
 
 
 def stock_cache() -> ImageCache:

@@ -546,12 +546,38 @@ class JengaCache:
         count = self.policies[type_idx].num_blocks(num_tokens)
         return all(self.index.get(type_idx, (key, i)) is not None for i in range(count))
 
-    def hold_item(self, key: Hashable, num_tokens: int, type_idx: int) -> list[SmallPage] | None:
+    def hold_item(
+        self,
+        key: Hashable,
+        num_tokens: int,
+        type_idx: int,
+        protect: Sequence[SmallPage | None] = (),
+    ) -> list[SmallPage] | None:
         """Hold the pages of item ``key`` (``num_tokens`` embeddings): CACHED pages that still
         hold its page i are taken back, the rest allocated and named ``(key, i)``. Returns the
-        pages in order, or None — changing nothing — when memory cannot cover them."""
+        pages in order, or None — changing nothing — when memory cannot cover them.
+        ``protect``: CACHED pages that must survive the allocation (the prefix hit of the
+        request the item belongs to, which it takes right after)."""
         if key in self.items:
             raise JengaAllocationError(f"item {key!r} is already held")
+        pinned = [p for p in protect if p is not None and p.ref_count == 0]
+        if not pinned:
+            return self._hold_item(key, num_tokens, type_idx)
+        stale = [p.is_stale for p in pinned]
+        for page in pinned:
+            self.allocator.touch(page)
+            page.hits -= 1  # not a hit: only kept out of the evictor's reach
+        try:
+            return self._hold_item(key, num_tokens, type_idx)
+        finally:
+            self.allocator.release_in_order(
+                [p for p, s in zip(pinned, stale, strict=True) if s], True
+            )
+            self.allocator.release_in_order(
+                [p for p, s in zip(pinned, stale, strict=True) if not s], False
+            )
+
+    def _hold_item(self, key: Hashable, num_tokens: int, type_idx: int) -> list[SmallPage] | None:
         count = self.policies[type_idx].num_blocks(num_tokens)
         if self.enable_caching:
             found = [self.index.get(type_idx, (key, i)) for i in range(count)]

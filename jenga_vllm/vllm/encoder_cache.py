@@ -31,6 +31,7 @@ cached: they were never written.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,10 @@ class JengaEncoderCacheManager:
         self._created: list[str] = []  # entries reserved in this step
         # Unreferenced entries still held, newest last, up to vLLM's budget (``cache_size``
         # embeddings: the bytes that joined the pool): they outlive cached KV pages, and go to
-        # the evictor when KV would otherwise preempt (``release_retained``) or past the budget.
+        # the evictor, oldest first, past the budget or when a new image needs room (as vLLM
+        # evicts its oldest unreferenced entries; ``release_oldest``). KV never takes them:
+        # borrowing them before a preemption cost more encoder runs than it saved
+        # preemptions (docs/design.md §5).
         self._retained: OrderedDict[str, int] = OrderedDict()
         self._retained_embeds = 0
         self.freed: list[str] = []
@@ -253,8 +257,8 @@ class JengaEncoderCacheManager:
         pages = sum(self._pages(n) for n in pending.values()) + self._pages(num_embeds)
         needs = [0] * len(self.cache.policies)
         needs[self.type_idx] = pages
-        if self.cache.allocator.budget_for(needs) is None:
-            if not self.release_retained() or self.cache.allocator.budget_for(needs) is None:
+        while self.cache.allocator.budget_for(needs) is None:
+            if not self.release_oldest():  # as vLLM evicts its oldest unreferenced entries
                 return False
         pending[request.mm_features[input_id].identifier] = num_embeds
         return True
@@ -266,9 +270,10 @@ class JengaEncoderCacheManager:
     def has_pending(self, request_id: str) -> bool:
         return bool(self._pending.get(request_id))
 
-    def reserve(self, request_id: str) -> bool:
+    def reserve(self, request_id: str, protect: Sequence[Any] = ()) -> bool:
         """Hold the pages of the request's pending items; False (nothing held) if they do not
-        fit. Called by ``allocate_slots`` before it takes the request's KV pages."""
+        fit. Called by ``allocate_slots`` before it takes the request's KV pages; ``protect``
+        is the request's prefix hit (CACHED pages the allocation must not evict)."""
         held: list[str] = []
         for mm_hash, num_embeds in self._pending[request_id].items():
             entry = self.entries.get(mm_hash)
@@ -276,9 +281,9 @@ class JengaEncoderCacheManager:
                 continue
             if entry is not None:  # CACHED since can_allocate: recomputed into new pages
                 self._forget(mm_hash)
-            pages = self.cache.hold_item(mm_hash, num_embeds, self.type_idx)
-            if pages is None and self.release_retained():
-                pages = self.cache.hold_item(mm_hash, num_embeds, self.type_idx)
+            pages = self.cache.hold_item(mm_hash, num_embeds, self.type_idx, protect)
+            while pages is None and self.release_oldest():
+                pages = self.cache.hold_item(mm_hash, num_embeds, self.type_idx, protect)
             if pages is None:
                 self._drop(held)
                 return False
@@ -345,24 +350,20 @@ class JengaEncoderCacheManager:
             self._retained[mm_hash] = entry.num_embeds
             self._retained_embeds += entry.num_embeds
             while self._retained_embeds > self.cache_size:
-                self._release_oldest()
+                self.release_oldest()
         else:  # allocated this step for a request preempted before it ran: never written
             self._drop([mm_hash])
             self.freed.append(mm_hash)
 
-    def _release_oldest(self) -> None:
-        mm_hash, num_embeds = self._retained.popitem(last=False)
-        self._retained_embeds -= num_embeds
-        self.cache.release_item(mm_hash, keep=True)  # CACHED: LRU with KV pages
-        self.entries[mm_hash].held = False
-
-    def release_retained(self) -> bool:
-        """KV needs memory: the retained entries go to the evictor (still cached, newest
-        first in line to stay). False if there were none."""
+    def release_oldest(self) -> bool:
+        """The oldest retained entry goes to the evictor (still cached: LRU with KV pages).
+        False if none is retained."""
         if not self._retained:
             return False
-        while self._retained:
-            self._release_oldest()
+        mm_hash, num_embeds = self._retained.popitem(last=False)
+        self._retained_embeds -= num_embeds
+        self.cache.release_item(mm_hash, keep=True)
+        self.entries[mm_hash].held = False
         return True
 
     def free(self, request: Any) -> None:

@@ -337,22 +337,17 @@ class JengaKVCacheManager:
 
         With vision embeddings in the pool, the images the request is scheduled to encode in
         this step (``JengaEncoderCacheManager.can_allocate``) get their pages here, together
-        with the KV pages or not at all; and before the answer is "no room" (a preemption),
-        the images the encoder cache retains go to the evictor and the request tries again."""
+        with the KV pages or not at all."""
         vision = self.vision
-        if vision is None:
+        if vision is None or not vision.has_pending(request.request_id):
             return self._allocate_slots(request, num_new_tokens, *args, **kwargs)
-        for _ in range(2):  # a second try once retained images went to the evictor
-            if not vision.has_pending(request.request_id):
-                blocks = self._allocate_slots(request, num_new_tokens, *args, **kwargs)
-            elif not vision.reserve(request.request_id):
-                blocks = None
-            else:
-                blocks = self._allocate_slots(request, num_new_tokens, *args, **kwargs)
-                vision.settle(request.request_id, scheduled=blocks is not None)
-            if blocks is not None or not vision.release_retained():
-                return blocks
-        return None
+        hit = kwargs.get("new_computed_blocks")
+        protect = [b.page for per in hit.blocks for b in per] if hit is not None else []
+        if not vision.reserve(request.request_id, protect):
+            return None
+        blocks = self._allocate_slots(request, num_new_tokens, *args, **kwargs)
+        vision.settle(request.request_id, scheduled=blocks is not None)
+        return blocks
 
     def _allocate_slots(
         self,

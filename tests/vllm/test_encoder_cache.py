@@ -115,7 +115,7 @@ def test_an_entry_preempted_before_its_encoder_ran_is_dropped_not_cached():
     assert not cache.item_cached("img-1", EMBEDS, encoder.type_idx)
 
 
-def test_retained_images_go_to_the_evictor_when_kv_needs_memory_and_leave_the_worker():
+def test_retained_images_go_to_the_evictor_oldest_first_and_leave_the_worker():
     encoder, cache = manager(large_pages=12, budget=4 * EMBEDS)
     for n in range(3):
         r = Request(f"r{n}", [f"img-{n}"])
@@ -123,10 +123,13 @@ def test_retained_images_go_to_the_evictor_when_kv_needs_memory_and_leave_the_wo
         end_step(encoder, cache)
         encoder.free(r)
     assert len(encoder._retained) == 3
-    # KV that needs the whole pool: retained images are released, then evicted for it
+    # KV that needs the whole pool gets it once the retained images went to the evictor
     assert cache.allocate("kv", 16 * 11) is None
-    assert encoder.release_retained()
-    assert cache.allocate("kv", 16 * 11) is not None
+    released = 0
+    while cache.allocate("kv", 16 * 11) is None:
+        assert encoder.release_oldest()
+        released += 1
+    assert released == 3 and not encoder._retained
     freed, _ = end_step(encoder, cache)
     assert set(freed) == {"img-0", "img-1", "img-2"} and not encoder.entries
     # a later request re-encodes into new pages (no stale hit)

@@ -70,6 +70,9 @@ def test_vision_pages_in_the_pool_run_the_encoder_less_with_the_same_tokens():
     distinct = 28  # the mix's images (tests/vllm/vlm_mix_run.py, seeded)
     assert distinct <= jenga["encoder_runs"] < distinct + 4
     assert stock["encoder_runs"] >= 1.3 * jenga["encoder_runs"]
+    # the worker holds them in the pool's pages, not in vLLM's dict
+    assert jenga["dict_entries"] == 0 and jenga["page_entries"] > 16
+    assert stock["dict_entries"] > 0 and stock["page_entries"] == 0
 
 
 # A chat template for the Gemma-3-like zoo VLM: each image part becomes its placeholder, text

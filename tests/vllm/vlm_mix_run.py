@@ -13,8 +13,9 @@ Greedy, 32 output tokens, on a KV budget of 4 max-length requests; ``max_num_bat
 256, so vLLM's encoder cache (``encoder_cache_size`` = that many embeddings) holds 16 of the
 zoo's 16-embedding images (jenga's pool gets the same bytes on top of the KV budget). Prints
 wall seconds of ``generate``, output tokens, the tokens, median TTFT, vLLM's KV capacity in
-tokens, its counters (prefix-cache hits, preemptions) and the encoder runs (images the
-scheduler sent to the encoder; the engine core runs in-process to count them). Needs
+tokens, its counters (prefix-cache hits, preemptions), the encoder runs (images the
+scheduler sent to the encoder; the engine core runs in-process to count them) and where the
+worker holds encoder outputs at the end (vLLM's dict or jenga's vision pages). Needs
 ``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent.
 """
 
@@ -29,7 +30,13 @@ import sys
 import time
 
 from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN
-from tests.vllm.vlm_run import BYTES_PER_TOKEN, count_encoder_runs, engine_kwargs, text
+from tests.vllm.vlm_run import (
+    BYTES_PER_TOKEN,
+    count_encoder_runs,
+    encoder_storage,
+    engine_kwargs,
+    text,
+)
 
 BUDGET_REQUESTS = {"images": 4.0, "text": 4.0, "tight": 1.5}  # max-length requests of KV
 OUTPUT_TOKENS = 32
@@ -96,6 +103,7 @@ if __name__ == "__main__":
         names = ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries", "vllm:num_preemptions")
         counters = {m.name: m.value for m in llm.get_metrics() if m.name in names}
         capacity = llm.llm_engine.vllm_config.cache_config.kv_cache_size_tokens
+        storage = encoder_storage(llm)
         llm.llm_engine.engine_core.shutdown()
     ttft = [o.metrics.first_token_latency for o in outs if o.metrics is not None]
     result = {
@@ -105,6 +113,7 @@ if __name__ == "__main__":
         "kv_capacity_tokens": capacity,
         "encoder_runs": encoder["encoder_runs"],
         "ttft_median_s": statistics.median(ttft) if ttft else None,
+        **storage,
         **counters,
     }
     print("VLM_MIX_RESULT " + json.dumps(result), flush=True)

@@ -35,6 +35,18 @@ def engine_kwargs(manager: str) -> dict:
     return kwargs
 
 
+def encoder_storage(llm) -> dict:
+    """Where the in-process worker holds encoder outputs: entries in vLLM's dict, entries in
+    jenga's vision pages (``encoder_cache.VisionPageStore``)."""
+    core = llm.llm_engine.engine_core.engine_core
+    runner = core.model_executor.driver_worker.worker.model_runner
+    store = runner.__dict__.get("_jenga_vision_store")
+    return {
+        "dict_entries": len(runner.encoder_cache),
+        "page_entries": len(store.pages) if store is not None else 0,
+    }
+
+
 def count_encoder_runs(llm) -> dict:
     """Counts the encoder inputs the in-process scheduler schedules (same for both managers)."""
     scheduler = llm.llm_engine.engine_core.engine_core.scheduler
