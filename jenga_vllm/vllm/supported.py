@@ -57,7 +57,8 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
     (
         "vision-language models (LLaVA-like, Gemma-3-like with sliding-window text layers)",
         "image prompts as stock serves them; image blocks hit by the image's hash; encoder "
-        "outputs stay in vLLM's encoder cache (not in the pool yet)",
+        "outputs in vLLM's encoder cache, or with `jenga_encoder_cache=pool` in "
+        "`vision_embedding` pages of the pool (same tokens as stock)",
     ),
     ("encoder-decoder (Whisper)", "cross-attention is a layer type; vLLM turns prefix caching off"),
     ("MLA (DeepSeek-V2 latent KV)", "a one-type model, vLLM's layer-outermost placement"),
