@@ -35,6 +35,28 @@ def engine_kwargs(manager: str) -> dict:
     return kwargs
 
 
+def vlm_engine(model: str, manager: str, budget_requests: float, **overrides):
+    """The zoo VLM ``model`` in an engine of ``manager`` (as ``engine_kwargs``): fp32, eager,
+    block 32, one image per prompt, a KV budget of ``budget_requests`` max-length requests;
+    ``overrides`` change or add engine arguments. Call it holding ``ENGINE_LOCK``."""
+    from jenga_vllm import LLM
+    from jenga_vllm.tools.zoo_vlm import build_vlm
+
+    kwargs: dict = {
+        "dtype": "float32",
+        "max_model_len": MAX_MODEL_LEN,
+        "block_size": 32,
+        "kv_cache_memory_bytes": int(budget_requests * BYTES_PER_TOKEN[model] * MAX_MODEL_LEN),
+        "enforce_eager": True,
+        "disable_log_stats": False,
+        "limit_mm_per_prompt": {"image": 1},
+        "seed": 0,
+        **engine_kwargs(manager),
+        **overrides,
+    }
+    return LLM(str(build_vlm(model)), **kwargs)
+
+
 def encoder_storage(llm) -> dict:
     """Where the in-process worker holds encoder outputs: entries in vLLM's dict, entries in
     jenga's vision pages (``encoder_cache.VisionPageStore``)."""
@@ -69,8 +91,7 @@ def text(seed: int, n: int) -> str:
 if __name__ == "__main__":
     from vllm import SamplingParams
 
-    from jenga_vllm import LLM
-    from jenga_vllm.tools.zoo_vlm import build_vlm, image_placeholder, make_image
+    from jenga_vllm.tools.zoo_vlm import image_placeholder, make_image
 
     manager, model = sys.argv[1], sys.argv[2]
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the scheduler in this process
@@ -100,19 +121,8 @@ if __name__ == "__main__":
     }
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        llm = LLM(
-            str(build_vlm(model)),
-            **engine_kwargs(manager),
-            dtype="float32",
-            max_model_len=MAX_MODEL_LEN,
-            block_size=32,
-            kv_cache_memory_bytes=int(BUDGET_REQUESTS * BYTES_PER_TOKEN[model] * MAX_MODEL_LEN),
-            enable_prefix_caching=True,
-            enforce_eager=True,
-            disable_log_stats=False,
-            max_num_seqs=8,
-            limit_mm_per_prompt={"image": 1},
-            seed=0,
+        llm = vlm_engine(
+            model, manager, BUDGET_REQUESTS, enable_prefix_caching=True, max_num_seqs=8
         )
 
         def counters() -> dict:
