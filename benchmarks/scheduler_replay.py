@@ -397,6 +397,16 @@ and the tail (steps 1.03x): jenga's pool has 83 usable large pages = 249 block e
 (large page 0 is the null page: 3 blocks vs vLLM's 1; view slack 2; rounding to whole large
 pages 2), and which request is preempted last decides the final steps, where one request runs
 alone.
+
+**At equal capacity** (the sweep's third peer: stock vLLM given the bytes for jenga's capacity in
+tokens). llama4's remaining gap is capacity alone: there stock preempts 112 times in 3,840
+steps, jenga 116 in 3,784 (1.04x, 0.99x). gemma4's is not: stock at jenga's capacity preempts 72
+times in 4,624 steps, jenga 128 in 5,720 (1.78x, 1.24x) — jenga's 33% more capacity hides a cost
+of its manager on this shape. Per-step state at each gemma4 preemption (seed 11): 3–18
+sliding-window slots CACHED in ACTIVE large pages (a finished or preempted request's window
+pages beside running requests' window pages; usable by the sliding-window type only: 1–6 large
+pages' worth on a 36-large-page pool) while full attention needs a page and at most 1–2 large
+pages are claimable; stock evicts such blocks for any group. Still open (#13).
 """
 
 
@@ -415,33 +425,44 @@ SWEEP_KV_SCALES = (0.75, 1.0, 1.25)
 
 def sweep(models: list[str]) -> str:
     """Totals over workload seeds × KV budgets: one schedule is chaotic (which request is
-    preempted late decides the tail), a dozen show the trend."""
+    preempted late decides the tail), a dozen show the trend. A third peer, stock vLLM given
+    the bytes that give it jenga's capacity in tokens, separates what jenga's extra capacity
+    does (a larger batch that outgrows memory more often) from what its manager does."""
     lines = [
         "",
         f"## Sweep: totals over {len(SWEEP_SEEDS)} workload seeds × KV budgets "
         f"{', '.join(f'{k:g}' for k in SWEEP_KV_SCALES)}× the one above",
         "",
+        "Third peer, *stock at jenga's capacity*: vLLM's own manager on KV bytes scaled by "
+        "jenga's capacity in tokens over stock's at each budget (same tokens fit in both), so "
+        "jenga vs it compares the managers at equal capacity.",
+        "",
         "| model | preemptions stock → jenga | steps stock → jenga (ratio) | scheduled tokens "
-        "stock → jenga (ratio) |",
-        "|---|---|---|---|",
+        "stock → jenga (ratio) | stock at jenga's capacity: preemptions, steps | jenga / it: "
+        "preemptions, steps |",
+        "|---|---|---|---|---|---|",
     ]
     for model in models:
         totals = {}
-        for manager in ("vllm", "jenga"):
-            runs = [
-                replay(model, manager, ReplayArgs(seed=seed, kv_scale=scale))
-                for seed in SWEEP_SEEDS
-                for scale in SWEEP_KV_SCALES
-            ]
-            totals[manager] = (
-                sum(r.preemptions for r in runs),
-                sum(len(r.steps) for r in runs),
-                sum(r.scheduled_tokens for r in runs),
+        runs: dict[str, list[Replay]] = {"vllm": [], "jenga": [], "equal": []}
+        for seed in SWEEP_SEEDS:
+            for scale in SWEEP_KV_SCALES:
+                stock = replay(model, "vllm", ReplayArgs(seed=seed, kv_scale=scale))
+                jenga = replay(model, "jenga", ReplayArgs(seed=seed, kv_scale=scale))
+                equal = scale * jenga.capacity_tokens / stock.capacity_tokens
+                runs["vllm"].append(stock)
+                runs["jenga"].append(jenga)
+                runs["equal"].append(replay(model, "vllm", ReplayArgs(seed=seed, kv_scale=equal)))
+        for name, group in runs.items():
+            totals[name] = (
+                sum(r.preemptions for r in group),
+                sum(len(r.steps) for r in group),
+                sum(r.scheduled_tokens for r in group),
             )
-        (sp, ss, st), (jp, js, jt) = totals["vllm"], totals["jenga"]
+        (sp, ss, st), (jp, js, jt), (ep, es, _) = totals["vllm"], totals["jenga"], totals["equal"]
         lines.append(
             f"| {model} | {sp} → {jp} | {ss:,} → {js:,} ({js / ss:.2f}x) | {st:,} → {jt:,} "
-            f"({jt / st:.2f}x) |"
+            f"({jt / st:.2f}x) | {ep}, {es:,} | {jp / max(ep, 1):.2f}x, {js / es:.2f}x |"
         )
         print(lines[-1], flush=True)
     return "\n".join(lines) + "\n"
