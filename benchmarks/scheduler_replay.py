@@ -371,7 +371,7 @@ def table(rows: list[tuple[Replay, Replay]], args: ReplayArgs) -> str:
 
 NOTES = """
 **Why jenga preempted more, and the fixes** (per-step traces against vLLM's own manager,
-`--trace MODEL`; docs/design.md §4–§5). Three causes, each fixed in the allocator or manager:
+`--trace MODEL`; docs/design.md §4–§5). Four causes, each fixed in the allocator or manager:
 
 1. *Placement* (llama4, fixed earlier). A large page holds one chunked-local page or three
    full-attention pages; request-aware placement gave each request full-attention large pages of
@@ -390,23 +390,34 @@ NOTES = """
    with no FREE large page, a remainder page evicts by LRU across granularities: a CACHED page of
    its type cached before the EVICTABLE large page the paper's order would give up first.
 
-Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 128 (with 33% more
-capacity: 7% fewer steps, 3% more recomputed tokens, was 11%), gemma3 88 → 188 / 52, gpt_oss
-100 → 168 / 84, llama4 104 → 136 / 116, llama 204 → 204 / 200. What remains on llama4 is capacity
-and the tail (steps 1.03x): jenga's pool has 83 usable large pages = 249 block equivalents vs vLLM's 255 blocks
-(large page 0 is the null page: 3 blocks vs vLLM's 1; view slack 2; rounding to whole large
-pages 2), and which request is preempted last decides the final steps, where one request runs
-alone.
+4. *Windows smeared across large pages* (gemma4: a large page holds 3 window pages, a request's
+   window is 3 pages). Each request's window straddled two large pages shared with its
+   neighbours' windows, so a preempted request's window pages stayed CACHED beside running
+   windows: at each gemma4 preemption (seed 11) 3–18 window slots were stranded that way (1–6
+   large pages of a 36-large-page pool) while full attention needed a large page; stock evicts
+   such blocks for any group. Now a prefill places the window pages that outlast the step
+   first (they fill the request's own large page), and each later window page takes the slot of
+   the page that just left the window (the request recycles its own slots): every request's
+   window sits in one large page of its own, and a preemption frees it whole
+   (`TwoLevelAllocator.allocate`, `JengaCache.allocate`; docs/design.md §4).
+
+Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 104 (with 33% more
+capacity: 11% fewer steps, the same recomputed tokens), gemma3 88 → 188 / 52, gpt_oss
+100 → 168 / 92, llama4 104 → 136 / 116, llama 204 → 204 / 200. What remains on llama4 is
+capacity and the tail (steps 1.03x): jenga's pool has 83 usable large pages = 249 block
+equivalents vs vLLM's 255 blocks (large page 0 is the null page: 3 blocks vs vLLM's 1; view
+slack 2; rounding to whole large pages 2), and which request is preempted last decides the
+final steps, where one request runs alone. On real shapes these are a few blocks in tens of
+thousands (`scheduler_overhead.md`: Llama-4-Scout-like pools are not in this toy's regime).
 
 **At equal capacity** (the sweep's third peer: stock vLLM given the bytes for jenga's capacity in
-tokens). llama4's remaining gap is capacity alone: there stock preempts 112 times in 3,840
-steps, jenga 116 in 3,784 (1.04x, 0.99x). gemma4's is not: stock at jenga's capacity preempts 72
-times in 4,624 steps, jenga 128 in 5,720 (1.78x, 1.24x) — jenga's 33% more capacity hides a cost
-of its manager on this shape. Per-step state at each gemma4 preemption (seed 11): 3–18
-sliding-window slots CACHED in ACTIVE large pages (a finished or preempted request's window
-pages beside running requests' window pages; usable by the sliding-window type only: 1–6 large
-pages' worth on a 36-large-page pool) while full attention needs a page and at most 1–2 large
-pages are claimable; stock evicts such blocks for any group. Still open (#13).
+tokens, i.e. 33% more bytes on gemma4). llama4's remaining gap is capacity alone: there stock
+preempts 112 times in 3,840 steps, jenga 116 in 3,784 (1.04x, 0.99x). gemma4: stock at jenga's
+capacity preempts 72 times in 4,624 steps, jenga 104 in 5,516 (1.44x, 1.19x; before fix 4:
+1.78x, 1.24x). Capacity in tokens is counted for max-length requests; this workload's requests
+are short, where a window is a larger share of each request, so that peer has more room for
+this workload than jenga (seed 11: peak running 16 vs 14); at equal bytes (the first columns)
+jenga needs 0.89x stock's steps.
 """
 
 

@@ -26,9 +26,11 @@ simulate.md): for a stale page of
 the type (when the new page is a remainder, or no large page is FREE), and, for a remainder page
 when no large page is FREE, for a CACHED page of the type cached less recently than the EVICTABLE
 large page step 3 would evict (the evictor's clock) — true LRU across the two granularities,
-where the paper's order always gives up a whole large page first. A type whose small page is a
-whole large page (gpt-oss, one-type models) has no slots: steps 2–3 only, on a
-fast path. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an allocation first computes
+where the paper's order always gives up a whole large page first. A sliding window recycles its own slots: the
+next page of a window that slid takes the slot of the page that just left it (step 1b, before
+step 4), so a window keeps to the large pages it was placed in and a finished or preempted
+request frees them whole. A type whose small page is a whole large page (gpt-oss, one-type
+models) has no slots: steps 2–3 only, on a fast path. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an allocation first computes
 each type's *minimum* large pages (what its slots in ACTIVE large pages cannot cover); a type may
 take a large page beyond its minimum only from the spare ones (``LargePageBudget``, the
 artifact's min/max quota).
@@ -66,6 +68,10 @@ from jenga_vllm.core.prefix import PrefixIndex
 # (Jamba, Nemotron-H 8B, Qwen3-Next × chat1k, multiturn, sysprompt at 40 GiB).
 REQUEST_AWARE_MAX_TOKENS = 2560
 
+# How many of its last released window pages a request remembers for recycling: a decode step
+# releases one page and needs one; a prefill chunk releases more than the next steps need.
+RECYCLE_KEEP = 8
+
 
 @dataclass(slots=True, eq=False)
 class PageOwner:
@@ -73,10 +79,20 @@ class PageOwner:
 
     owned: dict[LargePage, None]
     with_empty: list[dict[LargePage, None]]
+    # Per type: window pages the request released stale, newest last; its next remainder page
+    # of the type takes one's slot (``TwoLevelAllocator.allocate``). Entries go stale lazily.
+    recycle: list[list[SmallPage]]
 
     @staticmethod
     def new(num_types: int) -> PageOwner:
-        return PageOwner({}, [{} for _ in range(num_types)])
+        return PageOwner({}, [{} for _ in range(num_types)], [[] for _ in range(num_types)])
+
+    def released_window_pages(self, type_idx: int, pages: list[SmallPage]) -> None:
+        """Window pages of one type this request just released stale (out of its window)."""
+        recycle = self.recycle[type_idx]
+        recycle.extend(pages)
+        if len(recycle) > RECYCLE_KEEP:
+            del recycle[:-RECYCLE_KEEP]
 
 
 @dataclass(slots=True)
@@ -231,6 +247,16 @@ class TwoLevelAllocator:
         if own:
             counters.own_slot += 1
             return self._use_empty_slot(next(iter(own)))
+        if owner.recycle[type_idx] and not fills_a_large_page:
+            # A window that slid: its next page takes the slot of the page that just left it,
+            # so the window keeps to the same slots — its own large pages when it was placed
+            # whole (cache.allocate places a prefill's lasting pages first) — and a finished
+            # or preempted request frees whole large pages, not slots stranded beside other
+            # requests' windows (docs/design.md §4).
+            page = self._recyclable(owner.recycle[type_idx], type_idx)
+            if page is not None:
+                counters.evicted_small += 1
+                return self._reuse_cached(page)
         anywhere = self.with_empty[type_idx]
         if anywhere and (self._packed[type_idx] or not fills_a_large_page):
             # A fresh large page would stay partly EMPTY while the request runs: fill a hole
@@ -238,12 +264,10 @@ class TwoLevelAllocator:
             counters.any_slot += 1
             return self._use_slot_in(owner, next(iter(anywhere)))
         evictor = self.evictor
-        if (
-            self._token_indexed[type_idx]
-            and evictor.small_stale[type_idx]
+        if self._token_indexed[type_idx] and (
+            evictor.small_stale[type_idx]
             and (not fills_a_large_page or not self.free_large)
             or not (fills_a_large_page or self.free_large)
-            and self._token_indexed[type_idx]
             and evictor.small_goes_before_large(type_idx)
         ):
             # Step 5 early. A stale CACHED page (out of a running request's window, or
@@ -266,6 +290,24 @@ class TwoLevelAllocator:
         assert page is not None, "allocate() called beyond the feasible budget"
         counters.evicted_small += 1
         return self._reuse_cached(page)
+
+    def _recyclable(self, recycle: list[SmallPage], type_idx: int) -> SmallPage | None:
+        """The newest page of ``recycle`` still CACHED and stale in an ACTIVE large page of the
+        type, taken out of the evictor's queue; entries that are not any more are dropped."""
+        while recycle:
+            page = recycle.pop()
+            large = page.large
+            if (
+                page.ref_count == 0
+                and page.is_stale
+                and page.block_hash is not None
+                and large.num_used
+                and large.type_idx == type_idx
+                and large.pages[page.slot] is page
+            ):
+                self.evictor.remove_small(page)
+                return page
+        return None
 
     def _reuse_cached(self, page: SmallPage) -> SmallPage:
         """Evict a CACHED page of an ACTIVE large page (already out of the queues) and use it."""
@@ -537,6 +579,24 @@ class TwoLevelAllocator:
                 self._slots_opened(page.large, 1)
                 return True
         return False
+
+    def evict_cached(self, page: SmallPage) -> None:
+        """Evict one CACHED page now, wherever it is queued (its slot turns EMPTY; a large page
+        left with nothing USED or CACHED goes back to level 0)."""
+        large = page.large
+        if large.num_used:  # ACTIVE: one small page out of its type's queue
+            self.evictor.remove_small(page)
+            self._drop_cached_page(page)
+            large.empty_slots.append(page.slot)
+            self._slots_opened(large, 1)
+            return
+        self._drop_cached_page(page)  # EVICTABLE: the large page stays queued while it caches
+        page.is_stale = False
+        if large.num_cached:
+            large.empty_slots.append(page.slot)
+            return
+        self.evictor.remove_large(large)
+        self._return_to_level0(large)
 
     def _drop_cached_page(self, page: SmallPage) -> None:
         """Evict one CACHED small page of an ACTIVE large page (already out of the queues)."""

@@ -48,6 +48,9 @@ from jenga_vllm.core.policies import LayerPolicy, make_policies
 from jenga_vllm.core.prefix import PrefixIndex
 from jenga_vllm.core.spec import DEBUG_INVARIANTS
 
+# Policies whose running requests release pages as they grow (their windows slide).
+WINDOW_KINDS = frozenset({"sliding_window", "chunked_local"})
+
 
 @dataclass(slots=True, eq=False)
 class RequestPages:
@@ -150,6 +153,10 @@ class JengaCache:
         self.items: dict[Hashable, ItemPages] = {}  # held item-cache entries
         self.state_types = [t for t in self.prefix_types if not self.policies[t].is_token_indexed]
         self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
+        # Attention types whose running requests release pages as they grow.
+        self.window_types = [
+            t for t in self.attention_types if self.policies[t].kind in WINDOW_KINDS
+        ]
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
         self._states_this_step: set[SmallPage] = set()
         # With a list here, cache_blocks appends (type_idx, block, key) per page it indexes.
@@ -161,6 +168,7 @@ class JengaCache:
         self._shared_horizon = [
             (t.spec.window or t.spec.chunk or 0) if t.is_token_indexed else 0 for t in plan.types
         ]
+        self._max_horizon = max(self._shared_horizon, default=0)
         self.enable_caching = enable_caching
         self.requests: dict[str, RequestPages] = {}
         self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
@@ -459,15 +467,26 @@ class JengaCache:
                     if req.junction_tokens and not policy.is_token_indexed
                     else -1
                 )
-                for block in policy.new_blocks(len(table), num_tokens, checkpoint):
-                    if block > len(table):  # state types skip intermediate states
-                        table.extend([None] * (block - len(table)))
+                blocks = policy.new_blocks(len(table), num_tokens, checkpoint)
+                if blocks:  # state types skip intermediate states: those rows stay None
+                    table.extend([None] * (blocks[-1] + 1 - len(table)))
+                order = blocks
+                if t in self.window_types:
+                    # The pages that stay in the window after this step go first, those it
+                    # releases right after (a long prefill's early blocks) last: the lasting
+                    # ones fill the request's own large pages together, and its later steps
+                    # recycle their slots (allocator.allocate).
+                    first_lasting = policy.first_needed_block(num_tokens)
+                    if blocks and first_lasting > blocks[0]:
+                        order = [b for b in blocks if b >= first_lasting]
+                        order += [b for b in blocks if b < first_lasting]
+                for block in order:
                     page = self.allocator.allocate(req.owner, t, budget)
                     page.rank = policy.eviction_rank(block)
                     if block == junction_block:
                         page.at_junction = True
-                    table.append(page)
-                    fresh.append(page)
+                    table[block] = page
+                fresh.extend(table[b] for b in blocks)
             new_pages.append(fresh)
         for t, shared in encoder_plan:
             rank = self._item_rank.randrange(1 << 30)
@@ -641,6 +660,13 @@ class JengaCache:
                 page = table[block]
                 if page is not None and page.block_hash is None and policy.is_cacheable(block):
                     key = hashes[policy.hash_index(block)]
+                    if policy.is_token_indexed:
+                        # A block this request computed again (its hit stopped short of it):
+                        # the new copy replaces a cached one nobody holds, so the block ages
+                        # from now, as vLLM's second cached copy would. docs/design.md §4.
+                        cached = self.index.get(t, key)
+                        if cached is not None and not cached.ref_count:
+                            self.allocator.evict_cached(cached)
                     if self.index.insert(page, key):
                         if self.guards_same_step_states and not policy.is_token_indexed:
                             self._states_this_step.add(page)
@@ -677,13 +703,16 @@ class JengaCache:
         if num_computed_tokens < req.next_release:
             return 0
         to_release: list[SmallPage] = []
-        # The pages of a prompt's first window, when the prompt started a new prefix (no hit),
-        # may be what later requests share — a system prompt no longer than the window leaves
-        # it, page by page, while its first request runs — so they age like any cached page;
-        # every other released page goes to the stale queue (evicted first). docs/design.md §4.
-        first_of_prefix = req.hit_tokens == 0 and req.prompt_tokens is not None
-        if first_of_prefix:
+        # The pages of a prompt's first window that this request computed (no hit covered
+        # them) may be what later requests share — a system prompt no longer than the window
+        # leaves it, page by page, while its first request runs; a request whose hit stopped
+        # short of it (part of it was evicted) computes the rest again — so they age like any
+        # cached page; every other released page goes to the stale queue (evicted first).
+        # docs/design.md §4.
+        own_first_window = req.prompt_tokens is not None and req.hit_tokens < self._max_horizon
+        if own_first_window:
             horizons = [min(h, req.prompt_tokens) for h in self._shared_horizon]
+            own_from = req.hit_tokens
         fresh: list[SmallPage] = []
         superseded: list[tuple[SmallPage, Hashable]] = []
         for t in self.prefix_types:
@@ -695,7 +724,11 @@ class JengaCache:
                 if page is not None:
                     if page.block_hash is not None and not policy.is_token_indexed:
                         superseded += self._retain_state(req, t, block, page)
-                    if first_of_prefix and (block + 1) * policy.block_tokens <= horizons[t]:
+                    if (
+                        own_first_window
+                        and (block + 1) * policy.block_tokens <= horizons[t]
+                        and block * policy.block_tokens >= own_from
+                    ):
                         fresh.append(page)
                     else:
                         to_release.append(page)
@@ -714,6 +747,11 @@ class JengaCache:
                 for page in pages:
                     self.released_pages[page.type_idx] += 1
                 self.allocator.release(pages, is_stale=is_stale)
+        if to_release:
+            for t in self.window_types:
+                window_pages = [p for p in to_release if p.type_idx == t]
+                if window_pages:
+                    req.owner.released_window_pages(t, window_pages)
         for page, key in superseded:
             # Not evicted (and reused) meanwhile, and no other request started from it.
             if page.is_cached and page.block_hash == key and not page.hits:

@@ -464,3 +464,105 @@ def test_vision_pages_and_kv_share_the_pool_under_one_evictor():
     with pytest.raises(JengaAllocationError):
         cache.hold_item("img-2", 16 * 8, vision)
     check_invariants(cache)
+
+
+def test_a_sliding_window_keeps_to_its_own_large_page_and_leaves_it_whole():
+    # Gemma-4-like: a large page holds 4 full-attention pages or 3 window pages, and a request's
+    # window is 3 pages. Each request's lasting window pages take a large page of their own
+    # (placed before the prompt's early pages, which leave the window right after the prefill),
+    # and every later window page takes the slot of the page that just left the window. So a
+    # preempted or finished request leaves whole large pages behind, not window slots stranded
+    # beside other requests' windows that only the window type could use.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 3, 64),  # 3,072 B pages
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 256, window=2 * BS),  # 4,096 B
+    ]
+    cache = make_cache(specs, large_pages=40)
+    assert [t.pages_per_large for t in cache.plan.types] == [4, 3]
+    lengths = {"a": 7 * BS + 3, "b": 5 * BS + 9, "c": 6 * BS}
+    tokens = {rid: [hash((rid, i)) % 50_000 for i in range(n)] for rid, n in lengths.items()}
+    for rid in lengths:
+        run_prompt(cache, rid, tokens[rid], hit=False)
+    for _ in range(3 * BS):  # decode: every request's window slides past three blocks
+        for rid in lengths:
+            tokens[rid].append(len(tokens[rid]))
+            n = len(tokens[rid])
+            assert cache.allocate(rid, n) is not None
+            cache.cache_blocks(rid, block_hashes(tokens[rid], BS), n)
+            cache.release_unneeded(rid, n)
+    check_invariants(cache)
+    window = {rid: [p for p in cache.requests[rid].tables[1] if p is not None] for rid in lengths}
+    for rid, pages in window.items():
+        assert len({p.large.index for p in pages}) == 1, rid  # one large page ...
+        large = pages[0].large
+        others = {r for r, ps in window.items() if r != rid for p in ps if p.large is large}
+        assert not others, (rid, others)  # ... shared with no other request's window
+    claimable = cache.allocator.claimable_large_pages()
+    cache.free("b")
+    check_invariants(cache)
+    # b's window large page is claimable at once (EVICTABLE), by any type
+    assert window["b"][0].large.num_used == 0
+    assert cache.allocator.claimable_large_pages() >= claimable + 1
+
+
+def test_a_prompt_that_hit_short_of_its_first_window_keeps_what_it_computed_there_fresh():
+    # A prefix whose first window was partly evicted: the next request sharing it hits only its
+    # first block and computes the rest of the window again. Those pages are what the following
+    # sharers need: they age like any cached page, not stale (evicted first), so the prefix is
+    # whole again — as vLLM's recomputed blocks are.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 64, window=4 * BS),
+    ]
+    cache = make_cache(specs, large_pages=40)
+    prefix = list(range(4 * BS))  # one window long
+    run_prompt(cache, "first", prefix[:BS])  # only the prefix's first block is cached
+    cache.free("first")
+    tokens = prefix + list(range(700, 700 + 6 * BS))
+    hashes = block_hashes(tokens, BS)
+    found = cache.find_longest_hit(hashes, len(tokens) - 1)
+    assert found.num_tokens == BS
+    assert cache.allocate("second", len(tokens), found, prompt_tokens=len(tokens)) is not None
+    cache.cache_blocks("second", hashes, len(tokens))
+    cache.release_unneeded("second", len(tokens))  # window of 64: blocks 0-5 leave
+    check_invariants(cache)
+    ev = cache.evictor
+    stale = {p for p in ev.small_stale[1]} | {p for lg in ev.large_stale for p in lg.pages}
+    table = [cache.index.get(1, h) for h in hashes[:6]]
+    assert all(p is not None for p in table)
+    assert not set(table[:4]) & stale  # the prefix's first window: block 0 hit, 1-3 computed
+    assert set(table[4:]) <= stale  # past the first window: stale as before
+    cache.free("second")
+    third = prefix + list(range(5000, 5000 + 2 * BS))
+    assert cache.find_longest_hit(block_hashes(third, BS), len(third) - 1).num_tokens == 4 * BS
+
+
+def test_a_block_computed_again_replaces_its_cached_copy():
+    # A request that computes a block whose hash is cached in a page nobody holds (its hit
+    # stopped before it) takes over the index entry: the old copy is evicted at once (its slot
+    # EMPTY, its large page back to level 0 when nothing else is in it), so the block ages
+    # from now; a copy some request holds is kept and the new page stays unhashed.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, 64, window=2 * BS),
+    ]
+    cache = make_cache(specs, large_pages=40)
+    tokens = list(range(3 * BS))
+    hashes = block_hashes(tokens, BS)
+    run_prompt(cache, "old", tokens)
+    old_full = list(cache.requests["old"].tables[0])
+    cache.free("old")
+    cached_before = cache.allocator.cached_pages[0]
+    assert cache.allocate("again", len(tokens)) is not None  # no hit offered: computes it all
+    cache.cache_blocks("again", hashes, len(tokens))
+    check_invariants(cache)
+    new_full = cache.requests["again"].tables[0]
+    assert [cache.index.get(0, h) for h in hashes] == new_full
+    assert all(p.block_hash is None for p in old_full)
+    assert cache.allocator.cached_pages[0] == cached_before - 3
+    # held copies stay: a third request computing the same blocks while "again" runs
+    assert cache.allocate("held", len(tokens)) is not None
+    cache.cache_blocks("held", hashes, len(tokens))
+    check_invariants(cache)
+    assert [cache.index.get(0, h) for h in hashes] == new_full
+    assert all(p.block_hash is None for p in cache.requests["held"].tables[0])
