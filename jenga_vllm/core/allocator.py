@@ -26,11 +26,12 @@ simulate.md): for a stale page of
 the type (when the new page is a remainder, or no large page is FREE), and, for a remainder page
 when no large page is FREE, for a CACHED page of the type cached less recently than the EVICTABLE
 large page step 3 would evict (the evictor's clock) — true LRU across the two granularities,
-where the paper's order always gives up a whole large page first. A sliding window recycles its own slots: the
-next page of a window that slid takes the slot of the page that just left it (step 1b, before
-step 4), so a window keeps to the large pages it was placed in and a finished or preempted
-request frees them whole. A type whose small page is a whole large page (gpt-oss, one-type
-models) has no slots: steps 2–3 only, on a fast path. Steps 2–3 consume a large page. So that a greedy choice for one type never starves another, an allocation first computes
+where the paper's order always gives up a whole large page first. A sliding window recycles
+its own slots: the next page of a window that slid takes the slot of the page that just left it
+(step 1b, before step 4), so a window keeps to the large pages it was placed in and a finished
+or preempted request frees them whole. A type whose small page is a whole large page (gpt-oss,
+one-type models) has no slots: steps 2–3 only, on a fast path. Steps 2–3 consume a large page.
+So that a greedy choice for one type never starves another, an allocation first computes
 each type's *minimum* large pages (what its slots in ACTIVE large pages cannot cover); a type may
 take a large page beyond its minimum only from the spare ones (``LargePageBudget``, the
 artifact's min/max quota).
