@@ -719,6 +719,7 @@ class JengaCache:
             policy = self.policies[t]
             table = req.tables[t]
             target = min(policy.first_needed_block(num_computed_tokens), len(table))
+            stale_from = len(to_release)
             for block in range(req.released[t], target):
                 page = table[block]
                 if page is not None:
@@ -735,6 +736,9 @@ class JengaCache:
                     table[block] = None
             if target > req.released[t]:
                 req.released[t] = target
+                if len(to_release) > stale_from and t in self.window_types:
+                    # its next page of the type recycles one of these slots (allocator.py)
+                    req.owner.released_window_pages(t, to_release[stale_from:])
             if t in req.decode_state and num_computed_tokens % policy.block_tokens == 0:
                 # The running state is complete and will be the newest decode-time state: drop
                 # the one it supersedes now, before the next step allocates its successor, so
@@ -747,11 +751,6 @@ class JengaCache:
                 for page in pages:
                     self.released_pages[page.type_idx] += 1
                 self.allocator.release(pages, is_stale=is_stale)
-        if to_release:
-            for t in self.window_types:
-                window_pages = [p for p in to_release if p.type_idx == t]
-                if window_pages:
-                    req.owner.released_window_pages(t, window_pages)
         for page, key in superseded:
             # Not evicted (and reused) meanwhile, and no other request started from it.
             if page.is_cached and page.block_hash == key and not page.hits:
