@@ -254,14 +254,17 @@ def held_pages(scheduler) -> tuple[list[int], int, int]:
     cache = getattr(manager, "cache", None)
     if cache is not None:  # jenga: USED small pages; the rest of their ACTIVE large pages
         plan = cache.plan
+        alloc = cache.allocator
         held = [0] * len(plan.types)
-        active = 0
-        for large in cache.allocator.large_pages[1:]:
+        active_bytes = 0
+        for large in alloc.large_pages[1:] if not plan.lends_null else alloc.large_pages:
             if large.num_used:
-                held[large.type_idx] += large.num_used
-                active += 1
+                pinned = sum(p in alloc.pinned for p in large.pages)
+                held[large.type_idx] += large.num_used - pinned
+                layout = plan.types[large.type_idx]
+                active_bytes += (layout.pages_per_large - pinned) * layout.small_page_bytes
         held_bytes = sum(n * t.small_page_bytes for n, t in zip(held, plan.types, strict=True))
-        return held, held_bytes, active * plan.large_page_bytes - held_bytes
+        return held, held_bytes, active_bytes - held_bytes
     # stock: one pool of equal blocks; a block id belongs to one group at a time, and any
     # block no request holds (cached or not) serves any group
     config = scheduler.kv_cache_config
@@ -371,7 +374,8 @@ def table(rows: list[tuple[Replay, Replay]], args: ReplayArgs) -> str:
 
 NOTES = """
 **Why jenga preempted more, and the fixes** (per-step traces against vLLM's own manager,
-`--trace MODEL`; docs/design.md §4–§5). Four causes, each fixed in the allocator or manager:
+`--trace MODEL`; docs/design.md §3–§5). Five causes, each fixed in the allocator, the layout or
+the manager:
 
 1. *Placement* (llama4, fixed earlier). A large page holds one chunked-local page or three
    full-attention pages; request-aware placement gave each request full-attention large pages of
@@ -401,27 +405,34 @@ NOTES = """
    window sits in one large page of its own, and a preemption frees it whole
    (`TwoLevelAllocator.allocate`, `JengaCache.allocate`; docs/design.md §4).
 
-Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 120 (with 33% more
-capacity: 9% fewer steps, 1% more recomputed tokens), gemma3 88 → 188 / 52, gpt_oss
-100 → 168 / 92, llama4 104 → 136 / 116, llama 204 → 204 / 200. Fix 4 alone took gemma4 from
+5. *Fixed costs of a small pool* (llama4, gemma4). Large page 0 was the null page (3 blocks on
+   llama4 vs vLLM's 1) and the bytes past the last whole large page were unused. Now the type
+   with the most pages per large page uses the null page's other slots and a partial tail page
+   (`LayoutPlan.lend_type`; attention-only models, docs/design.md §3): llama4 capacity 2,016 →
+   2,032 tokens (vLLM 2,048; the rest is the view slack every unit-id view needs), gemma3 2,026
+   → 2,037; gemma4's null page now holds 3 full-attention pages.
+
+Sweep preemptions vLLM → jenga before these fixes / now: gemma4 84 → 184 / 104 (with 33% more
+capacity: 16% fewer steps, 1% fewer scheduled tokens), gemma3 88 → 188 / 64, gpt_oss
+100 → 168 / 92, llama4 104 → 136 / 104, llama 204 → 204 / 200. Fix 4 alone took gemma4 from
 128 to 112 preemptions and 5,720 to 5,516 steps; a later rule that raises prefix hits on real
 shapes (a recomputed block replaces its cached copy, docs/design.md §4: hit rate here 0.245 →
 0.253, gpt_oss 0.236 → 0.239) costs it 8 of them and 100 steps (gpt_oss: 84 → 92
-preemptions, steps equal). What remains on llama4 is
-capacity and the tail (steps 1.03x): jenga's pool has 83 usable large pages = 249 block
-equivalents vs vLLM's 255 blocks (large page 0 is the null page: 3 blocks vs vLLM's 1; view
-slack 2; rounding to whole large pages 2), and which request is preempted last decides the
-final steps, where one request runs alone. On real shapes these are a few blocks in tens of
-thousands (`scheduler_overhead.md`: Llama-4-Scout-like pools are not in this toy's regime).
+preemptions, steps equal); fix 5 took gemma4 120 → 104 preemptions and 5,616 → 5,148 steps,
+llama4 116 → 104 and 3,784 → 3,712 (1.03x → 1.01x). What remains on llama4 is the view slack
+(2 blocks of 256) and the tail: which request is preempted last decides the final steps, where
+one request runs alone. On real shapes these are a few blocks in tens of thousands
+(`scheduler_overhead.md`: Llama-4-Scout-like pools are not in this toy's regime).
 
 **At equal capacity** (the sweep's third peer: stock vLLM given the bytes for jenga's capacity in
-tokens, i.e. 33% more bytes on gemma4). llama4's remaining gap is capacity alone: there stock
-preempts 112 times in 3,840 steps, jenga 116 in 3,784 (1.04x, 0.99x). gemma4: stock at jenga's
-capacity preempts 72 times in 4,624 steps, jenga 120 in 5,616 (1.67x, 1.21x; before fix 4:
+tokens, i.e. 33% more bytes on gemma4). llama4: stock there preempts 104 times in 3,668 steps,
+jenga 104 in 3,712 (1.00x, 1.01x). gemma4: stock at jenga's capacity preempts 68 times in
+4,624 steps, jenga 104 in 5,148 (1.53x, 1.11x; before fix 5: 1.67x, 1.21x; before fix 4:
 1.78x, 1.24x). Capacity in tokens is counted for max-length requests; this workload's requests
 are short, where a window is a larger share of each request, so that peer has more room for
-this workload than jenga (seed 11: peak running 16 vs 14); at equal bytes (the first columns)
-jenga needs 0.91x stock's steps.
+this workload than jenga; at equal bytes (the first columns) jenga needs 0.84x stock's steps
+and schedules 0.99x its tokens (recomputation included): its extra preemptions come from
+running more requests at once (peak 14 vs 12), not from recomputing more.
 """
 
 

@@ -123,7 +123,7 @@ class JengaManager(Manager):
 
     @property
     def pool_bytes(self) -> int:
-        return self.plan.usable_large_pages * self.plan.large_page_bytes
+        return self.plan.usable_bytes
 
     def new_step(self) -> None:
         if self.images is not None:

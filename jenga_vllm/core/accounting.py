@@ -5,7 +5,8 @@ Categories (they add up to the pool):
     cached    bytes of small pages holding reusable KV no request holds (evictable);
     empty     bytes of EMPTY small pages inside carved large pages (partially-used large pages);
     free      bytes of FREE large pages (level 0), excluding the null page;
-    null      the null large page 0.
+    null      the null page: large page 0, or one small page of it when its other slots are
+              lent (core/layout.py; they count as used / cached / empty like any others).
 Internal fragmentation, reported separately: ``padding`` (rounding inside used/cached pages;
 ``used_padding`` the part inside used ones), ``partial`` (token slots of a request's last page
 it does not fill), ``empty`` above — of which ``stranded`` sits in ACTIVE large pages (slots only
@@ -60,9 +61,11 @@ class PoolUsage:
     def free_bytes(self) -> int:
         return self.free_large_pages * self.large_page_bytes
 
+    null_bytes: int = 0
+
     @property
     def usable_bytes(self) -> int:
-        return self.pool_bytes - self.large_page_bytes  # minus the null page
+        return self.pool_bytes - self.null_bytes
 
     @property
     def fragmentation_bytes(self) -> int:
@@ -83,25 +86,30 @@ class PoolUsage:
 def pool_usage(cache: JengaCache) -> PoolUsage:
     """A full census (O(carved pages + requests)); for metrics, not the per-step hot path."""
     plan = cache.plan
+    alloc = cache.allocator
     usage = PoolUsage(
         pool_bytes=plan.pool_bytes,
         large_page_bytes=plan.large_page_bytes,
-        free_large_pages=len(cache.allocator.free_large),
+        free_large_pages=len(alloc.free_large),
         evictable_large_pages=cache.evictor.num_large(),
         types=[TypeUsage(t.spec.name) for t in plan.types],
+        null_bytes=plan.null_bytes,
     )
-    for large in cache.allocator.large_pages[1:]:
+    for large in alloc.large_pages if plan.lends_null else alloc.large_pages[1:]:
         if not (large.num_used or large.num_cached):
             continue
         tu = usage.types[large.type_idx]
         tl = plan.types[large.type_idx]
-        tu.used_pages += large.num_used
+        num_used = large.num_used
+        if alloc.pinned_by_type[large.type_idx]:
+            num_used -= sum(p in alloc.pinned for p in large.pages)
+        tu.used_pages += num_used
         tu.cached_pages += large.num_cached
         tu.empty_pages += len(large.empty_slots)
-        tu.padding_bytes += (large.num_used + large.num_cached) * tl.padding_bytes
+        tu.padding_bytes += (num_used + large.num_cached) * tl.padding_bytes
         if large.num_used:
             tu.stranded_bytes += len(large.empty_slots) * tl.small_page_bytes
-            tu.used_padding_bytes += large.num_used * tl.padding_bytes
+            tu.used_padding_bytes += num_used * tl.padding_bytes
     for tu, tl in zip(usage.types, plan.types, strict=True):
         tu.used_bytes = tu.used_pages * tl.small_page_bytes
         tu.cached_bytes = tu.cached_pages * tl.small_page_bytes
@@ -142,7 +150,7 @@ def snapshot(cache: JengaCache) -> dict:
     types = {}
     for t, tl in enumerate(plan.types):
         used, cached = alloc.used_pages[t], alloc.cached_pages[t]
-        empty = alloc.carved_large[t] * tl.pages_per_large - used - cached
+        empty = alloc.carved_large[t] * tl.pages_per_large - used - cached - alloc.pinned_by_type[t]
         padding = (used + cached) * tl.padding_bytes
         stranded = alloc.num_empty_slots[t] * tl.small_page_bytes
         types[tl.spec.name] = {

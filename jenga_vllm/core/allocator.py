@@ -153,7 +153,10 @@ class TwoLevelAllocator:
         self.evictor = evictor
         self.index = index
         num_types = len(plan.types)
-        self.large_pages = [LargePage(i) for i in range(plan.num_large_pages)]
+        # Whole large pages, then the tail page (if the plan has tail slots).
+        self.large_pages = [
+            LargePage(i) for i in range(plan.num_large_pages + (1 if plan.tail_slots else 0))
+        ]
         # Stack; popping gives the lowest index first. Large page 0 is the null page.
         self.free_large: list[int] = list(range(plan.num_large_pages - 1, 0, -1))
         self.num_empty_slots = [0] * num_types
@@ -177,8 +180,15 @@ class TwoLevelAllocator:
         units = plan.units_per_large
         for t, layout in enumerate(plan.types):
             if layout.pages_per_large == 1:
-                for large in self.large_pages[1:]:
+                for large in self.large_pages[1 : plan.num_large_pages]:
                     large.carved[t] = [SmallPage(large.index * units, t, large, 0)]
+        # The lend type's partial large pages (the null page, the tail; layout.py): carved once
+        # and for good, their missing slots held by pinned pages that count as USED, so they
+        # never become EVICTABLE or FREE; their real slots are EMPTY slots like any other.
+        self.pinned: set[SmallPage] = set()
+        self.pinned_by_type = [0] * num_types
+        for index, real in plan.lent_slots():
+            self._pin(self.large_pages[index], plan.lend_type, real)
         states = states_per_request or [1] * num_types
         self._packed = [
             t.pages_per_large * t.block_tokens > REQUEST_AWARE_MAX_TOKENS
@@ -186,6 +196,24 @@ class TwoLevelAllocator:
             else t.pages_per_large > states[i]
             for i, t in enumerate(plan.types)
         ]
+
+    def _pin(self, large: LargePage, type_idx: int, real: range) -> None:
+        step = self.plan.types[type_idx].units_per_small
+        base = large.index * self.plan.units_per_large
+        ppl = self._pages_per_large[type_idx]
+        large.type_idx = type_idx
+        large.pages = large.carved[type_idx] = [
+            SmallPage(base + j * step, type_idx, large, j) for j in range(ppl)
+        ]
+        for page in large.pages:
+            if page.slot not in real:
+                page.ref_count = 1
+                self.pinned.add(page)
+        large.num_used = ppl - len(real)
+        self.pinned_by_type[type_idx] += large.num_used
+        self.carved_large[type_idx] += 1
+        large.empty_slots = list(reversed(real))
+        self._slots_opened(large, len(real))
 
     # ---- capacity ------------------------------------------------------------------------
     def slots_in_active(self, type_idx: int) -> int:

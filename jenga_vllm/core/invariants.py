@@ -77,7 +77,8 @@ def check_invariants(cache: JengaCache) -> None:
     used_by_type = [0] * num_types
     cached_by_type = [0] * num_types
     carved_by_type = [0] * num_types
-    for large in alloc.large_pages[1:]:
+    large_pages = alloc.large_pages if plan.lends_null else alloc.large_pages[1:]
+    for large in large_pages:
         state = large.state
         for t, pages in large.carved.items():  # kept page lists of other types: all EMPTY
             if pages is large.pages and state is not LargePageState.FREE:
@@ -117,9 +118,11 @@ def check_invariants(cache: JengaCache) -> None:
             _check(
                 page.unit_id == expected_id, f"page at slot {page.slot} has unit id {page.unit_id}"
             )
+            pinned = page in alloc.pinned  # a missing slot of a partial large page
+            owners = refs.get(id(page), 0) + pinned
             _check(
-                page.ref_count == refs.get(id(page), 0),
-                f"page {page.unit_id}: ref_count {page.ref_count} but {refs.get(id(page), 0)} owners",
+                page.ref_count == owners,
+                f"page {page.unit_id}: ref_count {page.ref_count} but {owners} owners",
             )
             if page.block_hash is not None:
                 _check(
@@ -153,7 +156,7 @@ def check_invariants(cache: JengaCache) -> None:
             used == large.num_used and cached == large.num_cached,
             f"large page {large.index}: counters {large.num_used}/{large.num_cached} != {used}/{cached}",
         )
-        used_by_type[large.type_idx] += used
+        used_by_type[large.type_idx] += used - sum(p in alloc.pinned for p in large.pages)
         cached_by_type[large.type_idx] += cached
         carved_by_type[large.type_idx] += 1
         if state is LargePageState.ACTIVE:
@@ -184,6 +187,10 @@ def check_invariants(cache: JengaCache) -> None:
         )
         _check(set(alloc.with_empty[t]) == with_empty[t], f"type {t}: empty-slot pool mismatch")
         _check(
+            sum(p.type_idx == t for p in alloc.pinned) == alloc.pinned_by_type[t],
+            f"type {t}: pinned pages miscounted",
+        )
+        _check(
             (alloc.used_pages[t], alloc.cached_pages[t], alloc.carved_large[t])
             == (used_by_type[t], cached_by_type[t], carved_by_type[t]),
             f"type {t}: used/cached/carved counted {alloc.used_pages[t]}/{alloc.cached_pages[t]}/"
@@ -201,7 +208,7 @@ def check_invariants(cache: JengaCache) -> None:
         len(cache.index)
         == sum(
             1
-            for large in alloc.large_pages[1:]
+            for large in large_pages
             if large.state is not LargePageState.FREE
             for p in large.pages
             if p.block_hash is not None
@@ -215,13 +222,13 @@ def check_invariants(cache: JengaCache) -> None:
     from jenga_vllm.core.accounting import pool_usage
 
     usage = pool_usage(cache)
-    carved = plan.usable_large_pages - usage.free_large_pages
+    carved_bytes = (plan.usable_large_pages - usage.free_large_pages) * plan.large_page_bytes
+    carved_bytes += plan.usable_bytes - plan.usable_large_pages * plan.large_page_bytes
     _check(
-        usage.used_bytes + usage.cached_bytes + usage.empty_bytes == carved * plan.large_page_bytes,
-        "used + cached + empty bytes do not fill the carved large pages",
+        usage.used_bytes + usage.cached_bytes + usage.empty_bytes == carved_bytes,
+        "used + cached + empty bytes do not fill the carved large pages and the lent slots",
     )
     _check(
-        usage.free_bytes + carved * plan.large_page_bytes + plan.large_page_bytes
-        == plan.pool_bytes,
+        usage.free_bytes + carved_bytes + plan.null_bytes == plan.pool_bytes,
         "free + carved + null bytes do not add up to the pool",
     )

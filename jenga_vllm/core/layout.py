@@ -25,6 +25,20 @@ Invariants
       small page and is a multiple of 16 bytes (kernels need aligned page starts);
     - ``padding_bytes == small_page_bytes - content_bytes ≥ 0``;
     - large page 0 (units ``[0, units_per_large)``) is the null page: unit id 0 means "no page".
+
+Null page and tail slots (``lend_type``)
+    A whole large page for vLLM's one null block is a fixed cost a small pool feels (Llama-4's
+    is 3 full-attention blocks; vLLM's is 1). So the type with the most small pages per large
+    page, the *lend type*, may use what the null page and the pool's rounding leave over:
+    - ``lends_null``: large page 0 is carved for the lend type, its slot 0 is the null page and
+      slots 1.. are real pages. Only when every type is attention (token-indexed): vLLM writes
+      attention KV only through slot mappings, which name -1 for padding and dummy batches, so
+      no kernel writes the null block; the null rows of larger types, which now overlap those
+      slots, are only read for tokens outside a window, and those reads are masked. A state
+      type (Mamba) is written at its block table's index, which a dummy batch leaves at 0.
+    - ``tail_slots``: the bytes past the last whole large page hold that many small pages of the
+      lend type: a partial large page (index ``num_large_pages``) whose other slots do not exist.
+    docs/design.md §3.
 """
 
 from __future__ import annotations
@@ -79,8 +93,11 @@ class LayoutPlan:
     block_size: int
     unit_bytes: int
     large_page_bytes: int
-    num_large_pages: int  # including the null large page 0
+    num_large_pages: int  # whole large pages, including the null large page 0
     type_index: dict[str, int] = field(default_factory=dict)
+    lend_type: int = -1  # the type that uses the null page's other slots and the tail slots
+    lends_null: bool = False  # large page 0's slots 1.. are real pages of the lend type
+    tail_slots: int = 0  # small pages of the lend type after the last whole large page
 
     @property
     def units_per_large(self) -> int:
@@ -88,15 +105,40 @@ class LayoutPlan:
 
     @property
     def num_units(self) -> int:
-        return self.num_large_pages * self.units_per_large
+        units = self.num_large_pages * self.units_per_large
+        if self.tail_slots:
+            units += self.tail_slots * self.types[self.lend_type].units_per_small
+        return units
 
     @property
     def pool_bytes(self) -> int:
-        return self.num_large_pages * self.large_page_bytes
+        return self.num_units * self.unit_bytes
 
     @property
     def usable_large_pages(self) -> int:
+        """Whole large pages that any type can use (not the null page, not the tail)."""
         return self.num_large_pages - 1
+
+    @property
+    def null_bytes(self) -> int:
+        """Bytes the null page takes: one small page of the lend type, or large page 0."""
+        if self.lends_null:
+            return self.types[self.lend_type].small_page_bytes
+        return self.large_page_bytes
+
+    @property
+    def usable_bytes(self) -> int:
+        return self.pool_bytes - self.null_bytes
+
+    def lent_slots(self) -> list[tuple[int, range]]:
+        """(large page, its real slots) of the lend type's partial large pages: the null page
+        (slots 1..) and the tail page (slots 0..tail_slots-1)."""
+        partial = []
+        if self.lends_null:
+            partial.append((0, range(1, self.types[self.lend_type].pages_per_large)))
+        if self.tail_slots:
+            partial.append((self.num_large_pages, range(self.tail_slots)))
+        return partial
 
     def unit_id(self, type_idx: int, large_page: int, slot: int) -> int:
         t = self.types[type_idx]
@@ -125,9 +167,14 @@ class LayoutPlan:
             f"padding {t.padding_bytes} B ({100.0 * t.padding_bytes / t.small_page_bytes:.2f}%)"
             for t in self.types
         ]
+        lent = ""
+        if self.lend_type >= 0:
+            name = self.types[self.lend_type].spec.name
+            slots = sum(len(r) for _, r in self.lent_slots())
+            lent = f" + {slots} {name} pages in the null page's slots and the tail"
         return (
             f"large page {self.large_page_bytes} B, unit {self.unit_bytes} B, "
-            f"{self.usable_large_pages} usable large pages; " + "; ".join(parts)
+            f"{self.usable_large_pages} usable large pages{lent}; " + "; ".join(parts)
         )
 
 
@@ -250,10 +297,12 @@ def plan_layout(
     *,
     max_model_len: int | None = None,
     max_pages_per_large: int = DEFAULT_MAX_PAGES_PER_LARGE,
+    lend_slots: bool = True,
 ) -> LayoutPlan:
     """Plan the two-level layout for ``specs`` and (optionally) a pool of ``memory_bytes``.
 
     ``memory_bytes`` None plans the geometry only (``num_large_pages`` = 1, the null page).
+    ``lend_slots`` False keeps the whole null page and the tail unused (for comparisons).
     Raises JengaConfigError for impossible inputs, naming the fix.
     """
     specs = list(specs)
@@ -305,10 +354,19 @@ def plan_layout(
             error.min_bytes = 2 * large  # type: ignore[attr-defined]
             raise error
         num_large = memory_bytes // large
-    if num_large * (large // unit) > MAX_UNIT_IDS:
+    lend_type, lends_null, tail_slots = -1, False, 0
+    lenders = [i for i, t in enumerate(types) if t.pages_per_large > 1 and lend_slots]
+    if lenders:
+        lend_type = max(lenders, key=lambda i: types[i].pages_per_large)
+        lends_null = all(t.is_token_indexed for t in types)
+        if memory_bytes is not None:
+            tail_slots = (memory_bytes - num_large * large) // types[lend_type].small_page_bytes
+        if not (lends_null or tail_slots):
+            lend_type = -1
+    num_units = num_large * (large // unit) + tail_slots * types[lend_type].units_per_small
+    if num_units > MAX_UNIT_IDS:
         raise JengaConfigError(
-            f"{num_large * (large // unit)} unit ids exceed vLLM's int32 block ids; "
-            "use less KV memory per engine"
+            f"{num_units} unit ids exceed vLLM's int32 block ids; use less KV memory per engine"
         )
     return LayoutPlan(
         types=tuple(types),
@@ -317,4 +375,7 @@ def plan_layout(
         large_page_bytes=large,
         num_large_pages=num_large,
         type_index={t.spec.name: i for i, t in enumerate(types)},
+        lend_type=lend_type,
+        lends_null=lends_null,
+        tail_slots=tail_slots,
     )

@@ -62,7 +62,12 @@ def jenga_max_requests(plan: LayoutPlan, max_model_len: int, limit: int = 100_00
 def format_plan(plan: LayoutPlan) -> list[str]:
     lines = [
         f"jenga layout: large page {plan.large_page_bytes:,} B, unit {plan.unit_bytes:,} B, "
-        f"{plan.usable_large_pages:,} usable large pages (+1 null)",
+        f"{plan.usable_large_pages:,} usable large pages (+1 null)"
+        + "".join(
+            f", + {len(real)} {plan.types[plan.lend_type].spec.name} pages in "
+            + ("the null page" if index == 0 else "a tail page")
+            for index, real in plan.lent_slots()
+        ),
         f"  {'layer type':<22}{'layers':>7}{'small page B':>15}{'B/token':>11}{'state B':>13}"
         f"{'per large':>10}{'padding B':>11}",
     ]

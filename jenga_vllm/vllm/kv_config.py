@@ -349,7 +349,7 @@ def bytes_per_max_request(vllm_config, plan: LayoutPlan, items: bool = True) -> 
 
 def _check_fits_one_request(vllm_config, types: list[VllmLayerType], plan: LayoutPlan) -> None:
     needed = bytes_per_max_request(vllm_config, plan)
-    usable = plan.usable_large_pages * plan.large_page_bytes
+    usable = plan.usable_bytes
     if needed > usable:
         max_len = vllm_config.model_config.max_model_len
         raise ValueError(

@@ -242,7 +242,7 @@ class JengaKVCacheManager:
         self._headroom_needs: list[int] | None = None
         self.mamba_shared_prefix_checkpoint = False
         self._small_bytes = [t.small_page_bytes for t in plan.types]
-        self._usable_bytes = plan.usable_large_pages * plan.large_page_bytes
+        self._usable_bytes = plan.usable_bytes
         # Unit ids of new small pages for the worker to zero (vLLM's rule for when to zero).
         self._zero_new_pages = kv_cache_config.needs_kv_cache_zeroing
         self._units_to_zero: list[int] = []

@@ -127,13 +127,13 @@ def test_request_aware_placement_frees_whole_large_pages():
     assert released == sum(1 for h in owners.values() if h == {"a"})
 
 
-def llama4_like_cache(large_pages: int) -> JengaCache:
+def llama4_like_cache(large_pages: int, **kw) -> JengaCache:
     """A large page holds 3 full-attention pages (2 layers) or 1 chunked-local page (6)."""
     specs = [
         LayerTypeSpec.uniform("full", "full", 2, 64),
         LayerTypeSpec.uniform("local", "chunked_local", 6, 64, chunk=4 * BS),
     ]
-    cache = make_cache(specs, large_pages=large_pages)
+    cache = make_cache(specs, large_pages=large_pages, **kw)
     assert [t.pages_per_large for t in cache.plan.types] == [3, 1]
     return cache
 
@@ -148,9 +148,11 @@ def test_single_new_pages_fill_holes_before_taking_a_fresh_large_page():
     while cache.allocate(f"r{admitted}", BS) is not None:  # one page of each type per request
         admitted += 1
         check_invariants(cache)
-    # 9 chunked-local large pages + 3 holding the 9 full pages (a large page each: 6 requests).
+    # 9 chunked-local large pages + 2 full pages in the null page's slots + 3 large pages
+    # holding the other 7 (a large page each: 6 requests).
     assert admitted == 9
-    assert cache.num_free_large_pages() == 0 and cache.allocator.slots_in_active(0) == 0
+    assert cache.plan.lends_null and cache.allocator.carved_large == [4, 9]
+    assert cache.num_free_large_pages() == 0 and cache.allocator.slots_in_active(0) == 2
 
 
 def test_homogeneous_model_behaves_like_a_plain_paged_allocator():
@@ -404,7 +406,7 @@ def test_with_no_free_large_page_a_remainder_evicts_the_least_recently_cached_fi
     # recently: a small page of its type (in an ACTIVE large page) or a whole EVICTABLE large
     # page — not always the large page, which serves every type (and the paper's step order
     # would take it first whenever the budget allows).
-    cache = llama4_like_cache(large_pages=5)
+    cache = llama4_like_cache(large_pages=5, lend_slots=False)  # no slots in the null page
     for i in range(3):  # full pages share one large page; each local page has its own
         run_prompt(cache, f"r{i}", [i * 100 + t for t in range(BS)], hit=False)
     assert cache.num_free_large_pages() == 0
@@ -566,3 +568,46 @@ def test_a_block_computed_again_replaces_its_cached_copy():
     check_invariants(cache)
     assert [cache.index.get(0, h) for h in hashes] == new_full
     assert all(p.block_hash is None for p in cache.requests["held"].tables[0])
+
+
+def test_the_null_page_and_the_tail_serve_pages_and_are_never_freed_or_evicted():
+    # Llama-4-like, 5 whole large pages + 2 full-page slots of tail: with the null page's 2
+    # slots, full attention has 4 pages that take no large page, so all 4 usable large pages
+    # hold local pages: 4 requests (a local large page + a full page each) fit, not 3.
+    def cache_of(lend: bool) -> JengaCache:
+        specs = [
+            LayerTypeSpec.uniform("full", "full", 2, 64),
+            LayerTypeSpec.uniform("local", "chunked_local", 6, 64, chunk=4 * BS),
+        ]
+        geometry = plan_layout(specs, BS)
+        memory = 5 * geometry.large_page_bytes + 2 * geometry.types[0].small_page_bytes
+        return JengaCache(plan_layout(specs, BS, memory, lend_slots=lend))
+
+    def admit(cache: JengaCache) -> int:
+        n = 0
+        while cache.allocate(f"r{n}", BS) is not None:
+            n += 1
+            check_invariants(cache)
+        return n
+
+    assert admit(cache_of(lend=False)) == 3  # 3 local large pages + 1 for the full pages
+    cache = cache_of(lend=True)
+    assert admit(cache) == 4
+    plan = cache.plan
+    full_pages = [cache.requests[f"r{i}"].tables[0][0] for i in range(4)]
+    assert {p.large.index for p in full_pages} == {0, 5}  # the null page's and the tail's slots
+    assert all(0 < p.unit_id < plan.num_units for p in full_pages)
+    assert all(
+        plan.byte_offset(p.unit_id) + plan.types[0].small_page_bytes <= plan.pool_bytes
+        for p in full_pages
+    )
+    assert cache.free_bytes() == 0
+    for i in range(4):  # prompts become CACHED, then everything is evicted
+        cache.free(f"r{i}")
+    check_invariants(cache)
+    while cache.allocator.evict_one():
+        check_invariants(cache)
+    assert cache.num_free_large_pages() == plan.usable_large_pages
+    assert cache.allocator.slots_in_active(0) == 4  # the lent slots stay carved, EMPTY
+    assert cache.free_bytes() == plan.usable_bytes
+    assert admit(cache) == 4  # and serve again

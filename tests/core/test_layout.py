@@ -160,3 +160,39 @@ def test_state_layers_start_16_byte_aligned():
     state = plan.types[1]
     assert state.layer_offsets == (0, 1008, 2016)
     assert state.content_bytes == 3 * 1008 and state.small_page_bytes % 16 == 0
+
+
+def test_the_null_page_and_the_tail_lend_their_slots_to_the_smallest_pages():
+    # Llama-4-like: a large page = 3 full-attention pages or 1 chunked-local page. Large page 0
+    # keeps only one full page as the null page (vLLM's null block is one block), and the bytes
+    # past the last whole large page hold full pages too.
+    full = LayerTypeSpec.uniform("full", "full", 2, 64)
+    local = LayerTypeSpec.uniform("local", "chunked_local", 6, 64, chunk=64)
+    geometry = plan_layout([full, local], 16)
+    large, small = geometry.large_page_bytes, geometry.types[0].small_page_bytes
+    plan = plan_layout([full, local], 16, 10 * large + 2 * small + 5)
+    assert plan.lend_type == 0 and plan.lends_null and plan.tail_slots == 2
+    assert plan.lent_slots() == [(0, range(1, 3)), (10, range(2))]
+    assert plan.null_bytes == small
+    assert plan.pool_bytes == 10 * large + 2 * small
+    assert plan.usable_bytes == 9 * large + 4 * small
+    assert plan.num_units * plan.unit_bytes == plan.pool_bytes
+    tail_page = plan.unit_id(0, 10, 1)
+    assert plan.byte_offset(tail_page) + small == plan.pool_bytes
+    unlent = plan_layout([full, local], 16, 10 * large + 2 * small + 5, lend_slots=False)
+    assert (unlent.lend_type, unlent.lends_null, unlent.tail_slots) == (-1, False, 0)
+    assert unlent.pool_bytes == 10 * large and unlent.usable_bytes == 9 * large
+
+
+def test_a_state_type_keeps_the_null_page_whole():
+    # A Mamba kernel writes state at its block table's index, which a dummy batch leaves at 0:
+    # the null page must stay unshared. The tail still holds attention pages.
+    attn = LayerTypeSpec.uniform("attn", "full", 2, 512)
+    mamba = LayerTypeSpec.uniform("mamba", "mamba", 6, 19_840, block_tokens=512)
+    plan = plan_layout([attn, mamba], 16, 2_000_000, max_model_len=512)
+    assert not plan.lends_null and plan.null_bytes == plan.large_page_bytes
+    assert plan.lend_type == 0
+    assert plan.tail_slots == (2_000_000 % plan.large_page_bytes) // 16_384
+    # A model whose pages all fill the large page has nothing to lend.
+    one = plan_layout([LayerTypeSpec.uniform("full", "full", 4, 128)], 16, 1_000_000)
+    assert (one.lend_type, one.lends_null, one.tail_slots) == (-1, False, 0)
