@@ -171,6 +171,7 @@ def snapshot(cache: JengaCache) -> dict:
         "pool_bytes": plan.pool_bytes,
         "large_page_bytes": plan.large_page_bytes,
         "large_pages_total": plan.pool_bytes // plan.large_page_bytes,
+        "null_bytes": plan.null_bytes,
         "large_pages_free": len(alloc.free_large),
         "large_pages_evictable": cache.evictor.num_large(),
         "types": types,

@@ -75,6 +75,11 @@ POOL_GAUGES = (
         "Large pages in the pool (null page included).",
         "large_pages_total",
     ),
+    (
+        "vllm:jenga_null_page_bytes",
+        "Bytes of the null page: a large page, or one small page when its other slots are lent.",
+        "null_bytes",
+    ),
 )
 POOL_COUNTERS = (
     (

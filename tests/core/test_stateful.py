@@ -214,7 +214,7 @@ class JengaMachine(RuleBasedStateMachine):
         held = sum(
             f["used_bytes"] + f["cached_bytes"] + f["free_bytes"] for f in snap["types"].values()
         )
-        free = (snap["large_pages_free"] + 1) * snap["large_page_bytes"]  # + the null page
+        free = snap["large_pages_free"] * snap["large_page_bytes"] + snap["null_bytes"]
         assert held + free == snap["pool_bytes"]
 
     @invariant()
