@@ -259,7 +259,7 @@ def held_pages(scheduler) -> tuple[list[int], int, int]:
         active_bytes = 0
         for large in alloc.large_pages[1:] if not plan.lends_null else alloc.large_pages:
             if large.num_used:
-                pinned = sum(p in alloc.pinned for p in large.pages)
+                pinned = alloc.pinned_in(large)
                 held[large.type_idx] += large.num_used - pinned
                 layout = plan.types[large.type_idx]
                 active_bytes += (layout.pages_per_large - pinned) * layout.small_page_bytes

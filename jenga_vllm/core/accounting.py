@@ -44,6 +44,7 @@ class PoolUsage:
     free_large_pages: int
     evictable_large_pages: int
     types: list[TypeUsage] = field(default_factory=list)
+    null_bytes: int = 0
 
     @property
     def used_bytes(self) -> int:
@@ -60,8 +61,6 @@ class PoolUsage:
     @property
     def free_bytes(self) -> int:
         return self.free_large_pages * self.large_page_bytes
-
-    null_bytes: int = 0
 
     @property
     def usable_bytes(self) -> int:
@@ -100,9 +99,7 @@ def pool_usage(cache: JengaCache) -> PoolUsage:
             continue
         tu = usage.types[large.type_idx]
         tl = plan.types[large.type_idx]
-        num_used = large.num_used
-        if alloc.pinned_by_type[large.type_idx]:
-            num_used -= sum(p in alloc.pinned for p in large.pages)
+        num_used = large.num_used - alloc.pinned_in(large)
         tu.used_pages += num_used
         tu.cached_pages += large.num_cached
         tu.empty_pages += len(large.empty_slots)

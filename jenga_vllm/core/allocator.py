@@ -197,6 +197,12 @@ class TwoLevelAllocator:
             for i, t in enumerate(plan.types)
         ]
 
+    def pinned_in(self, large: LargePage) -> int:
+        """Pinned (missing) slots of a large page: counted in its ``num_used``, held by nobody."""
+        if not self.pinned_by_type[large.type_idx]:
+            return 0
+        return sum(p in self.pinned for p in large.pages)
+
     def _pin(self, large: LargePage, type_idx: int, real: range) -> None:
         step = self.plan.types[type_idx].units_per_small
         base = large.index * self.plan.units_per_large

@@ -156,7 +156,7 @@ def check_invariants(cache: JengaCache) -> None:
             used == large.num_used and cached == large.num_cached,
             f"large page {large.index}: counters {large.num_used}/{large.num_cached} != {used}/{cached}",
         )
-        used_by_type[large.type_idx] += used - sum(p in alloc.pinned for p in large.pages)
+        used_by_type[large.type_idx] += used - alloc.pinned_in(large)
         cached_by_type[large.type_idx] += cached
         carved_by_type[large.type_idx] += 1
         if state is LargePageState.ACTIVE:
