@@ -171,6 +171,7 @@ class TwoLevelAllocator:
         ]
         self.counters = AllocatorCounters(evicted_by_type=[0] * num_types)
         self._pages_per_large = [t.pages_per_large for t in plan.types]
+        self._all_whole = all(n == 1 for n in self._pages_per_large)
         # Step 5 early is for attention pages only: a stale Mamba state may be the next turn's
         # start (policies/mamba.py retention), and states age by the evictor's order alone
         # (simulate.md: Jamba / Qwen3-Next multi-turn hit 0.89 -> 0.73 / 0.69 otherwise).
@@ -508,6 +509,9 @@ class TwoLevelAllocator:
 
     def release_in_order(self, pages: list[SmallPage], is_stale: bool) -> None:
         """``release`` for pages already in the evictor's release order."""
+        if self._all_whole and not is_stale:
+            self._release_whole_pages(pages)
+            return
         evictor = self.evictor
         used_pages, cached_pages = self.used_pages, self.cached_pages
         whole = self._pages_per_large
@@ -544,6 +548,34 @@ class TwoLevelAllocator:
                     self._slots_opened(large, 1)
                 else:
                     self._deactivate(large, slot_freed=True)
+
+    def _release_whole_pages(self, pages: list[SmallPage]) -> None:
+        """``release_in_order`` (not stale) when every type's small page fills its large page:
+        each page takes its large page EVICTABLE (hashed) or back to level 0 with it, and no
+        slot pool is involved. A finished request's whole table goes this way
+        (``JengaCache.free``); the evictor's queue is filled here, in the given order."""
+        used_pages, cached_pages, carved = self.used_pages, self.cached_pages, self.carved_large
+        free_large = self.free_large
+        queue, clock = self.evictor.fresh_large_queue()
+        for page in pages:
+            page.ref_count -= 1
+            if page.ref_count:
+                continue
+            large = page.large
+            t = page.type_idx
+            used_pages[t] -= 1
+            large.num_used = 0
+            if page.block_hash is None:
+                carved[t] -= 1
+                free_large.append(large.index)
+            else:
+                page.is_stale = False
+                large.num_cached = 1
+                cached_pages[t] += 1
+                clock += 1
+                large.stamp = clock
+                queue[large] = None
+        self.evictor.clock = clock
 
     def _deactivate(self, large: LargePage, slot_freed: bool = False) -> None:
         """An ACTIVE large page lost its last USED page: EVICTABLE or back to level 0.

@@ -170,6 +170,14 @@ class JengaCache:
         ]
         self._max_horizon = max(self._shared_horizon, default=0)
         self.enable_caching = enable_caching
+        # The evictor's release order (deepest token first, ties in type order) is the order of
+        # block indices when every type is an attention type of one block size: free() builds it
+        # from the tables instead of sorting their pages by rank.
+        self._blockwise_release = (
+            evictor.aligned_release
+            and self.attention_types == list(range(num_types))
+            and len({p.block_tokens for p in self.policies}) == 1
+        )
         self.requests: dict[str, RequestPages] = {}
         self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
         self._item_rank = random.Random(seed)
@@ -774,6 +782,10 @@ class JengaCache:
         if len(tables) == 1:  # already in release order: deepest token first
             pages = [p for p in reversed(tables[0]) if p is not None]
             self.allocator.release_in_order(pages, is_stale=False)
+        elif self._blockwise_release:
+            self.allocator.release_in_order(
+                _deepest_block_first(req.tables, req.released), is_stale=False
+            )
         else:
             pages = [p for table in tables for p in reversed(table) if p is not None]
             self.allocator.release(pages, is_stale=False)
@@ -816,3 +828,26 @@ class JengaCache:
 
     def num_free_large_pages(self) -> int:
         return len(self.allocator.free_large)
+
+
+def _deepest_block_first(
+    tables: list[list[SmallPage | None]], released: list[int]
+) -> list[SmallPage]:
+    """The pages of ``tables`` (one block size, token-position ranks) deepest block first, ties
+    in type order: what sorting them by rank, descending and stable, gives. ``released[t]``:
+    table t holds nothing below it. Between two consecutive ``released`` marks the same tables
+    hold pages; where that is one table (a full-attention table below every window) its slice
+    is copied reversed, elsewhere the blocks are walked one by one across the tables."""
+    order: list[SmallPage] = []
+    top = max(len(table) for table in tables)
+    for start in sorted(set(released), reverse=True):
+        live = [table for table, r in zip(tables, released, strict=True) if r <= start]
+        if len(live) == 1:
+            order += [p for p in reversed(live[0][start:top]) if p is not None]
+        else:
+            for block in range(top - 1, start - 1, -1):
+                for table in live:
+                    if block < len(table) and (page := table[block]) is not None:
+                        order.append(page)
+        top = start
+    return order

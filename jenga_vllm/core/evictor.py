@@ -44,6 +44,8 @@ class Evictor(ABC):
     """Owns the evictable-page queues; the allocator tells it every state change."""
 
     protects_junctions = True  # junction pages (see is_junction) are never released as stale
+    # release_order is deepest token first across types, ties in the given order
+    aligned_release = False
 
     def __init__(self, num_types: int) -> None:
         self.num_types = num_types
@@ -124,6 +126,12 @@ class Evictor(ABC):
         else:
             self.large_fresh[large] = None
 
+    def fresh_large_queue(self) -> tuple[OrderedDict[LargePage, None], int]:
+        """(the queue ``add_large(large, is_stale=False)`` appends to, the clock): for a caller
+        that queues many large pages in one loop, stamping each with ``clock + 1`` onwards and
+        storing the last stamp back in ``self.clock``."""
+        return self.large_fresh, self.clock
+
     def remove_large(self, large: LargePage) -> None:
         if self.large_stale.pop(large, _MISSING) is _MISSING:
             del self.large_fresh[large]
@@ -146,6 +154,8 @@ class Evictor(ABC):
 
 class PrefixSubsetEvictor(Evictor):
     """Jenga's evictor: aligned (deepest token first across types), stale first, large first."""
+
+    aligned_release = True
 
     def release_order(self, pages: list[SmallPage]) -> list[SmallPage]:
         return sorted(pages, key=_RANK, reverse=True)  # stable: ties keep their given order

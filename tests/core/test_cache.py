@@ -611,3 +611,40 @@ def test_the_null_page_and_the_tail_serve_pages_and_are_never_freed_or_evicted()
     assert cache.allocator.slots_in_active(0) == 4  # the lent slots stay carved, EMPTY
     assert cache.free_bytes() == plan.usable_bytes
     assert admit(cache) == 4  # and serve again
+
+
+@pytest.mark.parametrize("sizes", [(64, 64), (64, 48)])
+def test_free_releases_in_the_evictors_order_without_sorting(sizes):
+    # free() builds the release order from the tables when every type is an attention type of
+    # one block size; it must be the order the evictor's sort gives: deepest block first, ties
+    # in type order. Two windows, shared prefixes, requests freed mid-window.
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 1, sizes[0]),
+        LayerTypeSpec.uniform("swa", "sliding_window", 1, sizes[1], window=40),
+        LayerTypeSpec.uniform("swa2", "sliding_window", 1, sizes[1], window=100),
+    ]
+    cache = make_cache(specs, large_pages=200)
+    assert cache._blockwise_release
+    rng = random.Random(3)
+    shared = list(range(10_000, 10_000 + 70))
+    released = []
+    real_release = cache.allocator.release_in_order
+
+    def record(pages, is_stale):
+        released.append(list(pages))
+        real_release(pages, is_stale)
+
+    cache.allocator.release_in_order = record
+    for i in range(12):
+        tokens = (shared if i % 2 else []) + [
+            rng.randrange(1000) for _ in range(rng.randint(1, 150))
+        ]
+        run_prompt(cache, f"r{i}", tokens)
+        req = cache.requests[f"r{i}"]
+        expected = cache.evictor.release_order(
+            [p for table in req.tables for p in reversed(table) if p is not None]
+        )
+        released.clear()
+        cache.free(f"r{i}")
+        assert [p.unit_id for p in released[-1]] == [p.unit_id for p in expected]
+        check_invariants(cache)
