@@ -19,9 +19,10 @@ KV manager.
 
 Workload: 1,024 requests submitted at once, prompts 1,000–3,500 tokens (seeded), half of them
 starting with one of four shared 1,024-token prefixes, 128 output tokens, max_num_seqs 512,
-max_num_batched_tokens 8,192. Runs alternate stock / jenga; the result is best-of and median
-of the per-run ratios. The decisions are compared too (steps, peak running, preemptions, a
-digest of every step's scheduled tokens): equal decisions make the per-step times comparable.
+max_num_batched_tokens 8,192. Runs alternate stock / jenga; the result is the ratio of each
+manager's fastest run and the median of the per-pair ratios. The decisions are compared too
+(steps, peak running, preemptions, a digest of every step's scheduled tokens): equal decisions
+make the per-step times comparable.
 
 Run: python benchmarks/scheduler_overhead.py [--models gpt-oss-20b] [--rounds 3] [--quick]
 Writes benchmarks/results/scheduler_overhead.md (not with --quick).
@@ -251,9 +252,12 @@ def one_pass(scheduler, hasher, model, manager, args, prompts, sink, tag) -> Run
 
 
 def ratio_line(pairs: list[tuple[Run, Run]], metric) -> tuple[float, float, float, float]:
-    """(best, median, min, max) of jenga/stock per pair."""
+    """(jenga's fastest run / stock's fastest run, median of jenga/stock per pair, min, max).
+    The machine only ever adds time to a run, so each manager's fastest run is its least
+    disturbed one (timeit's rule); the median pair shows the spread both had to live with."""
     ratios = [metric(j) / metric(s) for s, j in pairs]
-    return min(ratios), statistics.median(ratios), min(ratios), max(ratios)
+    fastest = min(metric(j) for _, j in pairs) / min(metric(s) for s, _ in pairs)
+    return fastest, statistics.median(ratios), min(ratios), max(ratios)
 
 
 PASSES = {
@@ -310,14 +314,15 @@ def step_table(results: dict[str, list[tuple[Run, Run]]], args: Args) -> list[st
     lines = [
         "| model | KV | capacity tokens stock / jenga | same decisions | steps | mean / peak "
         "running | preemptions stock / jenga | hit rate stock / jenga | µs per step stock / "
-        "jenga (median run) | **jenga/stock per step: best, median [min–max]** | KV-manager "
+        "jenga (median run) | **jenga/stock per step: fastest runs, median pair [min–max]** | "
+        "KV-manager "
         "µs per step stock / jenga | step p99 ms stock / jenga |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, pairs in results.items():
         s0, j0 = pairs[0]
         same = all(s.digest == j.digest for s, j in pairs)
-        best, med, lo, hi = ratio_line(pairs, lambda r: r.us_per_step)
+        fastest, med, lo, hi = ratio_line(pairs, lambda r: r.us_per_step)
         s_med = statistics.median(s.us_per_step for s, _ in pairs)
         j_med = statistics.median(j.us_per_step for _, j in pairs)
         s_kv = statistics.median(s.manager_us_per_step for s, _ in pairs)
@@ -333,7 +338,7 @@ def step_table(results: dict[str, list[tuple[Run, Run]]], args: Args) -> list[st
             f"{s0.preemptions} / {j0.preemptions} | "
             f"{s0.hit_tokens / max(1, s0.query_tokens):.3f} / "
             f"{j0.hit_tokens / max(1, j0.query_tokens):.3f} | {s_med:,.0f} / {j_med:,.0f} | "
-            f"**{best:.2f}x, {med:.2f}x** [{lo:.2f}–{hi:.2f}] | {s_kv:,.0f} / {j_kv:,.0f} | "
+            f"**{fastest:.2f}x, {med:.2f}x** [{lo:.2f}–{hi:.2f}] | {s_kv:,.0f} / {j_kv:,.0f} | "
             f"{s_p99:.1f} / {j_p99:.1f} |"
         )
     return lines
