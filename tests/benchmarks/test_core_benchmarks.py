@@ -52,3 +52,22 @@ def test_scheduler_overhead_quick_steps_vllms_scheduler_with_both_managers():
     ratios = re.findall(r"\*\*([0-9.]+)x, ([0-9.]+)x\*\*", out)
     assert len(ratios) == 4 and all(0 < float(r) < 100 for pair in ratios for r in pair)
     assert "`allocate_slots`" in out and "`get_computed_blocks`" in out
+
+
+def test_the_replay_sweep_runs_a_different_workload_per_seed():
+    # The sweep totals 12 schedules per model; they are 12 only if each seed changes the
+    # workload's shape (e2e_throughput's lengths are fixed: its seed changes only token ids).
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scheduler_replay import SWEEP_SEEDS, sweep_workload
+
+    from jenga_vllm.tools.zoo import word_token_ids
+
+    shapes = set()
+    for seed in SWEEP_SEEDS:
+        prompts = sweep_workload(32, seed)
+        assert len(prompts) == 32 and all(96 <= len(p) <= 128 + 223 for p in prompts)
+        prefix = word_token_ids(seed, 128)
+        sharing = tuple(p[:128] == prefix for p in prompts)
+        assert 8 <= sum(sharing) <= 24
+        shapes.add((tuple(len(p) for p in prompts), sharing))
+    assert len(shapes) == len(SWEEP_SEEDS)
