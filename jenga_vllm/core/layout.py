@@ -99,8 +99,12 @@ class LayoutPlan:
     num_large_pages: int  # whole large pages, including the null large page 0
     type_index: dict[str, int] = field(default_factory=dict)
     lend_type: int = -1  # the type that uses the null page's other slots and the tail slots
-    lends_null: bool = False  # large page 0's slots 1.. are real pages of the lend type
     tail_slots: int = 0  # small pages of the lend type after the last whole large page
+
+    @property
+    def lends_null(self) -> bool:
+        """Large page 0's slots 1.. are real pages of the lend type (whenever there is one)."""
+        return self.lend_type >= 0
 
     @property
     def units_per_large(self) -> int:
@@ -357,10 +361,10 @@ def plan_layout(
             error.min_bytes = 2 * large  # type: ignore[attr-defined]
             raise error
         num_large = memory_bytes // large
-    lend_type, lends_null, tail_slots = -1, False, 0
+    lend_type, tail_slots = -1, 0
     lenders = [i for i, t in enumerate(types) if t.pages_per_large > 1 and lend_slots]
     if lenders and all(t.is_token_indexed for t in types):
-        lend_type, lends_null = max(lenders, key=lambda i: types[i].pages_per_large), True
+        lend_type = max(lenders, key=lambda i: types[i].pages_per_large)
         if memory_bytes is not None:
             tail_slots = (memory_bytes - num_large * large) // types[lend_type].small_page_bytes
     num_units = num_large * (large // unit) + tail_slots * types[lend_type].units_per_small
@@ -376,6 +380,5 @@ def plan_layout(
         num_large_pages=num_large,
         type_index={t.spec.name: i for i, t in enumerate(types)},
         lend_type=lend_type,
-        lends_null=lends_null,
         tail_slots=tail_slots,
     )
