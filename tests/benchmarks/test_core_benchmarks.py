@@ -55,10 +55,11 @@ def test_scheduler_overhead_quick_steps_vllms_scheduler_with_both_managers():
 
 
 def test_the_replay_sweep_runs_a_different_workload_per_seed():
-    # The sweep totals 12 schedules per model; they are 12 only if each seed changes the
-    # workload's shape (e2e_throughput's lengths are fixed: its seed changes only token ids).
+    # The sweep totals seeds × budgets schedules per model, and reports the spread over quarters
+    # of the seeds; they are that many only if each seed changes the workload's shape
+    # (e2e_throughput's lengths are fixed: its seed changes only token ids).
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from scheduler_replay import SWEEP_SEEDS, sweep_workload
+    from scheduler_replay import SWEEP_QUARTERS, SWEEP_SEEDS, sweep_workload
 
     from jenga_vllm.tools.zoo import word_token_ids
 
@@ -71,3 +72,4 @@ def test_the_replay_sweep_runs_a_different_workload_per_seed():
         assert 8 <= sum(sharing) <= 24
         shapes.add((tuple(len(p) for p in prompts), sharing))
     assert len(shapes) == len(SWEEP_SEEDS)
+    assert len(SWEEP_SEEDS) % SWEEP_QUARTERS == 0
