@@ -11,8 +11,11 @@ sharing a prefix) are submitted at once and stepped to completion; between steps
 samples vLLM's own gauge ``vllm:num_requests_running`` (peak running batch) and at the end reads
 vLLM's counters (preemptions, prefix-cache queries/hits) — the numbers vLLM itself reports.
 
-One pair's ratio swings ±40% on a 2-core machine, so each model gets ``--repeats`` (default 5)
-pairs, alternating which manager starts; the table gives the median ratio and its spread. Next
+One pair's ratio swings ±40% on a 2-core machine, so each model gets ``--repeats`` (default 6)
+pairs, alternating which manager starts, and each engine is warmed up before its timed window
+(``warm_up``; an A/A run of stock against itself gave second ÷ first 0.79–1.72 without it,
+0.99–1.20 with it); the table gives the median ratio and its spread, and the per-pair ratios in
+run order with who ran first, so a position effect shows. Next
 to tokens/s it attributes CPU: seconds per process over the workload (the frontend, vLLM's
 EngineCore and Worker processes, by process title) from the timed runs, and seconds per phase of
 the engine step (schedule, update, KV-manager calls, execute, attention op) from
@@ -68,6 +71,35 @@ def metric_values(llm) -> dict[str, float]:
     return {m.name: m.value for m in llm.get_metrics() if m.name in wanted}
 
 
+FIRST_MARK = {"vllm": "s", "jenga": "j"}  # per-pair ratios: which manager ran first
+WARMUP_REQUESTS = 8
+WARMUP_OUTPUT_LEN = 16
+WARMUP_SEED = 997  # prompts unrelated to the timed workload's (seed 11)
+
+
+def warm_up(engine, llm, encoder_decoder: bool) -> None:
+    """Run a few unrelated requests through the engine, then empty the prefix cache: the timed
+    window starts with the engine's one-time costs paid (first-touch of the KV pool, kernel
+    and allocator warm-up), which otherwise land in the first seconds of a ~4 s window."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from jenga_vllm.tools.zoo import whisper_prompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=WARMUP_OUTPUT_LEN, ignore_eos=True)
+    for i, prompt in enumerate(workload(WARMUP_REQUESTS, seed=WARMUP_SEED)):
+        request = (
+            whisper_prompt(1000 + i, prompt)
+            if encoder_decoder
+            else TokensPrompt(prompt_token_ids=prompt)
+        )
+        engine.add_request(f"warmup-{i}", request, params)
+    while engine.has_unfinished_requests():
+        engine.step()
+    if not llm.reset_prefix_cache():
+        raise RuntimeError("the warm-up's pages are still held: prefix cache not reset")
+
+
 def child(args: argparse.Namespace) -> None:
     """One engine: run the workload, print one JSON line."""
     from vllm import SamplingParams
@@ -103,6 +135,8 @@ def child(args: argparse.Namespace) -> None:
     prompts = workload(
         args.num_requests, max_length=args.max_model_len - args.output_len if args.max_length else 0
     )
+    if args.warmup:
+        warm_up(engine, llm, encoder_decoder)
     profile = PhaseProfile(llm) if args.profile else None
     before = metric_values(llm)
     cpu_before = process_cpu_seconds()
@@ -238,7 +272,9 @@ def run_engine(model: str, manager: str, args: argparse.Namespace, profile: bool
         "--output-len", str(args.output_len), "--max-model-len", str(args.max_model_len),
         "--block-size", str(args.block_size), "--dtype", args.dtype,
         "--max-num-seqs", str(args.max_num_seqs),
-    ] + (["--max-length"] if args.max_length else [])  # fmt: skip
+    ] + (["--max-length"] if args.max_length else []) + (
+        [] if args.warmup else ["--no-warmup"]
+    )  # fmt: skip
     if args.model_path:
         cmd += ["--model-path", args.model_path]
     env = dict(os.environ)
@@ -334,9 +370,16 @@ def main() -> int:
     ap.add_argument(
         "--repeats",
         type=int,
-        default=5,
-        help="engine pairs per model, alternating which manager runs first; tokens/s is the "
-        "median (default 5)",
+        default=6,
+        help="engine pairs per model, alternating which manager runs first (an even number "
+        "balances the order); tokens/s is the median (default 6)",
+    )
+    ap.add_argument(
+        "--no-warmup",
+        dest="warmup",
+        action="store_false",
+        help="time the engine's first requests too (default: a short warm-up, then the prefix "
+        "cache is emptied and the workload is timed)",
     )
     ap.add_argument("--quick", action="store_true", help="one small model, few requests (CI)")
     ap.add_argument("--out", help="results file stem under benchmarks/results (default by mode)")
@@ -364,6 +407,7 @@ def main() -> int:
     rows = []
     for model in models:
         ratios: list[float] = []
+        firsts: list[str] = []  # which manager ran first in each pair
         runs: dict[str, list[dict]] = {"vllm": [], "jenga": []}
         for rep in range(args.repeats):
             # Alternate which manager goes first, so a warm-up or drift effect cancels out.
@@ -374,6 +418,7 @@ def main() -> int:
             ratios.append(
                 pair["jenga"]["output_tokens_per_s"] / pair["vllm"]["output_tokens_per_s"]
             )
+            firsts.append(order[0])
             print(
                 f"{model} run {rep + 1}/{args.repeats} ({order[0]} first): tokens/s stock "
                 f"{pair['vllm']['output_tokens_per_s']:.1f} jenga "
@@ -394,6 +439,7 @@ def main() -> int:
             )
         stock, jenga = (_median_run(runs[m]) for m in ("vllm", "jenga"))
         jenga["ratios"] = sorted(ratios)
+        jenga["pairs_in_order"] = list(zip(ratios, firsts, strict=True))
         for manager, summary in (("vllm", stock), ("jenga", jenga)):
             summary["cpu_per_1k"] = _median_cpu_per_1k(runs[manager])
             summary["phases_per_1k"] = _median_phases_per_1k(profiles[manager])
@@ -413,9 +459,17 @@ def main() -> int:
         + f"), {args.output_len} output tokens each, all submitted at once. Peak running = max "
         "over scheduler steps of vLLM's `vllm:num_requests_running`. KV bytes fixed per model "
         "(4 max-length full-attention requests). Engines run one after the other on a 2-core "
-        f"CPU, {args.repeats} pair(s) per model alternating which manager starts; tok/s = "
-        "the median run, ratio = the median of the per-pair ratios (all of them in the last "
-        "column); `python benchmarks/e2e_throughput.py`.",
+        f"CPU, {args.repeats} pair(s) per model alternating which manager starts; "
+        + (
+            f"each engine first runs {WARMUP_REQUESTS} unrelated requests "
+            f"({WARMUP_OUTPUT_LEN} output tokens) and empties its prefix cache, then the "
+            "workload is timed; "
+            if args.warmup
+            else "no warm-up (the engine's first requests are timed); "
+        )
+        + "tok/s = the median run, ratio = the median of the per-pair ratios (all of them in "
+        "the last column, in run order, s: / j: = stock / jenga ran first); "
+        "`python benchmarks/e2e_throughput.py`.",
         "",
         "| model | KV bytes | KV capacity (tokens) stock → jenga | peak running stock → jenga | "
         "preemptions stock → jenga | prefix hit rate stock → jenga | output tok/s stock → "
@@ -432,7 +486,29 @@ def main() -> int:
             f"**{statistics.median(j['ratios']):.2f}x** [{min(j['ratios']):.2f}–"
             f"{max(j['ratios']):.2f}] | "
             f"{s['outputs_digest'] == j['outputs_digest']} | "
-            f"{', '.join(f'{r:.2f}' for r in j['ratios'])} |"
+            f"{', '.join(f'{FIRST_MARK[first]}:{r:.2f}' for r, first in j['pairs_in_order'])} |"
+        )
+    lines += [
+        "",
+        "Position check (an A/A run of stock against itself gave second ÷ first 0.79–1.72 "
+        "without the warm-up, 0.99–1.20 with it): the median ratio over the pairs where stock "
+        "ran first vs those where jenga ran first — a gap between the two is the position "
+        "effect the alternation cancels.",
+        "",
+        "| model | stock first | jenga first |",
+        "|---|---|---|",
+    ]
+    for model, _, j in rows:
+        by_first = {
+            who: [r for r, first in j["pairs_in_order"] if first == who]
+            for who in ("vllm", "jenga")
+        }
+        lines.append(
+            f"| {model} | "
+            + " | ".join(
+                f"{statistics.median(v):.2f}x ({len(v)})" if v else "–" for v in by_first.values()
+            )
+            + " |"
         )
     lines += [
         "",
@@ -441,7 +517,10 @@ def main() -> int:
         "User + system CPU of each process over the workload (psutil): the frontend (the "
         "`LLM` API and output processing), vLLM's EngineCore process (scheduler, KV-cache "
         "manager) and its Worker process (model runner, attention). Lower is better; ratio = "
-        "jenga / stock.",
+        "jenga / stock. EngineCore's seconds include its wait for the Worker: vLLM's shm "
+        "message queue busy-loops on its buffer for up to 1 s before sleeping (`busy_loop_s` in "
+        "`shm_broadcast.py`), so on a 2-core machine they follow wall time more than work; the "
+        "per-phase profile below separates the two.",
         "",
         "| model | process | stock | jenga | ratio |",
         "|---|---|---|---|---|",
