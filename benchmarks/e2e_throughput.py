@@ -13,9 +13,9 @@ vLLM's counters (preemptions, prefix-cache queries/hits) — the numbers vLLM it
 
 One pair's ratio swings ±40% on a 2-core machine, so each model gets ``--repeats`` (default 6)
 pairs, alternating which manager starts, and each engine is warmed up before its timed window
-(``warm_up``; an A/A run of stock against itself gave second ÷ first 0.79–1.72 without it,
-0.99–1.20 with it); the table gives the median ratio and its spread, and the per-pair ratios in
-run order with who ran first, so a position effect shows. Next
+(``warm_up``); the table gives the median ratio and its spread, and the per-pair ratios in run
+order with who ran first, so a position effect shows. ``--a-a PAIRS`` measures the machine's
+own noise instead: stock against itself, with and without the warm-up. Next
 to tokens/s it attributes CPU: seconds per process over the workload (the frontend, vLLM's
 EngineCore and Worker processes, by process title) from the timed runs, and seconds per phase of
 the engine step (schedule, update, KV-manager calls, execute, attention op) from
@@ -351,6 +351,42 @@ def _median_run(results: list[dict]) -> dict:
     return dict(ordered[(len(ordered) - 1) // 2])
 
 
+def a_a(model: str, pairs: int, args: argparse.Namespace) -> str:
+    """The machine's own noise: stock against itself, ``pairs`` pairs with the warm-up and as
+    many without, interleaved; second run's tokens/s ÷ first's. Writes e2e_throughput_aa.md."""
+    ratios: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(pairs):
+        for warm in (True, False):
+            run_args = argparse.Namespace(**{**vars(args), "warmup": warm})
+            first, second = (run_engine(model, "vllm", run_args) for _ in range(2))
+            assert first["outputs_digest"] == second["outputs_digest"]
+            ratios[warm].append(second["output_tokens_per_s"] / first["output_tokens_per_s"])
+            print(
+                f"A/A {model} pair {rep + 1}/{pairs} warm-up {warm}: "
+                f"{first['output_tokens_per_s']:.1f} then {second['output_tokens_per_s']:.1f} "
+                f"tok/s ({ratios[warm][-1]:.2f}x)",
+                flush=True,
+            )
+    lines = [
+        "# End-to-end noise on this machine: stock vLLM against itself",
+        "",
+        f"`python benchmarks/e2e_throughput.py --a-a {pairs} --models {model}`: the "
+        "e2e_throughput workload, two stock engines one after the other, identical arguments; "
+        "ratio = the second run's output tokens/s ÷ the first's (1.00x on a quiet machine). "
+        "Pairs with and without the warm-up interleave. A jenga/stock ratio inside this spread "
+        "says nothing about either manager.",
+        "",
+        "| warm-up | pairs | median [min–max] | second ÷ first, in run order |",
+        "|---|---|---|---|",
+    ]
+    for warm, values in ratios.items():
+        lines.append(
+            f"| {'yes' if warm else 'no'} | {len(values)} | {statistics.median(values):.2f}x "
+            f"[{min(values):.2f}–{max(values):.2f}] | {', '.join(f'{r:.2f}' for r in values)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
@@ -381,6 +417,14 @@ def main() -> int:
         help="time the engine's first requests too (default: a short warm-up, then the prefix "
         "cache is emptied and the workload is timed)",
     )
+    ap.add_argument(
+        "--a-a",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="measure the machine's noise instead: PAIRS pairs of stock against itself on the "
+        "first model, with and without the warm-up (writes e2e_throughput_aa.md)",
+    )
     ap.add_argument("--quick", action="store_true", help="one small model, few requests (CI)")
     ap.add_argument("--out", help="results file stem under benchmarks/results (default by mode)")
     ap.add_argument(
@@ -404,6 +448,12 @@ def main() -> int:
         args.output_len = 16
     args.kv_bytes_for = lambda m: args.kv_bytes or 4 * full_bytes_per_token(m) * args.max_model_len
     models = [args.model_path] if args.model_path else args.models.split(",")
+    if args.a_a:
+        text = a_a(models[0], args.a_a, args)
+        print(text)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "e2e_throughput_aa.md").write_text(text)
+        return 0
     rows = []
     for model in models:
         ratios: list[float] = []
@@ -490,10 +540,10 @@ def main() -> int:
         )
     lines += [
         "",
-        "Position check (an A/A run of stock against itself gave second ÷ first 0.79–1.72 "
-        "without the warm-up, 0.99–1.20 with it): the median ratio over the pairs where stock "
-        "ran first vs those where jenga ran first — a gap between the two is the position "
-        "effect the alternation cancels.",
+        "Position check: the median ratio over the pairs where stock ran first vs those where "
+        "jenga ran first — a gap between the two is the position effect the alternation "
+        "cancels. The machine's own noise (stock against itself): `e2e_throughput_aa.md` "
+        "(`--a-a PAIRS`).",
         "",
         "| model | stock first | jenga first |",
         "|---|---|---|",
