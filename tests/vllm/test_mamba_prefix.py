@@ -77,6 +77,10 @@ def test_jenga_with_prefix_caching_gives_stocks_tokens_and_hits_at_its_page_size
     # Each turn starts from the previous turn's last complete state (turn end 189 -> 160).
     assert cached(jenga, "multiturn") == [0, 160, 192]
     assert jenga["scenarios"]["preempt"]["num_preemptions"] > 0
+    # Seeded sampling (vLLM discards the sample of a split prefill and rewinds the generator,
+    # which crashed CPU engines): the 100-token prefix of a 389-token prompt stops at the
+    # 96-token junction; later requests start from the states at 96 and 192.
+    assert cached(jenga, "seeded") == [0, 0, 0, 96, 192, 192]
 
 
 def test_chunked_prefill_across_checkpoints(stock_off):
@@ -86,6 +90,7 @@ def test_chunked_prefill_across_checkpoints(stock_off):
     assert cached(jenga, "sysprompt") == [0, 288, 288, 288]
     assert cached(jenga, "multiturn")[1:] == [160, 192]
     assert jenga["scenarios"]["preempt"]["num_preemptions"] > 0
+    assert cached(jenga, "seeded") == [0, 0, 0, 96, 192, 192]
 
 
 def test_dropping_the_checkpoint_writes_breaks_the_oracle(stock_off):

@@ -1,12 +1,17 @@
 """One real engine serving a tiny vision-language model; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.vlm_run MANAGER MODEL`` (MODEL: ``llava`` or ``gemma3_vlm``; MANAGER:
-``vllm``, ``jenga``, or ``jenga+pool`` — jenga with vision embeddings in its pool), greedy fp32:
+``python -m tests.vllm.vlm_run MANAGER MODEL [BATCHED_TOKENS]`` (MODEL: ``llava`` or
+``gemma3_vlm``; MANAGER: ``vllm``, ``jenga``, or ``jenga+pool`` — jenga with vision embeddings
+in its pool; BATCHED_TOKENS: a prefill budget, ``max_num_batched_tokens``, that splits every
+prompt), fp32:
     images   A alone (image 1), then B (image 1 again, another tail), C (image 2, A's text),
              D (A's text, no image) in one batch: vLLM keys image blocks by the image's hash, so
              B hits A's blocks through the image, C and D only the text before it;
     long     8 requests, 6 with images (two images used twice), ~150 text tokens each, decoding
-             120 tokens on a KV budget of 1.2 max-length requests: vLLM preempts and recomputes.
+             120 tokens on a KV budget of 1.2 max-length requests: vLLM preempts and recomputes;
+    seeded   seeded sampling (temperature 0.8, a seed per request) on image prompts and a text
+             prompt, 16 tokens each (under a small prefill budget vLLM discards the sample of
+             every partial chunk and rewinds the request's generator).
 Prints token ids per scenario, vLLM's counters (prefix-cache hits, preemptions) and the encoder
 runs (images the scheduler sent to the encoder; the engine core runs in-process to count them). Needs
 ``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent (the caller sets it).
@@ -94,6 +99,7 @@ if __name__ == "__main__":
     from jenga_vllm.tools.zoo_vlm import image_placeholder, make_image
 
     manager, model = sys.argv[1], sys.argv[2]
+    batched = {"max_num_batched_tokens": int(sys.argv[3])} if len(sys.argv) > 3 else {}
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the scheduler in this process
     image = image_placeholder(model)
     head, mid = text(3, 40), text(11, 12)
@@ -104,10 +110,15 @@ if __name__ == "__main__":
         prompt = f"{head} {image} {mid} {text(tail, tail_len)}"
         return {"prompt": prompt, "multi_modal_data": {"image": make_image(img)}}
 
+    greedy = lambda n: SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)  # noqa: E731
+    seeded = [
+        SamplingParams(temperature=0.8, seed=40 + i, max_tokens=16, ignore_eos=True)
+        for i in range(4)
+    ]
     scenarios = {
         "images": [
-            ([request(100, 1)], 16),
-            ([request(200, 1), request(100, 2), request(100, None)], 16),
+            ([request(100, 1)], greedy(16)),
+            ([request(200, 1), request(100, 2), request(100, None)], greedy(16)),
         ],
         "long": [
             (
@@ -115,14 +126,18 @@ if __name__ == "__main__":
                     request(300 + i, [3, 4, 5, 3, 4, 6, None, None][i], text(50 + i, 20), 130)
                     for i in range(8)
                 ],
-                120,
+                greedy(120),
             )
+        ],
+        "seeded": [
+            ([request(400, 1, text(60, 30), 40)], seeded[:1]),
+            ([request(401, 7, text(61, 30), 60), request(402, None), request(403, 1)], seeded[1:]),
         ],
     }
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         llm = vlm_engine(
-            model, manager, BUDGET_REQUESTS, enable_prefix_caching=True, max_num_seqs=8
+            model, manager, BUDGET_REQUESTS, enable_prefix_caching=True, max_num_seqs=8, **batched
         )
 
         def counters() -> dict:
@@ -134,8 +149,7 @@ if __name__ == "__main__":
         for name, batches in scenarios.items():
             runs_before = encoder["encoder_runs"]
             before, outputs = counters(), []
-            for batch, max_tokens in batches:
-                params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+            for batch, params in batches:
                 outs = llm.generate(batch, params, use_tqdm=False)
                 outputs += [list(o.outputs[0].token_ids) for o in outs]
             after = counters()
