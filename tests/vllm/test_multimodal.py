@@ -14,13 +14,11 @@ the encoder fewer times than stock, with the same tokens.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from tests.vllm.harness import ROOT, run_module
-
-SHIM = ROOT / "tests" / "vllm" / "vlm_shim"  # transformers' torchvision modules, from PIL twins
+from jenga_vllm.tools.zoo import engine_env
+from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 
@@ -31,8 +29,7 @@ _RUNS: dict[tuple[str, ...], dict] = {}
 def _run(manager: str, model: str, *batched_tokens: str) -> dict:
     key = (manager, model, *batched_tokens)
     if key not in _RUNS:
-        path = os.environ.get("PYTHONPATH", "")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), path])))
+        env = engine_env()
         _RUNS[key] = run_module("tests.vllm.vlm_run", *key, marker="VLM_RESULT", env=env)
     return _RUNS[key]
 
@@ -69,8 +66,7 @@ def test_vision_pages_in_the_pool_run_the_encoder_less_with_the_same_tokens():
     jenga's pool keeps them beside the KV (same total bytes)."""
 
     def mix(manager: str) -> dict:
-        path = os.environ.get("PYTHONPATH", "")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(SHIM), path])))
+        env = engine_env()
         return run_module(
             "tests.vllm.vlm_mix_run",
             manager,
@@ -125,7 +121,6 @@ def test_bad_images_get_vllms_400_and_the_server_keeps_serving(tmp_path):
     good = [_image_part(png.getvalue()), {"type": "text", "text": text(3, 30)}]
     template = tmp_path / "chat.jinja"
     template.write_text(CHAT_TEMPLATE)
-    path = os.environ.get("PYTHONPATH", "")
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with VllmServer(
@@ -138,7 +133,7 @@ def test_bad_images_get_vllms_400_and_the_server_keeps_serving(tmp_path):
                 "--limit-mm-per-prompt",
                 json.dumps({"image": 1}),
             ),  # fmt: skip
-            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(SHIM), path]))},
+            env={"PYTHONPATH": engine_env()["PYTHONPATH"]},
         ) as server:
             status, first = server.chat(good)
             assert status == 200, first

@@ -19,7 +19,7 @@ the CPU seconds are all the serving work), output tokens, the tokens, median TTF
 tokens, its counters (prefix-cache hits, preemptions), the encoder runs (images the
 scheduler sent to the encoder; the engine core runs in-process to count them) and where the
 worker holds encoder outputs at the end (vLLM's dict or jenga's vision pages). Needs
-``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent.
+``zoo.engine_env()``'s PYTHONPATH where torchvision is absent.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ prompt), fp32:
              every partial chunk and rewinds the request's generator).
 Prints token ids per scenario, vLLM's counters (prefix-cache hits, preemptions) and the encoder
 runs (images the scheduler sent to the encoder; the engine core runs in-process to count them). Needs
-``tests/vllm/vlm_shim`` on PYTHONPATH where torchvision is absent (the caller sets it).
+``zoo.engine_env()``'s PYTHONPATH where torchvision is absent (the caller sets it).
 """
 
 from __future__ import annotations

