@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jenga_vllm.tools import pil_image_processors
 from jenga_vllm.tools.model_shapes import ModelShapes
 
 HMA_MODES = ("default", "on", "off")
@@ -153,12 +154,16 @@ def _model_config(config_dir: str, dtype: str, max_model_len: int):
     # model-specific config updates (e.g. Mamba block size) for a second VllmConfig.
     from vllm.config import ModelConfig
 
-    return ModelConfig(
-        model=config_dir,
-        skip_tokenizer_init=True,
-        dtype=dtype,
-        max_model_len=max_model_len,
-    )
+    # vLLM inspects the architecture in a subprocess, and some text-only classes (Qwen3.5) live
+    # in files that import transformers' torchvision image processors.
+    pil_image_processors.install()
+    with pil_image_processors.in_child_processes():
+        return ModelConfig(
+            model=config_dir,
+            skip_tokenizer_init=True,
+            dtype=dtype,
+            max_model_len=max_model_len,
+        )
 
 
 def build_vllm_config(
@@ -300,6 +305,7 @@ def _mamba_type(shapes: ModelShapes):
         "jamba": MambaAttentionBackendEnum.MAMBA1,
         "nemotron_h": MambaAttentionBackendEnum.MAMBA2,
         "qwen3_next": MambaAttentionBackendEnum.GDN_ATTN,
+        "qwen3_5_moe": MambaAttentionBackendEnum.GDN_ATTN,
     }.get(shapes.model_type, MambaAttentionBackendEnum.MAMBA2)
 
 
