@@ -1,4 +1,4 @@
-"""transformers' torchvision image processors served from their PIL twins, where torchvision is absent.
+"""Where torchvision is absent: transformers' torchvision image processors from their PIL twins.
 
 Why
     transformers 5 splits each image processor into ``image_processing_<m>.py`` (imports

@@ -1,4 +1,4 @@
-"""benchmarks/sim_spec_capacity.py: vLLM's state budget comes from vLLM, jenga's count from its core."""
+"""benchmarks/sim_spec_capacity.py: vLLM's state budget from vLLM, jenga's count from its core."""
 
 from __future__ import annotations
 
