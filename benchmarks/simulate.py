@@ -21,9 +21,11 @@ utilization (bytes the running requests need ÷ usable pool bytes), waste (bytes
 needed at the peak) with its padding part, prefix-hit rate (hit ÷ prompt tokens), preemptions.
 Requests wait from their ``arrival`` step (0 unless the workload says) or, in a session, until the
 previous turn finishes.
-Writes benchmarks/results/simulate.md and PNG plots.
+Writes benchmarks/results/simulate.md and PNG plots; ``--report NAME`` writes a partial run
+(some ``--models``) to its own file, without plots, leaving the whole-run table alone.
 
 Usage: python benchmarks/simulate.py [--quick] [--kv-gib 40] [--models a,b] [--workloads x,y]
+           [--out DIR] [--report NAME.md]
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ MODELS = [
     "nemotron-h-8b-base-8k",
     "nemotron-h-56b-base-8k",
     "qwen3-next-80b-a3b-thinking",
+    "qwen3.5-35b-a3b",
 ]
 QUICK_MODELS = ["llama-3.1-8b-instruct", "gemma-4-26b-a4b", "nemotron-h-8b-base-8k"]
 WORKLOADS = ["chat", "chat1k", "longdoc", "longctx", "multiturn", "sysprompt", "multimodal"]
@@ -146,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--report", default=None, help="file name under --out (default simulate.md; no plots)"
+    )
     args = parser.parse_args(argv)
     models = args.models.split(",") if args.models else (QUICK_MODELS if args.quick else MODELS)
     workloads = (
@@ -161,11 +167,21 @@ def main(argv: list[str] | None = None) -> int:
         models, workloads, int(kv_gib * GIB), max_requests, args.seed, max_model_len=max_model_len
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "simulate_quick.md" if args.quick else "simulate.md"
+    name = args.report or ("simulate_quick.md" if args.quick else "simulate.md")
+    plots = not args.quick and args.report is None
     write_report(
-        cases, args.out / name, int(kv_gib * GIB), time.time() - start, args.quick, failures
+        cases,
+        args.out / name,
+        int(kv_gib * GIB),
+        time.time() - start,
+        args.quick,
+        failures,
+        plots=plots,
+        command=" ".join(
+            ["python benchmarks/simulate.py", *(sys.argv[1:] if argv is None else argv)]
+        ),
     )
-    if not args.quick:
+    if plots:
         write_plots(cases, args.out)
     print((args.out / name).read_text())
     return 0

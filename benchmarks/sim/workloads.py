@@ -15,7 +15,9 @@ Workloads:
                 output as chat. Requests arrive over time (Poisson, ``SYSPROMPT_LOAD`` × the rate
                 whose unshared KV need fills the pool)
     multimodal  (vision models) a 64-token system prompt + 1–2 images (Gemma-4: 280 tokens,
-                Llama-4: 144·(tiles+1), tiles 1–4) from a pool of 64 (Zipf 1.2) + a 16–96-token
+                Llama-4: 144·(tiles+1), tiles 1–4; Qwen3.5: one token per 32×32 pixels — patch
+                16, spatial merge 2 — of a 384–1280 × 384–1280-pixel image, sides rounded to
+                32 as its processor does) from a pool of 64 (Zipf 1.2) + a 16–96-token
                 question; output 32–256
     vision      (vision models) the e2e_multimodal shape: a 64-token system prompt + a 16–96-token
                 question + one image (sizes as above) from a pool of 64 (Zipf 0.8) — no prefix
@@ -131,6 +133,11 @@ def make_trace(
         system = _tokens(rng, 64)
         if shapes.model_type == "gemma4":
             sizes = [280] * 64
+        elif shapes.model_type == "qwen3_5_moe":
+            sizes = [
+                round(rng.randint(384, 1280) / 32) * round(rng.randint(384, 1280) / 32)
+                for _ in range(64)
+            ]
         else:
             sizes = [144 * (rng.randint(1, 4) + 1) for _ in range(64)]
         images = [_tokens(rng, n) for n in sizes]

@@ -22,8 +22,9 @@ Where the numbers come from
       (``llama4.py``: ``use_chunked_local_attn = not nope and attention_chunk_size``);
     - Mamba state shapes mirror ``MambaStateShapeCalculator`` (``mamba_utils.py``) at TP=1;
       the SSM/recurrent state dtype is ``mamba_ssm_cache_dtype`` when the config names one
-      (Nemotron-H: float32), else the KV dtype. tests/test_cli_plan.py checks these against
-      vLLM's own calculator.
+      (Nemotron-H: float32) — Qwen3.5 spells it ``mamba_ssm_dtype`` (float32), which vLLM copies
+      into its cache config (``Qwen3_5ForConditionalGenerationConfig``) — else the KV dtype.
+      tests/test_cli_plan.py checks these against vLLM's own calculator.
 
 All sizes are bytes. ``dtype`` is the KV-cache dtype (bf16 by default, as the issue calibrates).
 """
@@ -345,8 +346,8 @@ def _state_layer(
     )
 
 
-def _ssm_dtype(read: _Reader, dtype: str) -> str:
-    name = read("mamba_ssm_cache_dtype", None)
+def _ssm_dtype(read: _Reader, dtype: str, key: str = "mamba_ssm_cache_dtype") -> str:
+    name = read(key, None)
     return dtype if name in (None, "auto") else str(name)
 
 
@@ -388,7 +389,8 @@ def _nemotron_h(cfg: Any, read: _Reader, dtype: str):
     return layers, "NemotronHForCausalLM"
 
 
-def _qwen3_next(cfg: Any, read: _Reader, dtype: str):
+def _gated_delta_net(read: _Reader, dtype: str, ssm_dtype: str) -> list[LayerShape]:
+    """Qwen3-Next / Qwen3.5: Gated-DeltaNet and full-attention layers by ``layer_types``."""
     types = read("layer_types")
     heads, dim = read("num_key_value_heads"), read("head_dim")
     k_heads, v_heads = read("linear_num_key_heads"), read("linear_num_value_heads")
@@ -399,11 +401,29 @@ def _qwen3_next(cfg: Any, read: _Reader, dtype: str):
     for i, layer_type in enumerate(types):
         if layer_type == "linear_attention":
             layers.append(
-                _state_layer(i, (conv - 1, conv_dim), (v_heads, v_dim, k_dim), dtype, dtype)
+                _state_layer(i, (conv - 1, conv_dim), (v_heads, v_dim, k_dim), dtype, ssm_dtype)
             )
         else:
             layers.append(_attention(i, "full", heads, dim, dtype))
-    return layers, "Qwen3NextForCausalLM"
+    return layers
+
+
+def _qwen3_next(cfg: Any, read: _Reader, dtype: str):
+    return _gated_delta_net(read, dtype, dtype), "Qwen3NextForCausalLM"
+
+
+def _qwen3_5(cfg: Any, read: _Reader, dtype: str):
+    """Dense Qwen3.5 (the zoo's qwen3_5): Qwen3-Next's layers, the recurrent state in
+    ``mamba_ssm_dtype`` when the config names one."""
+    ssm_dtype = _ssm_dtype(read, dtype, "mamba_ssm_dtype")
+    return _gated_delta_net(read, dtype, ssm_dtype), "Qwen3_5ForCausalLM"
+
+
+def _qwen3_5_moe(cfg: Any, read: _Reader, dtype: str):
+    """Qwen3.5-MoE (``text_config`` of Qwen3_5MoeForConditionalGeneration): Qwen3-Next's layers,
+    the recurrent state in ``mamba_ssm_dtype`` (float32 in the Hub config)."""
+    ssm_dtype = _ssm_dtype(read, dtype, "mamba_ssm_dtype")
+    return _gated_delta_net(read, dtype, ssm_dtype), "Qwen3_5MoeForCausalLM"
 
 
 def _granite_hybrid(cfg: Any, read: _Reader, dtype: str):
@@ -440,5 +460,6 @@ _BUILDERS = {
     "jamba": _jamba,
     "nemotron_h": _nemotron_h,
     "qwen3_next": _qwen3_next,
-    "qwen3_5_text": _qwen3_next,  # the same GDN + full-attention shapes (the zoo's qwen3_5)
+    "qwen3_5_text": _qwen3_5,
+    "qwen3_5_moe_text": _qwen3_5_moe,
 }

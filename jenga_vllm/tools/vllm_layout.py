@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from jenga_vllm.tools import pil_image_processors
 from jenga_vllm.tools.model_shapes import ModelShapes
 
 HMA_MODES = ("default", "on", "off")
@@ -153,12 +154,16 @@ def _model_config(config_dir: str, dtype: str, max_model_len: int):
     # model-specific config updates (e.g. Mamba block size) for a second VllmConfig.
     from vllm.config import ModelConfig
 
-    return ModelConfig(
-        model=config_dir,
-        skip_tokenizer_init=True,
-        dtype=dtype,
-        max_model_len=max_model_len,
-    )
+    # vLLM inspects the architecture in a subprocess, and some text-only classes (Qwen3.5) live
+    # in files that import transformers' torchvision image processors.
+    pil_image_processors.install()
+    with pil_image_processors.in_child_processes():
+        return ModelConfig(
+            model=config_dir,
+            skip_tokenizer_init=True,
+            dtype=dtype,
+            max_model_len=max_model_len,
+        )
 
 
 def build_vllm_config(
@@ -169,12 +174,19 @@ def build_vllm_config(
     hma: str = "default",
     enable_prefix_caching: bool = True,
     prefix_match_unit: int | None = None,
+    num_speculative_tokens: int = 0,
 ):
-    """A real VllmConfig for ``shapes`` (text model only; no weights, no tokenizer)."""
+    """A real VllmConfig for ``shapes`` (text model only; no weights, no tokenizer).
+
+    ``num_speculative_tokens`` K > 0 adds a speculative config proposing K tokens. The target's
+    KV-cache specs depend on K only (Mamba conv states grow by K rows, ``MambaSpec`` reserves K
+    state blocks), not on the method, so the weightless n-gram proposer stands in for MTP or
+    EAGLE; a drafter's own KV layers are not modelled.
+    """
     if hma not in HMA_MODES:
         raise ValueError(f"hma must be one of {HMA_MODES}, got {hma!r}")
     _quiet_vllm()
-    from vllm.config import CacheConfig, SchedulerConfig, VllmConfig
+    from vllm.config import CacheConfig, SchedulerConfig, SpeculativeConfig, VllmConfig
 
     model_config = _model_config(str(_text_config_dir(shapes)), shapes.dtype, max_model_len)
     disable = {"default": None, "on": False, "off": True}[hma]
@@ -196,10 +208,21 @@ def build_vllm_config(
         _gpu_ssm_state_dtype(),
     ):
         try:
+            speculative_config = (
+                SpeculativeConfig(
+                    method="ngram",
+                    num_speculative_tokens=num_speculative_tokens,
+                    prompt_lookup_min=1,
+                    prompt_lookup_max=4,
+                )
+                if num_speculative_tokens
+                else None
+            )
             return VllmConfig(
                 model_config=model_config,
                 cache_config=cache_config,
                 scheduler_config=scheduler_config,
+                speculative_config=speculative_config,
             )
         except ValueError as e:
             raise VllmLayoutError(str(e)) from e
@@ -262,7 +285,8 @@ def layer_specs(shapes: ModelShapes, vllm_config) -> dict[str, Any]:
             page_size_padded=cache.mamba_page_size_padded,
             mamba_type=_mamba_type(shapes),
             mamba_cache_mode=cache.mamba_cache_mode,
-            num_speculative_blocks=0,
+            # MambaBase.get_kv_cache_spec: K speculative state blocks (none with ReplaySSM).
+            num_speculative_blocks=0 if cache.use_replayssm else vllm_config.num_speculative_tokens,
         )
         if mamba_spec.mamba_type == MambaAttentionBackendEnum.MAMBA2:
             # MambaMixer2.get_kv_cache_spec: its forward pass exports prefill checkpoints.
@@ -300,6 +324,7 @@ def _mamba_type(shapes: ModelShapes):
         "jamba": MambaAttentionBackendEnum.MAMBA1,
         "nemotron_h": MambaAttentionBackendEnum.MAMBA2,
         "qwen3_next": MambaAttentionBackendEnum.GDN_ATTN,
+        "qwen3_5_moe": MambaAttentionBackendEnum.GDN_ATTN,
     }.get(shapes.model_type, MambaAttentionBackendEnum.MAMBA2)
 
 
@@ -313,6 +338,7 @@ def vllm_layout(
     enable_prefix_caching: bool = True,
     prefix_match_unit: int | None = None,
     specs_override: dict[str, Any] | None = None,
+    num_speculative_tokens: int = 0,
 ) -> VllmLayout:
     """vLLM 0.32's own KV-cache layout for ``shapes`` under ``kv_bytes`` of KV memory.
 
@@ -340,6 +366,7 @@ def vllm_layout(
         hma=hma,
         enable_prefix_caching=enable_prefix_caching,
         prefix_match_unit=prefix_match_unit,
+        num_speculative_tokens=num_speculative_tokens,
     )
     if shapes.is_hybrid_state:
         _align_hybrid_block_size(vllm_config)

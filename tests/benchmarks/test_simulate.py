@@ -136,6 +136,19 @@ def test_quick_run_writes_a_wellformed_table(tmp_path: Path) -> None:
         assert 0.5 < ratio < 2.0
 
 
+def test_a_partial_run_with_report_leaves_the_whole_run_table_and_plots_alone(
+    tmp_path: Path,
+) -> None:
+    args = ["--models", "llama-3.1-8b-instruct", "--workloads", "chat", "--kv-gib", "1"]
+    args += ["--max-requests", "20", "--max-model-len", "2048", "--out", str(tmp_path)]
+    assert simulate.main([*args, "--report", "part.md"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.md"]
+    text = (tmp_path / "part.md").read_text()
+    assert "--report part.md" in text.split("\n")[2]  # the command that made it
+    assert sum(line.startswith("| llama-3.1-8b-instruct | chat") for line in text.splitlines()) == 1
+    assert "Plots:" not in text
+
+
 def test_exact_need_counts_shared_prefix_blocks_once(tiny) -> None:
     """Two running requests sharing a 32-token prefix: 2 shared + 2 private 1,024-B blocks."""
     need = oracle.ExactNeed(tiny)

@@ -45,6 +45,7 @@ def test_llama4_nope_layers_come_from_transformers_default_and_are_reported() ->
         ("jamba-1.5-mini", 28, 4),
         ("nemotron-h-8b-base-8k", 24, 4),
         ("qwen3-next-80b-a3b-thinking", 36, 12),
+        ("qwen3.5-35b-a3b", 30, 10),
     ],
 )
 def test_state_bytes_match_vllms_own_model_class(name: str, num_state: int, num_attn: int) -> None:
@@ -69,6 +70,52 @@ def test_state_bytes_match_vllms_own_model_class(name: str, num_state: int, num_
     )
     mamba = next(layer for layer in s.layers if layer.kind == "mamba")
     assert mamba.state_bytes == spec.page_size_bytes
+
+
+def test_qwen35_moe_nested_text_config_gives_30_gdn_and_10_attention_layers() -> None:
+    """Qwen3.5-35B-A3B (Hub config, text_config nested): 3 Gated-DeltaNet layers then 1 full,
+    ×10; the recurrent state in the config's mamba_ssm_dtype (float32), as vLLM applies it."""
+    import json
+
+    from transformers import Qwen3_5MoeConfig, Qwen3_5MoeTextConfig
+
+    raw = json.loads((CONFIGS / "qwen3.5-35b-a3b.json").read_text())
+    config = Qwen3_5MoeConfig(**{k: v for k, v in raw.items() if k != "model_type"})
+    assert isinstance(config.text_config, Qwen3_5MoeTextConfig)
+    assert config.text_config.mamba_ssm_dtype == "float32"
+    s = shapes_of("qwen3.5-35b-a3b")
+    assert (s.model_type, s.architecture, s.is_multimodal) == (
+        "qwen3_5_moe",
+        "Qwen3_5MoeForCausalLM",
+        True,
+    )
+    assert s.filled_fields == ()  # every field we read is in the file
+    state = [layer for layer in s.layers if layer.kind == "mamba"]
+    full = [layer for layer in s.layers if layer.kind == "full"]
+    assert (len(state), len(full)) == (30, 10)
+    assert [layer.index for layer in full] == list(range(3, 40, 4))
+    conv_dim = 2 * 16 * 128 + 32 * 128  # q, k (16 heads × 128) and v (32 heads × 128)
+    gdn_bytes = (4 - 1) * conv_dim * 2 + 32 * 128 * 128 * 4  # bf16 conv + fp32 recurrent
+    assert all(layer.state_bytes == gdn_bytes == 2_146_304 for layer in state)
+    assert all(layer.bytes_per_token == 2 * 2 * 256 * 2 for layer in full)
+
+
+def test_vllm_inflates_qwen35_attention_block_to_hold_the_fp32_state() -> None:
+    """vLLM's own choice (align mode, bf16 block 16): the attention block grows until one page
+    of the 10 full layers' group holds a whole GDN state — twice Qwen3-Next's (544), whose state
+    is bf16."""
+    from jenga_vllm.tools.vllm_layout import vllm_layout
+
+    blocks = {}
+    for name in ("qwen3.5-35b-a3b", "qwen3-next-80b-a3b-thinking"):
+        s = shapes_of(name)
+        layout = vllm_layout(s, 8 << 30, max_model_len=8192)
+        attention = next(g for g in layout.groups if g.kind == "FullAttentionSpec")
+        state = next(layer for layer in s.layers if layer.kind == "mamba").state_bytes
+        per_token = next(layer for layer in s.layers if layer.kind == "full").bytes_per_token
+        assert attention.block_size == math.ceil(state / per_token / 16) * 16
+        blocks[name] = attention.block_size
+    assert blocks == {"qwen3.5-35b-a3b": 1056, "qwen3-next-80b-a3b-thinking": 544}
 
 
 def test_jenga_fits_what_exact_bytes_allow_on_a_homogeneous_model() -> None:
