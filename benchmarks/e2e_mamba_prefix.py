@@ -22,6 +22,9 @@ Workloads (seeded, deterministic; requests arrive at fixed engine steps, so ever
 same arrivals and the scheduling — hits, preemptions, steps — is reproducible):
     sysprompt   5 system prompts of 300–1,000 tokens (Zipf 1.0) + a unique 40–160-token user
                 message, 32 output tokens; a request every 3 engine steps
+    sysprompt_short
+                the same with system prompts of 64–256 tokens, all shorter than vLLM's
+                288-token block on the zoo's GDN model
     multiturn   8 chats of 4 turns: a 100–250-token first message, then each turn = the chat so far
                 + its answer (32 tokens) + a new 30–90-token message, sent 2 steps after the
                 answer
@@ -85,13 +88,18 @@ def _zipf_choice(rng: random.Random, n: int, s: float) -> int:
     return rng.choices(range(n), weights)[0]
 
 
-def sysprompt_trace(num_requests: int, seed: int = 3) -> list[TraceRequest]:
+SYSTEM_PROMPT_TOKENS = {
+    "sysprompt": (300, 460, 620, 810, 1000),
+    # All shorter than vLLM's inflated block on the zoo's GDN model (288 tokens).
+    "sysprompt_short": (64, 96, 128, 192, 256),
+}
+
+
+def sysprompt_trace(num_requests: int, seed: int = 3, lengths=(300, 460, 620, 810, 1000)):
     from jenga_vllm.tools.zoo import word_token_ids
 
     rng = random.Random(seed)
-    systems = [
-        word_token_ids(900 + k, length) for k, length in enumerate((300, 460, 620, 810, 1000))
-    ]
+    systems = [word_token_ids(900 + k, length) for k, length in enumerate(lengths)]
     trace = []
     for i in range(num_requests):
         system = systems[_zipf_choice(rng, len(systems), 1.0)]
@@ -115,8 +123,8 @@ def multiturn_trace(num_chats: int, turns: int = 4, seed: int = 5) -> list[Trace
 
 
 def trace_for(workload: str, quick: bool) -> list[TraceRequest]:
-    if workload == "sysprompt":
-        return sysprompt_trace(12 if quick else 40)
+    if workload in SYSTEM_PROMPT_TOKENS:
+        return sysprompt_trace(12 if quick else 40, lengths=SYSTEM_PROMPT_TOKENS[workload])
     return multiturn_trace(3 if quick else 8, turns=3 if quick else 4)
 
 

@@ -87,6 +87,11 @@ def test_unverified_methods_and_hybrids_are_refused_before_any_engine_starts():
     with pytest.raises(JengaUnsupportedError) as error:
         args.create_engine_config()
     assert str(error.value) == BY_KEY["speculative_hybrid"].message(hybrid)
+    ngram_on_hybrid = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
+    args = EngineArgs(model=hybrid, speculative_config=ngram_on_hybrid, additional_config=jenga)
+    with pytest.raises(JengaUnsupportedError) as error:  # was an internal AssertionError
+        args.create_engine_config()
+    assert str(error.value) == BY_KEY["speculative_hybrid"].message(hybrid)
     ngram = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
     config = EngineArgs(
         model=model, speculative_config=ngram, additional_config=jenga
