@@ -48,9 +48,6 @@ from jenga_vllm.core.policies import LayerPolicy, make_policies
 from jenga_vllm.core.prefix import PrefixIndex
 from jenga_vllm.core.spec import DEBUG_INVARIANTS
 
-# Policies whose running requests release pages as they grow (their windows slide).
-WINDOW_KINDS = frozenset({"sliding_window", "chunked_local"})
-
 
 @dataclass(slots=True, eq=False)
 class RequestPages:
@@ -153,21 +150,18 @@ class JengaCache:
         self.items: dict[Hashable, ItemPages] = {}  # held item-cache entries
         self.state_types = [t for t in self.prefix_types if not self.policies[t].is_token_indexed]
         self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
-        # Attention types whose running requests release pages as they grow.
-        self.window_types = [
-            t for t in self.attention_types if self.policies[t].kind in WINDOW_KINDS
-        ]
+        # Attention types whose running requests release pages as they grow (their windows
+        # slide): a released page's slot is recycled by the type's next page (allocator.py).
+        self.window_types = [t for t in self.attention_types if self.policies[t].window_tokens]
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
         self._states_this_step: set[SmallPage] = set()
         # With a list here, cache_blocks appends (type_idx, block, key) per page it indexes.
         self.stored_journal: list[tuple[int, int, Hashable]] | None = None
         self.released_pages = [0] * num_types  # pages released by the policy, per type
         # Per type: the prompt tokens whose out-of-window pages a new prefix releases fresh
-        # (release_unneeded): one window / chunk; 0 for types that keep every page or hold
-        # states (those follow their own retention rule, policies/mamba.py).
-        self._shared_horizon = [
-            (t.spec.window or t.spec.chunk or 0) if t.is_token_indexed else 0 for t in plan.types
-        ]
+        # (release_unneeded): one window / chunk; 0 for types without a window (full attention
+        # keeps every page, states follow their own retention rule, policies/mamba.py).
+        self._shared_horizon = [p.window_tokens for p in self.policies]
         self._max_horizon = max(self._shared_horizon, default=0)
         self.enable_caching = enable_caching
         # The evictor's release order (deepest token first, ties in type order) is the order of
@@ -234,7 +228,7 @@ class JengaCache:
         hits = [0] * len(self.policies)
         if not self.enable_caching or longest <= 0:
             return hits
-        full = [t for t in self.prefix_types if self.plan.types[t].spec.kind == "full"]
+        full = [t for t in self.prefix_types if self.policies[t].needs_whole_prefix]
         for t in full:  # a forward scan that stops at the first miss
             hits[t] = self.policies[t].longest_valid_hit(longest, self._cached_lookup(t, hashes))
         bound = min((hits[t] for t in full), default=longest)
