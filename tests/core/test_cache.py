@@ -468,6 +468,24 @@ def test_vision_pages_and_kv_share_the_pool_under_one_evictor():
     check_invariants(cache)
 
 
+def test_holding_an_item_keeps_the_protected_hit_and_the_pool_consistent():
+    # The request an image belongs to takes its prefix hit right after the image's pages: the
+    # hit's CACHED pages are pinned while the image is placed, then given back as they were.
+    # (With JENGA_DEBUG_INVARIANTS=1 the whole-pool check runs inside hold_item: it must not
+    # see the pins, whose extra reference no table names.)
+    cache = vision_cache()
+    vision = cache.item_types[0]
+    hashes = block_hashes(list(range(4 * BS)), BS)
+    assert cache.allocate("a", 4 * BS) is not None
+    cache.cache_blocks("a", hashes, 4 * BS)
+    cache.free("a")
+    hit = cache.find_longest_hit(hashes, 4 * BS - 1)
+    assert hit.num_tokens == 3 * BS
+    assert cache.hold_item("img-1", 40, vision, protect=hit.pages[0]) is not None
+    assert all(p.is_cached and p.ref_count == 0 for p in hit.pages[0])
+    check_invariants(cache)
+
+
 def test_a_sliding_window_keeps_to_its_own_large_page_and_leaves_it_whole():
     # Gemma-4-like: a large page holds 4 full-attention pages or 3 window pages, and a request's
     # window is 3 pages. Each request's lasting window pages take a large page of their own
