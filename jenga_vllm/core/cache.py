@@ -6,7 +6,7 @@ layout plan (layout.py), one policy per layer type (policies/), the two-level al
 coordinates lives in its own module:
 
     hits.py             the longest prefix every type can serve (find_longest_hit), PrefixHit
-    feasibility.py      how many pages a request takes and whether they fit
+    feasibility.py      how many pages a request takes and whether they fit (the plan step)
     request_pages.py    a request's page tables and fast-path thresholds
     state_retention.py  which superseded states stay cached (Mamba / linear attention)
     items.py            item-cache entries (vision embeddings), held apart from requests
@@ -21,6 +21,12 @@ per scheduler step, mirroring what a scheduler asks:
     release_unneeded(request_id, num_computed_tokens)        (out-of-window pages → cache, stale)
     free(request_id)                                         (all pages → cache, suffix first)
     new_step()                                               (an engine step begins)
+
+``allocate`` is a plan step and a commit step, as vLLM separates ``get_num_blocks_to_allocate``
+from ``allocate_new_blocks``: the plan (``_plan_allocation``) computes each type's new pages, the
+hit pages to take and the large-page budget without changing anything, and returns None when
+memory cannot cover them; only then does the commit (``_commit_allocation``) take the pages. So a
+failed allocation changes nothing.
 
 Item-cache entries (vision embeddings) are held apart from requests: ``hold_item`` /
 ``release_item`` (items.py).
@@ -47,7 +53,9 @@ from jenga_vllm.core.allocator import TwoLevelAllocator
 from jenga_vllm.core.errors import JengaAllocationError, JengaConfigError
 from jenga_vllm.core.evictor import EVICTORS, Evictor
 from jenga_vllm.core.feasibility import (
+    AllocationPlan,
     add_next_token_needs,
+    budget_for,
     bytes_taken,
     capped_at_live,
     fits,
@@ -240,7 +248,7 @@ class JengaCache:
         CACHED slots of ACTIVE ones (cached pages count as free, as in vLLM)."""
         return free_bytes(self.allocator, self.plan)
 
-    # ---- allocation ------------------------------------------------------------------------
+    # ---- allocation: a plan step, then a commit step --------------------------------------------
     def allocate(
         self,
         request_id: str,
@@ -285,29 +293,9 @@ class JengaCache:
         if not is_new and num_tokens < req.num_tokens:
             num_tokens = req.num_tokens  # never shrink; vLLM asks with computed+new ≥ before
 
-        needs = pages_needed(self.policies, req, num_tokens, hit, checkpoint=checkpoint)
-        hit_pages = hit.reused_pages()
-        if self._states_this_step and not self._states_this_step.isdisjoint(hit_pages):
-            return None  # the state is written by this step's forward pass: wait one step
-        encoder_plan: list[tuple[int, list[SmallPage | None]]] = []
-        if is_new and encoder_tokens and self.encoder_types:
-            for t in self.encoder_types:
-                shared = self._encoder_pages(t, encoder_key, encoder_tokens)
-                encoder_plan.append((t, shared))
-                hit_pages.extend(p for p in shared if p is not None)
-                needs[t] = sum(1 for p in shared if p is None)
-
-        nothing_to_take = not hit_pages and not any(needs)
-        if not nothing_to_take:
-            if hit_pages:
-                slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
-                budget = self.allocator.budget_for(needs, slot_delta, large_delta)
-            else:
-                budget = self.allocator.budget_for(needs)
-            if budget is None:
-                return None
-            for page in hit_pages:
-                self.allocator.touch(page)
+        plan = self._plan_allocation(req, num_tokens, hit, encoder_key, encoder_tokens, checkpoint)
+        if plan is None:
+            return None
         if is_new:
             assert len(hit.pages) == len(self.policies), "a prefix hit names every layer type"
             req = RequestPages.admitted(
@@ -320,10 +308,55 @@ class JengaCache:
                 junction_tokens,
             )
             self.requests[request_id] = req
-        if nothing_to_take:
+        return self._commit_allocation(req, num_tokens, plan, checkpoint, encoder_key)
+
+    def _plan_allocation(
+        self,
+        req: RequestPages | None,
+        num_tokens: int,
+        hit: PrefixHit,
+        encoder_key: Hashable | None,
+        encoder_tokens: int,
+        checkpoint: bool,
+    ) -> AllocationPlan | None:
+        """The plan step: each type's new pages, the pages shared with cached ones (the hit, an
+        encoder input seen before) and the large-page budget covering them. Changes nothing;
+        None when memory cannot cover them or the hit starts from a state of this step."""
+        needs = pages_needed(self.policies, req, num_tokens, hit, checkpoint=checkpoint)
+        hit_pages = hit.reused_pages()
+        if self._states_this_step and not self._states_this_step.isdisjoint(hit_pages):
+            return None  # the state is written by this step's forward pass: wait one step
+        encoder_pages: list[tuple[int, list[SmallPage | None]]] = []
+        if req is None and encoder_tokens and self.encoder_types:
+            for t in self.encoder_types:
+                shared = self._encoder_pages(t, encoder_key, encoder_tokens)
+                encoder_pages.append((t, shared))
+                hit_pages.extend(p for p in shared if p is not None)
+                needs[t] = sum(1 for p in shared if p is None)
+        budget = None
+        if hit_pages or any(needs):
+            budget = budget_for(self.allocator, needs, hit_pages)
+            if budget is None:
+                return None
+        return AllocationPlan(needs, hit_pages, encoder_pages, budget)
+
+    def _commit_allocation(
+        self,
+        req: RequestPages,
+        num_tokens: int,
+        plan: AllocationPlan,
+        checkpoint: bool,
+        encoder_key: Hashable | None,
+    ) -> list[list[SmallPage]]:
+        """The commit step: take the plan's shared pages and place its new ones in the tables.
+        Cannot fail: the plan's budget covers every page."""
+        budget = plan.budget
+        if budget is None:  # nothing to take
             req.num_tokens = num_tokens
             req.refresh_thresholds(self.policies, self.prefix_types)
             return [[] for _ in self.policies]
+        for page in plan.hit_pages:
+            self.allocator.touch(page)
         new_pages: list[list[SmallPage]] = []
         for t, policy in enumerate(self.policies):
             table = req.tables[t]
@@ -357,7 +390,7 @@ class JengaCache:
                     table[block] = page
                 fresh.extend(table[b] for b in blocks)
             new_pages.append(fresh)
-        for t, shared in encoder_plan:
+        for t, shared in plan.encoder_pages:
             rank = self._item_rank.randrange(1 << 30)
             table = req.tables[t]
             for i, page in enumerate(shared):

@@ -1,9 +1,10 @@
 """Feasibility: how many pages a request takes, and whether the pool can give them.
 
 What it owns: the arithmetic behind ``JengaCache.pages_needed``, ``can_allocate``,
-``bytes_taken``, ``next_token_needs`` / ``add_next_token_needs`` and ``free_bytes``. Every
-function here reads the policies, a request's tables and the allocator's counts, and changes
-nothing.
+``bytes_taken``, ``next_token_needs`` / ``add_next_token_needs``, ``free_bytes``, and the
+record of ``allocate``'s plan step (``AllocationPlan``, ``budget_for``; assembled by
+``JengaCache._plan_allocation``). Every function here reads the policies, a request's tables and
+the allocator's counts, and changes nothing.
 
 The rule (docs/design.md §4, "Feasibility is exact"): with A_t = EMPTY + CACHED slots of type t
 in ACTIVE large pages and L0 = FREE + EVICTABLE large pages, n_t new small pages of each type
@@ -18,9 +19,12 @@ only the columns the engine writes), ``max_live_blocks`` as the cap while tokens
 
 from __future__ import annotations
 
-from jenga_vllm.core.allocator import TwoLevelAllocator
+from dataclasses import dataclass
+
+from jenga_vllm.core.allocator import LargePageBudget, TwoLevelAllocator
 from jenga_vllm.core.hits import PrefixHit
 from jenga_vllm.core.layout import LayoutPlan
+from jenga_vllm.core.pages import SmallPage
 from jenga_vllm.core.policies import LayerPolicy
 from jenga_vllm.core.request_pages import RequestPages
 
@@ -103,3 +107,28 @@ def free_bytes(allocator: TwoLevelAllocator, plan: LayoutPlan) -> int:
         allocator.slots_in_active(t) * layout.small_page_bytes
         for t, layout in enumerate(plan.types)
     )
+
+
+@dataclass(slots=True)
+class AllocationPlan:
+    """What one ``allocate`` takes, decided before anything moves (its plan step).
+
+    ``needs``: new small pages per type; ``hit_pages``: pages the request starts to share (its
+    prefix hit's, a shared encoder input's); ``encoder_pages``: per encoder type, the input's
+    pages in order, None where a new page goes; ``budget``: the large pages each type may claim
+    (None: nothing to take)."""
+
+    needs: list[int]
+    hit_pages: list[SmallPage]
+    encoder_pages: list[tuple[int, list[SmallPage | None]]]
+    budget: LargePageBudget | None
+
+
+def budget_for(
+    allocator: TwoLevelAllocator, needs: list[int], hit_pages: list[SmallPage]
+) -> LargePageBudget | None:
+    """The large-page budget for ``needs`` once ``hit_pages`` are taken; None: it does not fit."""
+    if hit_pages:
+        slot_delta, large_delta = allocator.touch_effect(hit_pages)
+        return allocator.budget_for(needs, slot_delta, large_delta)
+    return allocator.budget_for(needs)

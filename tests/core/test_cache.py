@@ -192,6 +192,16 @@ def test_out_of_memory_returns_none_and_changes_nothing():
     assert cache.allocate("a", 100_000) is None
     assert snapshot(cache) == before
     check_invariants(cache)
+    # A new request with a prefix hit that does not fit: not admitted, its hit pages untouched
+    # (the plan step decides before anything moves).
+    cache.free("a")
+    hit = cache.find_longest_hit(block_hashes(list(range(60)), BS), 59)
+    assert hit.num_tokens and all(p.is_cached for p in hit.reused_pages())
+    before = snapshot(cache)
+    assert cache.allocate("c", 100_000, hit) is None
+    assert snapshot(cache) == before
+    assert "c" not in cache.requests and all(p.is_cached for p in hit.reused_pages())
+    check_invariants(cache)
 
 
 @pytest.mark.parametrize(
