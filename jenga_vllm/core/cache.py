@@ -1,9 +1,18 @@
-"""JengaCache: the engine-agnostic KV-cache manager — requests, page tables, prefix hits.
+"""JengaCache: the engine-agnostic KV-cache manager — the coordinator an engine adapter drives.
 
-It ties the pieces together: the layout plan (layout.py), one policy per layer type (policies/),
-the two-level allocator (allocator.py), the prefix index (prefix.py) and the evictor (evictor.py).
-An engine adapter (the vLLM one lives in jenga_vllm/vllm/manager.py) drives it with four verbs per
-scheduler step, mirroring what a scheduler asks:
+It owns the requests (``requests``: one ``RequestPages`` each) and ties the pieces together: the
+layout plan (layout.py), one policy per layer type (policies/), the two-level allocator
+(allocator.py), the prefix index (prefix.py) and the evictor (evictor.py). Each role it
+coordinates lives in its own module:
+
+    hits.py             the longest prefix every type can serve (find_longest_hit), PrefixHit
+    feasibility.py      how many pages a request takes and whether they fit (the plan step)
+    request_pages.py    a request's page tables and fast-path thresholds
+    state_retention.py  which superseded states stay cached (Mamba / linear attention)
+    items.py            item-cache entries (vision embeddings), held apart from requests
+
+An engine adapter (the vLLM one lives in jenga_vllm/vllm/manager.py) drives it with these verbs
+per scheduler step, mirroring what a scheduler asks:
 
     find_longest_hit(hashes, max_tokens)  → PrefixHit        (pure: changes nothing)
     can_allocate(request_id, num_tokens, hit) → bool         (pure: would it fit?)
@@ -13,13 +22,14 @@ scheduler step, mirroring what a scheduler asks:
     free(request_id)                                         (all pages → cache, suffix first)
     new_step()                                               (an engine step begins)
 
-Item-cache entries (vision embeddings, policies/vision_embedding.py) are held apart from
-requests: ``hold_item(key, tokens, type)`` takes or re-takes an entry's pages, keyed
-``(key, page index)`` in the prefix index, and ``release_item(key, keep)`` lets them go — cached
-for a later request with the same item, or dropped when they were never written.
+``allocate`` is a plan step and a commit step, as vLLM separates ``get_num_blocks_to_allocate``
+from ``allocate_new_blocks``: the plan (``_plan_allocation``) computes each type's new pages, the
+hit pages to take and the large-page budget without changing anything, and returns None when
+memory cannot cover them; only then does the commit (``_commit_allocation``) take the pages. So a
+failed allocation changes nothing.
 
-Page tables: per request and type, a list indexed by the type's block number; ``None`` marks a
-block the type no longer needs (vLLM's null block, unit id 0).
+Item-cache entries (vision embeddings) are held apart from requests: ``hold_item`` /
+``release_item`` (items.py).
 
 Same-step states (``guards_same_step_states``): a state page (Mamba) is named in the prefix index
 when it is allocated, but an engine writes it only while the step runs, and a request starting
@@ -28,91 +38,47 @@ vLLM writes a layer's new K/V before any request of the batch reads them). So a 
 indexed in the current step is refused (``allocate`` returns None): the request waits one step,
 as vLLM's own MambaManager makes it.
 
-Invariants: a request's table for type t has ``num_blocks_t(num_tokens)`` entries once allocated;
-entries before ``released[t]`` are None; every non-None entry holds one reference on its page.
+Invariants: those of request_pages.py for every request in ``requests``; a page's reference
+count is the number of tables and items naming it; ``check()`` verifies the whole pool
+(invariants.py), after every state-changing operation but the O(1) fast paths when
+JENGA_DEBUG_INVARIANTS=1.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
 
-from jenga_vllm.core.allocator import PageOwner, TwoLevelAllocator
+from jenga_vllm.core.allocator import TwoLevelAllocator
 from jenga_vllm.core.errors import JengaAllocationError, JengaConfigError
 from jenga_vllm.core.evictor import EVICTORS, Evictor
+from jenga_vllm.core.feasibility import (
+    AllocationPlan,
+    add_next_token_needs,
+    budget_for,
+    bytes_taken,
+    capped_at_live,
+    fits,
+    free_bytes,
+    pages_needed,
+)
+from jenga_vllm.core.hits import PrefixHit, PrefixLookup, empty_hit
 from jenga_vllm.core.invariants import check_invariants
+from jenga_vllm.core.items import ItemCache
 from jenga_vllm.core.layout import LayoutPlan
 from jenga_vllm.core.pages import SmallPage
 from jenga_vllm.core.policies import LayerPolicy, make_policies
 from jenga_vllm.core.prefix import PrefixIndex
+from jenga_vllm.core.request_pages import RequestPages, deepest_block_first
 from jenga_vllm.core.spec import DEBUG_INVARIANTS
+from jenga_vllm.core.state_retention import (
+    KeptState,
+    drop_superseded,
+    retain_state,
+    superseded_at_block_end,
+)
 
-# Policies whose running requests release pages as they grow (their windows slide).
-WINDOW_KINDS = frozenset({"sliding_window", "chunked_local"})
-
-
-@dataclass(slots=True, eq=False)
-class RequestPages:
-    """One request's page tables and allocation bookkeeping."""
-
-    request_id: str
-    tables: list[list[SmallPage | None]]
-    released: list[int]  # per type: leading blocks already released (None in the table)
-    cached_upto: list[int]  # per type: blocks already offered to the prefix index
-    owner: PageOwner
-    num_tokens: int = 0
-    encoder_key: Hashable | None = None
-    encoder_tokens: int = 0
-    prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
-    junction_tokens: int = 0  # the shared-prefix junction its hit reported (0: none)
-    hit_tokens: int = 0  # the prefix hit it was admitted with
-    # per state type: (page, hash) of the newest decode-time state kept cached and of the newest
-    # prefill-time one the request released (mamba.py, retention)
-    decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
-    prompt_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
-    # O(1) fast paths for the common decode step (see _refresh_thresholds):
-    covered_tokens: float = 0  # tokens the current tables can hold without a new page
-    next_full: float = 0  # token count at which some type completes a new block to cache
-    next_release: float = 0  # computed-token count at which some type releases a page
-
-
-@dataclass(slots=True, eq=False)
-class ItemPages:
-    """One held item-cache entry (an image's embeddings): its pages, in order."""
-
-    key: Hashable
-    type_idx: int
-    pages: list[SmallPage]
-    owner: PageOwner
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixHit:
-    """A prefix-cache hit valid for every layer type: ``num_tokens`` and each type's pages.
-
-    ``junction_tokens``: on a model with state types, the longest prefix the attention types
-    alone could serve when it is longer than ``num_tokens`` (else 0) — a shared prefix whose end
-    has no cached state yet; an engine that stops a prefill chunk there writes that state.
-    """
-
-    num_tokens: int
-    pages: tuple[tuple[SmallPage | None, ...], ...]
-    junction_tokens: int = 0
-
-    @property
-    def num_pages(self) -> int:
-        return sum(1 for per_type in self.pages for p in per_type if p is not None)
-
-
-NO_HIT_CACHE: dict[int, PrefixHit] = {}
-
-
-def empty_hit(num_types: int) -> PrefixHit:
-    hit = NO_HIT_CACHE.get(num_types)
-    if hit is None:
-        hit = NO_HIT_CACHE[num_types] = PrefixHit(0, ((),) * num_types)
-    return hit
+__all__ = ["JengaCache", "PrefixHit"]
 
 
 class JengaCache:
@@ -150,24 +116,20 @@ class JengaCache:
             i for i, p in enumerate(self.policies) if not p.uses_token_prefix and not p.holds_items
         ]
         self.item_types = [i for i, p in enumerate(self.policies) if p.holds_items]
-        self.items: dict[Hashable, ItemPages] = {}  # held item-cache entries
         self.state_types = [t for t in self.prefix_types if not self.policies[t].is_token_indexed]
         self.attention_types = [t for t in self.prefix_types if t not in self.state_types]
-        # Attention types whose running requests release pages as they grow.
-        self.window_types = [
-            t for t in self.attention_types if self.policies[t].kind in WINDOW_KINDS
-        ]
+        # Attention types whose running requests release pages as they grow (their windows
+        # slide): a released page's slot is recycled by the type's next page (allocator.py).
+        self.window_types = [t for t in self.attention_types if self.policies[t].window_tokens]
         self.guards_same_step_states = guards_same_step_states and bool(self.state_types)
         self._states_this_step: set[SmallPage] = set()
         # With a list here, cache_blocks appends (type_idx, block, key) per page it indexes.
         self.stored_journal: list[tuple[int, int, Hashable]] | None = None
         self.released_pages = [0] * num_types  # pages released by the policy, per type
         # Per type: the prompt tokens whose out-of-window pages a new prefix releases fresh
-        # (release_unneeded): one window / chunk; 0 for types that keep every page or hold
-        # states (those follow their own retention rule, policies/mamba.py).
-        self._shared_horizon = [
-            (t.spec.window or t.spec.chunk or 0) if t.is_token_indexed else 0 for t in plan.types
-        ]
+        # (release_unneeded): one window / chunk; 0 for types without a window (full attention
+        # keeps every page, states follow their own retention rule, state_retention.py).
+        self._shared_horizon = [p.window_tokens for p in self.policies]
         self._max_horizon = max(self._shared_horizon, default=0)
         self.enable_caching = enable_caching
         # The evictor's release order (deepest token first, ties in type order) is the order of
@@ -180,42 +142,26 @@ class JengaCache:
         )
         self.requests: dict[str, RequestPages] = {}
         self._no_new_pages: tuple[tuple[SmallPage, ...], ...] = ((),) * num_types
+        # One random eviction rank per item or encoder input: its pages go whole.
         self._item_rank = random.Random(seed)
+        self.lookup = PrefixLookup(
+            self.policies, self.index, self.prefix_types, self.state_types, plan.block_size
+        )
+        self.item_cache = ItemCache(
+            self.policies, self.allocator, self.index, enable_caching, self._item_rank
+        )
+        self.items = self.item_cache.items  # held item-cache entries
 
-    # ---- lookups ---------------------------------------------------------------------------
+    # ---- lookups (hits.py) -------------------------------------------------------------------
     def find_longest_hit(self, hashes: Sequence[Hashable], max_tokens: int) -> PrefixHit:
         """Longest prefix (≤ max_tokens) every layer type can serve from cache; changes nothing.
 
         Each type answers "the longest valid hit ≤ L"; iterating over the types until no one
         shrinks L gives the longest length valid for all (Jenga §4.3, vLLM's fixed point).
         """
-        num_types = len(self.policies)
         if not self.enable_caching:
-            return empty_hit(num_types)
-        longest = min(len(hashes), max_tokens // self.plan.block_size)
-        if longest <= 0:
-            return empty_hit(num_types)
-        lookups = [self._cached_lookup(t, hashes) for t in range(num_types)]
-        length = self._fixed_point(self.prefix_types, longest, lookups)
-        junction = 0
-        if self.state_types and length < longest:
-            attention = self._fixed_point(self.attention_types, longest, lookups)
-            if attention > length:
-                junction = attention * self.plan.block_size
-        if length <= 0:
-            return PrefixHit(0, ((),) * num_types, junction) if junction else empty_hit(num_types)
-        pages = []
-        for t, policy in enumerate(self.policies):
-            if t not in self.prefix_types:
-                pages.append(())
-                continue
-            n = length // policy.hash_ratio
-            first = policy.first_needed_block(n * policy.block_tokens)
-            pages.append(
-                (None,) * first
-                + tuple(self.index.get(t, hashes[policy.hash_index(i)]) for i in range(first, n))
-            )
-        return PrefixHit(length * self.plan.block_size, tuple(pages), junction)
+            return empty_hit(len(self.policies))
+        return self.lookup.longest_hit(hashes, max_tokens)
 
     def starts_from_unwritten_state(self, hit: PrefixHit) -> bool:
         """Whether ``hit`` starts from a state indexed in this engine step, which the engine
@@ -230,41 +176,11 @@ class JengaCache:
         In a model with full-attention layers every other type's figure is capped at theirs:
         a longer hit is useless to such a model, and looking past it would cost a sliding
         window a backward search over the whole prompt per request (docs/design.md §5)."""
-        longest = min(len(hashes), max_tokens // self.plan.block_size)
-        hits = [0] * len(self.policies)
-        if not self.enable_caching or longest <= 0:
-            return hits
-        full = [t for t in self.prefix_types if self.plan.types[t].spec.kind == "full"]
-        for t in full:  # a forward scan that stops at the first miss
-            hits[t] = self.policies[t].longest_valid_hit(longest, self._cached_lookup(t, hashes))
-        bound = min((hits[t] for t in full), default=longest)
-        for t in self.prefix_types:
-            if t not in full:
-                lookup = self._cached_lookup(t, hashes)
-                hits[t] = self.policies[t].longest_valid_hit(bound, lookup)
-        return [h * self.plan.block_size for h in hits]
+        if not self.enable_caching:
+            return [0] * len(self.policies)
+        return self.lookup.tokens_by_type(hashes, max_tokens)
 
-    def _fixed_point(self, types: list[int], length: int, lookups: list) -> int:
-        """Longest length (in common blocks, ≤ length) every type in ``types`` accepts."""
-        stable = False
-        while not stable and length > 0:
-            stable = True
-            for t in types:
-                found = self.policies[t].longest_valid_hit(length, lookups[t])
-                if found < length:
-                    length, stable = found, False
-        return max(length, 0)
-
-    def _cached_lookup(self, type_idx: int, hashes: Sequence[Hashable]):
-        policy = self.policies[type_idx]
-        entries = self.index.by_type[type_idx]
-
-        def is_cached(block: int) -> bool:
-            return hashes[policy.hash_index(block)] in entries
-
-        return is_cached
-
-    # ---- allocation --------------------------------------------------------------------------
+    # ---- feasibility (feasibility.py): pure, nothing changes ------------------------------------
     def pages_needed(
         self,
         request_id: str,
@@ -276,35 +192,7 @@ class JengaCache:
         """New small pages per type that allocate(request_id, num_tokens, hit) would take
         (encoder types: a new request's unshared encoder input of ``encoder_tokens``)."""
         req = self.requests.get(request_id)
-        needs = []
-        for t, policy in enumerate(self.policies):
-            if not policy.uses_token_prefix:
-                new_input = req is None and encoder_tokens
-                needs.append(policy.num_blocks(encoder_tokens) if new_input else 0)
-                continue
-            have = len(req.tables[t]) if req else (len(hit.pages[t]) if hit else 0)
-            needs.append(len(policy.new_blocks(have, num_tokens, checkpoint)))
-        return needs
-
-    def _live_needs(
-        self,
-        request_id: str,
-        num_tokens: int,
-        hit: PrefixHit | None,
-        encoder_tokens: int,
-        in_flight_tokens: int | None,
-    ) -> list[int]:
-        """``pages_needed``, each type capped at what its policy keeps live at once while
-        ``in_flight_tokens`` are scheduled (``max_live_blocks``; None: no cap)."""
-        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
-        if in_flight_tokens is None:
-            return needs
-        return [
-            min(n, policy.max_live_blocks(num_tokens, in_flight_tokens))
-            if policy.uses_token_prefix
-            else n
-            for n, policy in zip(needs, self.policies, strict=True)
-        ]
+        return pages_needed(self.policies, req, num_tokens, hit, encoder_tokens, checkpoint)
 
     def can_allocate(
         self,
@@ -319,12 +207,11 @@ class JengaCache:
         what its policy keeps live at once (``max_live_blocks``; windows recycle their pages)
         while ``in_flight_tokens`` are scheduled, with ``extra_needs`` small pages per type
         left over for others; changes nothing."""
-        needs = self._live_needs(request_id, num_tokens, hit, encoder_tokens, in_flight_tokens)
+        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        needs = capped_at_live(self.policies, needs, num_tokens, in_flight_tokens)
         if extra_needs is not None:
             needs = [n + extra for n, extra in zip(needs, extra_needs, strict=True)]
-        hit_pages = [p for per in hit.pages for p in per if p is not None] if hit else []
-        slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
-        return self.allocator.budget_for(needs, slot_delta, large_delta) is not None
+        return fits(self.allocator, needs, hit)
 
     def bytes_taken(
         self,
@@ -338,17 +225,9 @@ class JengaCache:
         ``can_allocate``): every new small page, and every CACHED hit page it touches, leaves
         the free pool at its small-page size (a page from a FREE or EVICTABLE large page turns
         the rest of it into free slots). vLLM's count: new blocks + evictable hit blocks."""
-        needs = self._live_needs(request_id, num_tokens, hit, encoder_tokens, in_flight_tokens)
-        sizes = [t.small_page_bytes for t in self.plan.types]
-        taken = sum(n * size for n, size in zip(needs, sizes, strict=True))
-        if hit:
-            taken += sum(
-                sizes[p.type_idx]
-                for per in hit.pages
-                for p in per
-                if p is not None and not p.ref_count
-            )
-        return taken
+        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        needs = capped_at_live(self.policies, needs, num_tokens, in_flight_tokens)
+        return bytes_taken(self.plan, needs, hit)
 
     def next_token_needs(self) -> list[int]:
         """Small pages per type the requests holding pages take, net of what they release, when
@@ -357,31 +236,19 @@ class JengaCache:
         needs = [0] * len(self.policies)
         for req in self.requests.values():
             if req.num_tokens + 1 > req.covered_tokens:
-                self.add_next_token_needs(needs, req.request_id)
+                add_next_token_needs(needs, self.policies, self.prefix_types, req)
         return needs
 
     def add_next_token_needs(self, needs: list[int], request_id: str) -> None:
         """Add one request's share of ``next_token_needs`` to ``needs``."""
-        req = self.requests[request_id]
-        grown = req.num_tokens + 1
-        for t in self.prefix_types:
-            policy = self.policies[t]
-            table = req.tables[t]
-            new = len(policy.new_blocks(len(table), grown))
-            if new:
-                freed = min(policy.first_needed_block(req.num_tokens), len(table))
-                needs[t] += max(0, new - max(0, freed - req.released[t]))
+        add_next_token_needs(needs, self.policies, self.prefix_types, self.requests[request_id])
 
     def free_bytes(self) -> int:
         """Bytes a new allocation could take: FREE and EVICTABLE large pages plus EMPTY and
         CACHED slots of ACTIVE ones (cached pages count as free, as in vLLM)."""
-        alloc = self.allocator
-        free = alloc.claimable_large_pages() * self.plan.large_page_bytes
-        return free + sum(
-            alloc.slots_in_active(t) * layout.small_page_bytes
-            for t, layout in enumerate(self.plan.types)
-        )
+        return free_bytes(self.allocator, self.plan)
 
+    # ---- allocation: a plan step, then a commit step --------------------------------------------
     def allocate(
         self,
         request_id: str,
@@ -399,8 +266,8 @@ class JengaCache:
         A new request may bring a ``hit`` (from find_longest_hit, in the same step), an encoder
         input (``encoder_key`` names it for sharing; ``encoder_tokens`` its length) and its
         ``prompt_tokens`` (states written past the prompt are not kept when superseded; see
-        policies/mamba.py). ``checkpoint``: whether the engine also writes the state at the last
-        block boundary this growth crosses (state types; vLLM decides per step).
+        state_retention.py). ``checkpoint``: whether the engine also writes the state at the
+        last block boundary this growth crosses (state types; vLLM decides per step).
         ``junction_tokens``: where the new request's shared prefix ends (default: the hit's
         ``junction_tokens``); the state written there is kept like a junction. Returns None
         — changing nothing — when memory cannot cover it, or when the hit starts from a state
@@ -426,31 +293,12 @@ class JengaCache:
         if not is_new and num_tokens < req.num_tokens:
             num_tokens = req.num_tokens  # never shrink; vLLM asks with computed+new ≥ before
 
-        needs = self.pages_needed(request_id, num_tokens, hit, checkpoint=checkpoint)
-        hit_pages = [p for per_type in hit.pages for p in per_type if p is not None]
-        if self._states_this_step and not self._states_this_step.isdisjoint(hit_pages):
-            return None  # the state is written by this step's forward pass: wait one step
-        encoder_plan: list[tuple[int, list[SmallPage | None]]] = []
-        if is_new and encoder_tokens and self.encoder_types:
-            for t in self.encoder_types:
-                shared = self._encoder_pages(t, encoder_key, encoder_tokens)
-                encoder_plan.append((t, shared))
-                hit_pages.extend(p for p in shared if p is not None)
-                needs[t] = sum(1 for p in shared if p is None)
-
-        nothing_to_take = not hit_pages and not any(needs)
-        if not nothing_to_take:
-            if hit_pages:
-                slot_delta, large_delta = self.allocator.touch_effect(hit_pages)
-                budget = self.allocator.budget_for(needs, slot_delta, large_delta)
-            else:
-                budget = self.allocator.budget_for(needs)
-            if budget is None:
-                return None
-            for page in hit_pages:
-                self.allocator.touch(page)
+        plan = self._plan_allocation(req, num_tokens, hit, encoder_key, encoder_tokens, checkpoint)
+        if plan is None:
+            return None
         if is_new:
-            req = self._admit(
+            assert len(hit.pages) == len(self.policies), "a prefix hit names every layer type"
+            req = RequestPages.admitted(
                 request_id,
                 num_tokens,
                 hit,
@@ -459,10 +307,56 @@ class JengaCache:
                 prompt_tokens,
                 junction_tokens,
             )
-        if nothing_to_take:
+            self.requests[request_id] = req
+        return self._commit_allocation(req, num_tokens, plan, checkpoint, encoder_key)
+
+    def _plan_allocation(
+        self,
+        req: RequestPages | None,
+        num_tokens: int,
+        hit: PrefixHit,
+        encoder_key: Hashable | None,
+        encoder_tokens: int,
+        checkpoint: bool,
+    ) -> AllocationPlan | None:
+        """The plan step: each type's new pages, the pages shared with cached ones (the hit, an
+        encoder input seen before) and the large-page budget covering them. Changes nothing;
+        None when memory cannot cover them or the hit starts from a state of this step."""
+        needs = pages_needed(self.policies, req, num_tokens, hit, checkpoint=checkpoint)
+        hit_pages = hit.reused_pages()
+        if self._states_this_step and not self._states_this_step.isdisjoint(hit_pages):
+            return None  # the state is written by this step's forward pass: wait one step
+        encoder_pages: list[tuple[int, list[SmallPage | None]]] = []
+        if req is None and encoder_tokens and self.encoder_types:
+            for t in self.encoder_types:
+                shared = self._encoder_pages(t, encoder_key, encoder_tokens)
+                encoder_pages.append((t, shared))
+                hit_pages.extend(p for p in shared if p is not None)
+                needs[t] = sum(1 for p in shared if p is None)
+        budget = None
+        if hit_pages or any(needs):
+            budget = budget_for(self.allocator, needs, hit_pages)
+            if budget is None:
+                return None
+        return AllocationPlan(needs, hit_pages, encoder_pages, budget)
+
+    def _commit_allocation(
+        self,
+        req: RequestPages,
+        num_tokens: int,
+        plan: AllocationPlan,
+        checkpoint: bool,
+        encoder_key: Hashable | None,
+    ) -> list[list[SmallPage]]:
+        """The commit step: take the plan's shared pages and place its new ones in the tables.
+        Cannot fail: the plan's budget covers every page."""
+        budget = plan.budget
+        if budget is None:  # nothing to take
             req.num_tokens = num_tokens
-            self._refresh_thresholds(req)
+            req.refresh_thresholds(self.policies, self.prefix_types)
             return [[] for _ in self.policies]
+        for page in plan.hit_pages:
+            self.allocator.touch(page)
         new_pages: list[list[SmallPage]] = []
         for t, policy in enumerate(self.policies):
             table = req.tables[t]
@@ -496,7 +390,7 @@ class JengaCache:
                     table[block] = page
                 fresh.extend(table[b] for b in blocks)
             new_pages.append(fresh)
-        for t, shared in encoder_plan:
+        for t, shared in plan.encoder_pages:
             rank = self._item_rank.randrange(1 << 30)
             table = req.tables[t]
             for i, page in enumerate(shared):
@@ -508,70 +402,27 @@ class JengaCache:
                         self.index.insert(page, (encoder_key, i))
                 table.append(page)
         req.num_tokens = num_tokens
-        self._refresh_thresholds(req)
+        req.refresh_thresholds(self.policies, self.prefix_types)
         if DEBUG_INVARIANTS:
             self.check()
         return new_pages
 
-    def check(self) -> None:
-        """Run the whole-pool invariant checker (raises InvariantError)."""
-        check_invariants(self)
-
-    def _refresh_thresholds(self, req: RequestPages) -> None:
-        covered = full = release = float("inf")
-        for t in self.prefix_types:
-            policy = self.policies[t]
-            bt = policy.block_tokens
-            covered = min(covered, len(req.tables[t]) * bt)
-            full = min(full, (req.cached_upto[t] + 1) * bt)
-            release = min(release, policy.release_threshold(req.released[t]))
-        req.covered_tokens, req.next_full, req.next_release = covered, full, release
-
     def _encoder_pages(self, t: int, key: Hashable, tokens: int) -> list[SmallPage | None]:
+        """A new request's encoder-input pages of type ``t``: the cached ones of the same input
+        (keyed ``(key, i)``), None where a page is missing."""
         count = self.policies[t].num_blocks(tokens)
         if key is None or not self.enable_caching:
             return [None] * count
         return [self.index.get(t, (key, i)) for i in range(count)]
 
-    def _admit(
-        self,
-        request_id: str,
-        num_tokens: int,
-        hit: PrefixHit,
-        key: Hashable,
-        enc: int,
-        prompt_tokens: int | None,
-        junction_tokens: int,
-    ) -> RequestPages:
-        num_types = len(self.policies)
-        tables = [list(per_type) for per_type in hit.pages]
-        released = [0] * num_types
-        for t, table in enumerate(tables):
-            while released[t] < len(table) and table[released[t]] is None:
-                released[t] += 1
-        req = RequestPages(
-            request_id=request_id,
-            tables=tables,
-            released=released,
-            cached_upto=[len(table) for table in tables],
-            owner=PageOwner.new(num_types),
-            num_tokens=num_tokens,
-            encoder_key=key,
-            encoder_tokens=enc,
-            prompt_tokens=prompt_tokens,
-            junction_tokens=junction_tokens,
-            hit_tokens=hit.num_tokens,
-        )
-        self.requests[request_id] = req
-        return req
+    def check(self) -> None:
+        """Run the whole-pool invariant checker (raises InvariantError)."""
+        check_invariants(self)
 
-    # ---- item-cache entries (vision embeddings) ------------------------------------------------
+    # ---- item-cache entries (items.py) ----------------------------------------------------------
     def item_cached(self, key: Hashable, num_tokens: int, type_idx: int) -> bool:
         """Whether every page of item ``key`` is in the prefix index (held or CACHED)."""
-        if not self.enable_caching:
-            return key in self.items
-        count = self.policies[type_idx].num_blocks(num_tokens)
-        return all(self.index.get(type_idx, (key, i)) is not None for i in range(count))
+        return self.item_cache.is_cached(key, num_tokens, type_idx)
 
     def hold_item(
         self,
@@ -585,65 +436,15 @@ class JengaCache:
         pages in order, or None — changing nothing — when memory cannot cover them.
         ``protect``: CACHED pages that must survive the allocation (the prefix hit of the
         request the item belongs to, which it takes right after)."""
-        if key in self.items:
-            raise JengaAllocationError(f"item {key!r} is already held")
-        pinned = [p for p in protect if p is not None and p.ref_count == 0]
-        if not pinned:
-            return self._hold_item(key, num_tokens, type_idx)
-        stale = [p.is_stale for p in pinned]
-        for page in pinned:
-            self.allocator.touch(page)
-            page.hits -= 1  # not a hit: only kept out of the evictor's reach
-        try:
-            return self._hold_item(key, num_tokens, type_idx)
-        finally:
-            self.allocator.release_in_order(
-                [p for p, s in zip(pinned, stale, strict=True) if s], True
-            )
-            self.allocator.release_in_order(
-                [p for p, s in zip(pinned, stale, strict=True) if not s], False
-            )
-
-    def _hold_item(self, key: Hashable, num_tokens: int, type_idx: int) -> list[SmallPage] | None:
-        count = self.policies[type_idx].num_blocks(num_tokens)
-        if self.enable_caching:
-            found = [self.index.get(type_idx, (key, i)) for i in range(count)]
-        else:
-            found = [None] * count
-        reused = [p for p in found if p is not None]
-        needs = [0] * len(self.policies)
-        needs[type_idx] = count - len(reused)
-        slot_delta, large_delta = self.allocator.touch_effect(reused)
-        budget = self.allocator.budget_for(needs, slot_delta, large_delta)
-        if budget is None:
-            return None
-        for page in reused:
-            self.allocator.touch(page)
-        owner = PageOwner.new(len(self.policies))
-        rank = self._item_rank.randrange(1 << 30)
-        pages = []
-        for i, page in enumerate(found):
-            if page is None:
-                page = self.allocator.allocate(owner, type_idx, budget)
-                if self.enable_caching:
-                    self.index.insert(page, (key, i))
-            page.rank = rank
-            pages.append(page)
-        self.items[key] = ItemPages(key, type_idx, pages, owner)
-        if DEBUG_INVARIANTS:
+        pages = self.item_cache.hold(key, num_tokens, type_idx, protect)
+        if DEBUG_INVARIANTS and pages is not None:
             self.check()
         return pages
 
     def release_item(self, key: Hashable, keep: bool = True) -> None:
         """Let item ``key``'s pages go: CACHED under the evictor (``keep``), or EMPTY at once
         (pages never written: a reservation given back, or a failed item)."""
-        item = self.items.pop(key)
-        if not keep:
-            for page in item.pages:
-                if page.block_hash is not None:
-                    self.index.remove(page)
-        self.allocator.release_in_order(item.pages, is_stale=False)
-        self.allocator.forget_owner(item.owner)
+        self.item_cache.release(key, keep)
         if DEBUG_INVARIANTS:
             self.check()
 
@@ -681,26 +482,7 @@ class JengaCache:
                         if journal is not None:
                             journal.append((t, block, key))
             req.cached_upto[t] = max(upto, limit)
-        self._refresh_thresholds(req)
-
-    def _retain_state(
-        self, req: RequestPages, t: int, block: int, page: SmallPage
-    ) -> list[tuple[SmallPage, Hashable]]:
-        """A running request lets one of its cached states go (policies/mamba.py, retention):
-        a prefill-time state stays cached (stale), and the newest one is remembered; a
-        decode-time state stays cached only while it is the request's newest — it supersedes
-        the previous one and the prompt's last state. Returns the states to drop now."""
-        policy = self.policies[t]
-        if policy.keeps_released(block, req.prompt_tokens):
-            if not page.at_junction:
-                req.prompt_state[t] = (page, page.block_hash)
-            return []
-        dropped = [x for x in (req.decode_state.pop(t, None), req.prompt_state.pop(t, None)) if x]
-        if policy.keeps_newest_decode_state:
-            req.decode_state[t] = (page, page.block_hash)
-        else:
-            dropped.append((page, page.block_hash))
-        return dropped
+        req.refresh_thresholds(self.policies, self.prefix_types)
 
     def release_unneeded(self, request_id: str, num_computed_tokens: int) -> int:
         """Release pages a running request no longer needs (out of window, old states).
@@ -722,7 +504,7 @@ class JengaCache:
             horizons = [min(h, req.prompt_tokens) for h in self._shared_horizon]
             own_from = req.hit_tokens
         fresh: list[SmallPage] = []
-        superseded: list[tuple[SmallPage, Hashable]] = []
+        superseded: list[KeptState] = []
         for t in self.prefix_types:
             policy = self.policies[t]
             table = req.tables[t]
@@ -732,7 +514,7 @@ class JengaCache:
                 page = table[block]
                 if page is not None:
                     if page.block_hash is not None and not policy.is_token_indexed:
-                        superseded += self._retain_state(req, t, block, page)
+                        superseded += retain_state(policy, req, t, block, page)
                     if (
                         own_first_window
                         and (block + 1) * policy.block_tokens <= horizons[t]
@@ -747,24 +529,18 @@ class JengaCache:
                 if len(to_release) > stale_from and t in self.window_types:
                     # its next page of the type recycles one of these slots (allocator.py)
                     req.owner.released_window_pages(t, to_release[stale_from:])
-            if t in req.decode_state and num_computed_tokens % policy.block_tokens == 0:
-                # The running state is complete and will be the newest decode-time state: drop
-                # the one it supersedes now, before the next step allocates its successor, so
-                # crossing a block in decode never needs a page more than it frees.
-                running = num_computed_tokens // policy.block_tokens - 1
-                if running < len(table) and table[running] is not None:
-                    superseded.append(req.decode_state.pop(t))
+            if t in req.decode_state:
+                gone = superseded_at_block_end(policy, req, t, num_computed_tokens)
+                if gone is not None:
+                    superseded.append(gone)
         for pages, is_stale in ((fresh, False), (to_release, True)):
             if pages:
                 for page in pages:
                     self.released_pages[page.type_idx] += 1
                 self.allocator.release(pages, is_stale=is_stale)
-        for page, key in superseded:
-            # Not evicted (and reused) meanwhile, and no other request started from it.
-            if page.is_cached and page.block_hash == key and not page.hits:
-                self._states_this_step.discard(page)
-                self.allocator.discard(page)
-        self._refresh_thresholds(req)
+        if superseded:
+            drop_superseded(self.allocator, superseded, self._states_this_step)
+        req.refresh_thresholds(self.policies, self.prefix_types)
         if DEBUG_INVARIANTS:
             self.check()
         return len(fresh) + len(to_release)
@@ -784,7 +560,7 @@ class JengaCache:
             self.allocator.release_in_order(pages, is_stale=False)
         elif self._blockwise_release:
             self.allocator.release_in_order(
-                _deepest_block_first(req.tables, req.released), is_stale=False
+                deepest_block_first(req.tables, req.released), is_stale=False
             )
         else:
             pages = [p for table in tables for p in reversed(table) if p is not None]
@@ -828,26 +604,3 @@ class JengaCache:
 
     def num_free_large_pages(self) -> int:
         return len(self.allocator.free_large)
-
-
-def _deepest_block_first(
-    tables: list[list[SmallPage | None]], released: list[int]
-) -> list[SmallPage]:
-    """The pages of ``tables`` (one block size, token-position ranks) deepest block first, ties
-    in type order: what sorting them by rank, descending and stable, gives. ``released[t]``:
-    table t holds nothing below it. Between two consecutive ``released`` marks the same tables
-    hold pages; where that is one table (a full-attention table below every window) its slice
-    is copied reversed, elsewhere the blocks are walked one by one across the tables."""
-    order: list[SmallPage] = []
-    top = max(len(table) for table in tables)
-    for start in sorted(set(released), reverse=True):
-        live = [table for table, r in zip(tables, released, strict=True) if r <= start]
-        if len(live) == 1:
-            order += [p for p in reversed(live[0][start:top]) if p is not None]
-        else:
-            for block in range(top - 1, start - 1, -1):
-                for table in live:
-                    if block < len(table) and (page := table[block]) is not None:
-                        order.append(page)
-        top = start
-    return order

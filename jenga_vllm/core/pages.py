@@ -33,7 +33,7 @@ class SmallPage:
     rank: int = 0  # eviction tie-break: token position (or one random value per encoder item)
     is_stale: bool = False  # released while its request still ran (left the window / old state)
     hits: int = 0  # requests that reused it since it was computed (prefix hits)
-    at_junction: bool = False  # a state written where a shared prefix ends (see cache.py)
+    at_junction: bool = False  # a state written where a shared prefix ends (state_retention.py)
     stamp: int = 0  # when it last became CACHED in an ACTIVE large page (evictor's clock)
     # The engine adapter's record of this page (vLLM: its block object), made once: the
     # unit id and type never change while this object exists (a re-carved large page gets

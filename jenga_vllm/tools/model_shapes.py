@@ -63,13 +63,18 @@ class LayerShape:
     @property
     def name(self) -> str:
         """vLLM's layer name for this layer's KV cache (``model.layers.i.*``)."""
-        attr = "mixer" if self.kind == "mamba" else "self_attn.attn"
+        attr = "mixer" if self.is_state else "self_attn.attn"
         return f"model.layers.{self.index}.{attr}"
+
+    @property
+    def is_state(self) -> bool:
+        """A state layer (Mamba / linear attention): its policy keeps whole states, not tokens."""
+        return not POLICY_REGISTRY[self.kind].is_token_indexed
 
     @property
     def bytes_per_token(self) -> int:
         """K+V bytes one token costs in this layer (0 for state layers)."""
-        if self.kind == "mamba":
+        if self.is_state:
             return 0
         return self.num_kv_heads * (self.head_dim + self.head_dim_v) * DTYPE_BYTES[self.dtype]
 
@@ -103,7 +108,7 @@ class ModelShapes:
 
     @property
     def is_hybrid_state(self) -> bool:
-        return any(layer.kind == "mamba" for layer in self.layers)
+        return any(layer.is_state for layer in self.layers)
 
     @property
     def kinds(self) -> dict[tuple, list[LayerShape]]:
@@ -122,7 +127,7 @@ class ModelShapes:
         specs = []
         for (kind, window, chunk), layers in self.kinds.items():
             names = tuple(layer.name for layer in layers)
-            if kind == "mamba":
+            if layers[0].is_state:
                 sizes = tuple(layer.state_bytes for layer in layers)
                 specs.append(
                     LayerTypeSpec.of(
@@ -142,11 +147,11 @@ class ModelShapes:
     @cached_property
     def need_terms(self) -> tuple[int, tuple[tuple[LayerPolicy, int], ...]]:
         """(state bytes per request, (policy, bytes per token) per attention layer type)."""
-        state = sum(layer.state_bytes for layer in self.layers if layer.kind == "mamba")
+        state = sum(layer.state_bytes for layer in self.layers if layer.is_state)
         terms = tuple(
             (POLICY_REGISTRY[spec.kind](spec, 1, 1), sum(spec.layer_bytes))
             for spec in self.layer_type_specs(1)
-            if spec.kind != "mamba"
+            if POLICY_REGISTRY[spec.kind].is_token_indexed
         )
         return state, terms
 
@@ -162,7 +167,7 @@ class ModelShapes:
         parts = []
         for (kind, window, chunk), layers in self.kinds.items():
             extra = f" W={window}" if window else (f" C={chunk}" if chunk else "")
-            if kind == "mamba":
+            if layers[0].is_state:
                 parts.append(f"{len(layers)}×{kind} ({layers[0].state_bytes} B state)")
             else:
                 parts.append(

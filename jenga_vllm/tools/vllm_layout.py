@@ -295,7 +295,7 @@ def layer_specs(shapes: ModelShapes, vllm_config) -> dict[str, Any]:
             )
     for layer in shapes.layers:
         common = dict(num_kv_heads=layer.num_kv_heads, head_size=layer.head_dim, dtype=dtype)
-        if layer.kind == "mamba":
+        if layer.is_state:  # vLLM describes every state layer of a model with one MambaSpec
             specs[layer.name] = mamba_spec
         elif layer.kind == "full":
             specs[layer.name] = FullAttentionSpec(block_size=block_size, **common)

@@ -40,6 +40,7 @@ from vllm.config.ec_manager_config import EncoderCacheManagerMetadata
 from vllm.logger import init_logger
 
 from jenga_vllm.core.errors import JengaConfigError
+from jenga_vllm.core.policies import POLICY_REGISTRY
 from jenga_vllm.core.spec import LayerTypeSpec
 from jenga_vllm.vllm.switch import as_dict
 
@@ -413,7 +414,7 @@ class VisionPageStore:
 
     def __init__(self, runner: Any) -> None:
         plan = runner.kv_cache_config.plan
-        (layout,) = [t for t in plan.types if t.spec.kind == "vision_embedding"]
+        (layout,) = [t for t in plan.types if POLICY_REGISTRY[t.spec.kind].holds_items]
         self.buffer = backing_buffer(runner)
         self.unit_bytes = plan.unit_bytes
         self.width, self.dtype = embedding_shape(runner.vllm_config)
@@ -488,7 +489,9 @@ def store_of(runner: Any) -> VisionPageStore | None:
     plan = getattr(config, "plan", None)
     if config is None or not getattr(runner, "kv_caches", None):
         return None  # not initialised yet (profiling): decide later
-    has_pages = plan is not None and any(t.spec.kind == "vision_embedding" for t in plan.types)
+    has_pages = plan is not None and any(
+        POLICY_REGISTRY[t.spec.kind].holds_items for t in plan.types
+    )
     store = VisionPageStore(runner) if has_pages else None
     runner._jenga_vision_store = store
     return store

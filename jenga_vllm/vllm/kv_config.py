@@ -52,7 +52,7 @@ from vllm.v1.kv_cache_interface import (
 
 from jenga_vllm.core.errors import JengaConfigError, JengaUnsupportedError
 from jenga_vllm.core.layout import LayoutPlan, plan_layout
-from jenga_vllm.core.policies import make_policies
+from jenga_vllm.core.policies import POLICY_REGISTRY, make_policies
 from jenga_vllm.core.spec import LayerTypeSpec
 from jenga_vllm.vllm import encoder_cache
 from jenga_vllm.vllm.supported import refuse
@@ -162,25 +162,26 @@ def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> li
             raise refuse("padded_pages", f"layer {layer}")
         kind, extra = _kind_of(layer, spec, block_size)
         key = (kind, *sorted(extra.items()))
-        if kind != "mamba":  # a state's table keeps vLLM's width (its spec's block size)
+        if POLICY_REGISTRY[kind].is_token_indexed:  # a state's table keeps vLLM's width
             spec = replace(spec, block_size=block_size)
         buckets.setdefault(key, []).append((layer, spec))
         extras[key] = extra
     types = []
     for key, layers in buckets.items():
         kind = key[0]
-        if kind == "mamba":  # whole state bytes per layer
-            layer_bytes = tuple(s.page_size_bytes for _, s in layers)
-        else:  # bytes per token per layer
+        if POLICY_REGISTRY[kind].is_token_indexed:  # bytes per token per layer
             layer_bytes = tuple(s.page_size_bytes // block_size for _, s in layers)
             if any(s.page_size_bytes % block_size for _, s in layers):
                 raise JengaConfigError("a layer's page is not a whole number of bytes per token")
+        else:  # a state type: whole state bytes per layer
+            layer_bytes = tuple(s.page_size_bytes for _, s in layers)
         spec = LayerTypeSpec.of(
             kind, layer_bytes, layer_names=tuple(name for name, _ in layers), **extras[key]
         )
         types.append(VllmLayerType(spec, tuple(s for _, s in layers)))
-    # Full attention first, like vLLM's coordinator; then by name for a stable group order.
-    types.sort(key=lambda t: (t.spec.kind != "full", t.spec.name))
+    # Full attention first, like vLLM's coordinator (its hit bounds the others'); then by name
+    # for a stable group order.
+    types.sort(key=lambda t: (not POLICY_REGISTRY[t.spec.kind].needs_whole_prefix, t.spec.name))
     return types
 
 

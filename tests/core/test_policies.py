@@ -1,8 +1,13 @@
 """Each policy against hand-computed expectations (block size 16)."""
 
+import ast
+import pathlib
+
 import pytest
 
-from jenga_vllm.core import POLICY_REGISTRY, LayerTypeSpec
+from jenga_vllm.core import POLICY_REGISTRY, LayerTypeSpec, block_hashes, register_policy
+from jenga_vllm.core.policies import MambaPolicy
+from tests.core.helpers import BS, make_cache
 
 
 def policy(kind: str, block_tokens: int = 16, **extra):
@@ -87,3 +92,110 @@ def test_eviction_rank_is_the_token_position_in_every_type():
     assert policy("full").eviction_rank(3) == 48
     assert policy("sliding_window", window=40).eviction_rank(3) == 48
     assert policy("mamba", block_tokens=64).eviction_rank(3) == 192
+
+
+def test_each_policy_says_what_kind_of_type_it_is():
+    # What code outside policies/ asks instead of comparing kind names.
+    kinds = {
+        "full": policy("full"),
+        "sliding_window": policy("sliding_window", window=40),
+        "chunked_local": policy("chunked_local", chunk=64),
+        "mamba": policy("mamba"),
+        "cross_attention": policy("cross_attention"),
+        "vision_embedding": policy("vision_embedding"),
+    }
+    assert [k for k, p in kinds.items() if not p.is_token_indexed] == ["mamba"]
+    assert [k for k, p in kinds.items() if p.needs_whole_prefix] == ["full"]
+    assert {k: p.window_tokens for k, p in kinds.items() if p.window_tokens} == {
+        "sliding_window": 40,
+        "chunked_local": 64,
+    }
+    assert [k for k, p in kinds.items() if p.holds_items] == ["vision_embedding"]
+
+
+class GatedDeltaNetPolicy(MambaPolicy):
+    """A linear-attention state type: Mamba's rules under its own kind name."""
+
+    kind = "gated_deltanet"
+
+
+@pytest.fixture
+def gated_deltanet():
+    register_policy(GatedDeltaNetPolicy)
+    yield
+    del POLICY_REGISTRY["gated_deltanet"]
+
+
+def _replay(state_kind: str) -> list:
+    """Two requests sharing a prefix over full + sliding window + a state type, under pressure:
+    every decision (hits, page tables, refusals, evictions) as a list."""
+    specs = [
+        LayerTypeSpec.uniform("full", "full", 2, 64),
+        LayerTypeSpec.uniform("swa", "sliding_window", 3, 48, window=40),
+        LayerTypeSpec.uniform("state", state_kind, 2, 1024, block_tokens=32),
+    ]
+    cache = make_cache(specs, large_pages=3)
+    shared = list(range(1, 97))
+    seen = [cache.state_types, cache.attention_types, cache.window_types]
+    for rid, tail in (("a", range(500, 540)), ("b", range(700, 760)), ("a2", range(500, 540))):
+        tokens = shared + list(tail)
+        hashes = block_hashes(tokens, BS)
+        hit = cache.find_longest_hit(hashes, len(tokens) - 1)
+        seen.append((hit.num_tokens, hit.junction_tokens))
+        for n in range(max(hit.num_tokens, 1), len(tokens) + 1, 7):
+            pages = cache.allocate(rid, n, hit if n == max(hit.num_tokens, 1) else None)
+            seen.append(pages is not None)
+            if pages is None:
+                break
+            cache.cache_blocks(rid, hashes, n)
+            cache.release_unneeded(rid, n)
+        seen.append(cache.block_ids(rid))
+        cache.free(rid)
+        seen.append([cache.evicted_pages(t) for t in range(3)])
+    return seen
+
+
+def test_a_new_state_kind_is_one_class_and_one_registry_line(gated_deltanet):
+    # Registered, a state kind under a new name is served exactly as Mamba is: the cache asks
+    # the policy, never the kind's name.
+    mamba = _replay("mamba")
+    assert _replay("gated_deltanet") == mamba
+    assert mamba[0] == [2]  # the third type is a state type
+    assert (0, 128) in mamba  # a junction: the attention types could serve more than the state
+    assert mamba[-1] == [8, 12, 7]  # the pool was under pressure: every type evicted
+
+
+def _compares_a_kind_name(node: ast.AST) -> bool:
+    """``x.kind == "full"``, ``kind != "mamba"``, ``kind in ("a", "b")``, ``kind in WINDOW_KINDS``."""
+    if not isinstance(node, ast.Compare):
+        return False
+    sides = [node.left, *node.comparators]
+    names_kind = any(
+        (isinstance(s, ast.Attribute) and s.attr == "kind")
+        or (isinstance(s, ast.Name) and s.id == "kind")
+        for s in sides
+    )
+    literal = any(
+        isinstance(c, ast.Constant) and isinstance(c.value, str) for s in sides for c in ast.walk(s)
+    )
+    kind_set = any(isinstance(s, ast.Name) and s.id.endswith("KINDS") for s in sides)
+    return names_kind and (literal or kind_set)
+
+
+def test_no_code_outside_the_policies_compares_kind_names():
+    # Per-kind rules are policy properties (is_token_indexed, needs_whole_prefix, window_tokens,
+    # holds_items, ...): a new kind is one class + one registry line, not an edit per ladder.
+    package = pathlib.Path(__file__).resolve().parents[2] / "jenga_vllm"
+    sources = [
+        path
+        for folder in (package / "core", package / "vllm")
+        for path in folder.rglob("*.py")
+        if "policies" not in path.parts
+    ]
+    offenders = [
+        f"{path.relative_to(package)}:{node.lineno}"
+        for path in sources
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if _compares_a_kind_name(node)
+    ]
+    assert not offenders, offenders

@@ -25,6 +25,20 @@ onto the paper (arXiv names / SOSP names):
 - ``junction_hits`` — how many requests must have started from a page before the evictor treats
   it as a shared-prefix junction and never releases it stale (Mamba: 2; see mamba.py).
 
+And what kind of layer type it is, asked wherever the code used to compare kind names:
+
+- ``is_token_indexed`` — pages hold tokens (bytes per token per layer); False: a state type, one
+  whole-state page per checkpoint (Mamba / linear attention), whose layers give state bytes.
+- ``needs_whole_prefix`` — a hit needs every block from token 0 cached (full attention): its valid
+  hits are the unbroken cached runs, found by a forward scan, and no other type can serve a longer
+  one, so it is asked first and bounds the others (vLLM's coordinator orders its groups so too).
+- ``window_tokens`` — the tokens a running request still attends back to, when that is a window
+  (sliding window W, the chunk C of chunked-local attention); 0 otherwise. A type with a window
+  releases pages as its requests grow and recycles their slots; a new prompt's first window is
+  what later requests sharing it need, so those pages age like any cached page (docs/design.md §4).
+- ``uses_token_prefix`` / ``holds_items`` — pages keyed by an encoder input (cross-attention) or
+  owned by item-cache entries (vision embeddings) instead of a request's token prefix.
+
 Every hook defaults to full attention; a new layer type overrides what differs and registers
 itself in ``POLICY_REGISTRY`` (one line in ``jenga_vllm/core/policies/__init__.py``).
 
@@ -48,7 +62,8 @@ class LayerPolicy:
     """Full attention: every token is needed forever; a hit needs an unbroken run from token 0."""
 
     kind: ClassVar[str] = "full"
-    is_token_indexed: ClassVar[bool] = True
+    is_token_indexed: ClassVar[bool] = True  # False: a state type (whole-state pages)
+    needs_whole_prefix: ClassVar[bool] = True  # a hit needs every block from token 0 cached
     uses_token_prefix: ClassVar[bool] = True  # False: pages keyed by an encoder input, not tokens
     junction_hits: ClassVar[int] = 1
     holds_items: ClassVar[bool] = False  # True: pages of item-cache entries (JengaCache.hold_item)
@@ -65,6 +80,11 @@ class LayerPolicy:
     @classmethod
     def validate_spec(cls, spec: LayerTypeSpec, max_model_len: int | None) -> None:
         """Raise JengaConfigError for specs this kind cannot serve."""
+
+    @property
+    def window_tokens(self) -> int:
+        """Tokens a running request still attends back to, when that is a window (0: none)."""
+        return 0
 
     def num_blocks(self, num_tokens: int) -> int:
         """Page-table length for ``num_tokens`` tokens."""

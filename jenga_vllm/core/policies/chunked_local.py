@@ -14,6 +14,7 @@ from jenga_vllm.core.spec import LayerTypeSpec
 
 class ChunkedLocalPolicy(LayerPolicy):
     kind = "chunked_local"
+    needs_whole_prefix = False
 
     def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
         super().__init__(spec, block_tokens, hash_block_tokens)
@@ -31,6 +32,10 @@ class ChunkedLocalPolicy(LayerPolicy):
                 f"chunked-local layer type {spec.name!r}: chunk {spec.chunk} is larger than "
                 f"max_model_len {max_model_len}; use kind 'full' for it or raise max_model_len"
             )
+
+    @property
+    def window_tokens(self) -> int:
+        return self.chunk  # a token attends back to the start of its chunk
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return (num_computed_tokens // self.chunk * self.chunk) // self.block_tokens

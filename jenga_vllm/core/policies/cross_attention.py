@@ -16,6 +16,7 @@ from jenga_vllm.core.policies.base import LayerPolicy
 class CrossAttentionPolicy(LayerPolicy):
     kind = "cross_attention"
     uses_token_prefix = False
+    needs_whole_prefix = False  # any hit length is valid: the pages are not the token prefix
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return 0

@@ -25,8 +25,10 @@ split at — are kept when superseded, stale (``keeps_released``). Of the states
 decode only the request's newest complete one stays cached, stale (a chat's turn end, where a
 preempted request resumes); it supersedes the older one and the last state the prompt's prefill
 left: caching a whole-model state every B tokens of every request would fill the cache with
-states no later request starts from (``JengaCache._retain_state``). The state written at a shared-prefix junction the engine split a prefill at is
-kept fresh at once (``SmallPage.at_junction``): a second request already shares that prefix.
+states no later request starts from (``keeps_newest_decode_state``; the bookkeeping that applies
+the rule is core/state_retention.py). The state written at a shared-prefix junction the engine
+split a prefill at is kept fresh at once (``SmallPage.at_junction``): a second request already
+shares that prefix.
 Valid hits: multiples of B whose state is cached.
 
 Junctions: a hit on an attention prefix uses every block of it, so a block that served one hit
@@ -51,6 +53,7 @@ MAX_LIVE_STATES = 3
 class MambaPolicy(LayerPolicy):
     kind = "mamba"
     is_token_indexed = False
+    needs_whole_prefix = False
     junction_hits = 2
     most_pages_held = MAX_LIVE_STATES
 

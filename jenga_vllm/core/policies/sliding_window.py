@@ -15,6 +15,7 @@ from jenga_vllm.core.spec import LayerTypeSpec
 
 class SlidingWindowPolicy(LayerPolicy):
     kind = "sliding_window"
+    needs_whole_prefix = False
 
     def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
         super().__init__(spec, block_tokens, hash_block_tokens)
@@ -32,6 +33,10 @@ class SlidingWindowPolicy(LayerPolicy):
                 f"sliding-window layer type {spec.name!r}: window {spec.window} is larger than "
                 f"max_model_len {max_model_len}; use kind 'full' for it or raise max_model_len"
             )
+
+    @property
+    def window_tokens(self) -> int:
+        return self.window
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return max(0, num_computed_tokens - self.window + 1) // self.block_tokens
