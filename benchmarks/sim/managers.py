@@ -23,10 +23,6 @@ from jenga_vllm.core.prefix import block_hashes
 from jenga_vllm.tools.model_shapes import ModelShapes
 from sim.config import BLOCK_SIZE, PREFILL_CHUNK
 
-# Mixers whose forward pass exports a prefill checkpoint (vLLM's MambaMixer2 sets
-# num_prefill_checkpoint_blocks=1); the others make the scheduler split at the boundary.
-MAMBA2_MODELS = ("nemotron_h", "granitemoehybrid", "granite_hybrid")
-
 
 @dataclass(slots=True)
 class Running:
@@ -119,7 +115,9 @@ class JengaManager(Manager):
 
             self.images = jenga_cache(self)
         self.checkpoint_tokens = block_size if shapes.is_hybrid_state else 0
-        self.exports_checkpoints = shapes.is_hybrid_state and shapes.model_type in MAMBA2_MODELS
+        # vLLM's Mamba-2 mixer exports a prefill checkpoint from inside the forward pass; the
+        # others (GDN, Mamba-1) make the scheduler split the prefill at the boundary.
+        self.exports_checkpoints = any(x.exports_checkpoints for x in shapes.layers if x.is_state)
 
     @property
     def pool_bytes(self) -> int:

@@ -23,6 +23,9 @@ class LayerTypeSpec:
     ``layer_bytes[i]`` is layer i's bytes per token (token-indexed types) or its whole state bytes
     (state types such as Mamba). ``block_tokens`` overrides the common block size for this type
     (it must be a multiple of it): Mamba uses it as its checkpoint interval.
+    ``exports_checkpoints`` (state types): the engine writes a prefill checkpoint from inside the
+    forward pass, into a page of its own (vLLM's Mamba-2); False where states are written only
+    at prefill-chunk ends (vLLM's Gated DeltaNet), so a request never holds that third page.
     """
 
     name: str
@@ -32,6 +35,7 @@ class LayerTypeSpec:
     chunk: int | None = None
     block_tokens: int | None = None
     layer_names: tuple[str, ...] = ()
+    exports_checkpoints: bool = True
 
     @staticmethod
     def of(
@@ -42,13 +46,16 @@ class LayerTypeSpec:
         chunk: int | None = None,
         block_tokens: int | None = None,
         layer_names: tuple[str, ...] = (),
+        exports_checkpoints: bool = True,
     ) -> LayerTypeSpec:
         """The one builder engines and planners use: the type's name follows from its kind and
         its window or chunk (``full``, ``sliding_window_4096``, ``chunked_local_8192``,
         ``mamba``, ``cross_attention``), so every tool names a type the same way."""
         extent = window if window is not None else chunk
         name = kind if extent is None else f"{kind}_{extent}"
-        return LayerTypeSpec(name, kind, layer_bytes, window, chunk, block_tokens, layer_names)
+        return LayerTypeSpec(
+            name, kind, layer_bytes, window, chunk, block_tokens, layer_names, exports_checkpoints
+        )
 
     @staticmethod
     def uniform(

@@ -59,6 +59,9 @@ class LayerShape:
     state_shapes: tuple[tuple[int, ...], ...] = ()
     state_dtypes: tuple[str, ...] = ()
     dtype: str = "bfloat16"
+    # State layers: vLLM 0.32 exports a prefill checkpoint from inside the forward pass (its
+    # Mamba-2 mixer); other mixers (Gated DeltaNet, Mamba-1) make the scheduler split there.
+    exports_checkpoints: bool = False
 
     @property
     def name(self) -> str:
@@ -135,6 +138,7 @@ class ModelShapes:
                         sizes,
                         block_tokens=mamba_block_tokens or block_size,
                         layer_names=names,
+                        exports_checkpoints=layers[0].exports_checkpoints,
                     )
                 )
             else:
@@ -343,11 +347,21 @@ def _llama4(cfg: Any, read: _Reader, dtype: str):
 
 
 def _state_layer(
-    i: int, conv: tuple[int, ...], ssm: tuple[int, ...], dtype: str, ssm_dtype: str
+    i: int,
+    conv: tuple[int, ...],
+    ssm: tuple[int, ...],
+    dtype: str,
+    ssm_dtype: str,
+    exports_checkpoints: bool = False,
 ) -> LayerShape:
     """A Mamba / linear-attention layer: its conv state and its SSM (recurrent) state."""
     return LayerShape(
-        i, "mamba", state_shapes=(conv, ssm), state_dtypes=(dtype, ssm_dtype), dtype=dtype
+        i,
+        "mamba",
+        state_shapes=(conv, ssm),
+        state_dtypes=(dtype, ssm_dtype),
+        dtype=dtype,
+        exports_checkpoints=exports_checkpoints,
     )
 
 
@@ -385,7 +399,12 @@ def _nemotron_h(cfg: Any, read: _Reader, dtype: str):
         if kind in ("mamba", "linear_attention"):
             layers.append(
                 _state_layer(
-                    i, (conv - 1, conv_dim), (n_heads, head_dim, d_state), dtype, ssm_dtype
+                    i,
+                    (conv - 1, conv_dim),
+                    (n_heads, head_dim, d_state),
+                    dtype,
+                    ssm_dtype,
+                    exports_checkpoints=True,  # Mamba-2
                 )
             )
         elif kind in ("attention", "full_attention"):
@@ -447,7 +466,12 @@ def _granite_hybrid(cfg: Any, read: _Reader, dtype: str):
         if layer_type in ("mamba", "linear_attention"):
             layers.append(
                 _state_layer(
-                    i, (conv - 1, conv_dim), (n_heads, head_dim, d_state), dtype, ssm_dtype
+                    i,
+                    (conv - 1, conv_dim),
+                    (n_heads, head_dim, d_state),
+                    dtype,
+                    ssm_dtype,
+                    exports_checkpoints=True,  # Mamba-2
                 )
             )
         else:

@@ -106,7 +106,10 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
         assert not spec.num_speculative_blocks, "speculative decoding is refused (supported.py)"
         if spec.mamba_cache_mode == "align":  # prefix caching on: states on jenga's block grid
             _check_checkpointable(layer, spec, block_size)
-            return "mamba", {"block_tokens": block_size}
+            # Mamba-2 exports a prefill checkpoint from inside the forward pass (a third live
+            # page); GDN's states are written at chunk ends only.
+            exports = spec.num_prefill_checkpoint_blocks > 0
+            return "mamba", {"block_tokens": block_size, "exports_checkpoints": exports}
         if spec.mamba_cache_mode != "none":
             raise refuse("mamba_cache_mode", f"layer {layer} ({spec.mamba_cache_mode!r})")
         # vLLM's "none" mode: one state per request, table width cdiv(max_model_len, block).

@@ -46,7 +46,9 @@ from __future__ import annotations
 from jenga_vllm.core.policies.base import LayerPolicy, cdiv
 
 # Pages one request holds at most: the previous state (until the step that copies it has run), a
-# prefill checkpoint being written, the running state.
+# prefill checkpoint being written, the running state. An engine that writes states only at
+# prefill-chunk ends (``LayerTypeSpec.exports_checkpoints`` False: vLLM's Gated DeltaNet) never
+# writes the checkpoint page.
 MAX_LIVE_STATES = 3
 
 
@@ -56,6 +58,11 @@ class MambaPolicy(LayerPolicy):
     needs_whole_prefix = False
     junction_hits = 2
     most_pages_held = MAX_LIVE_STATES
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.spec.exports_checkpoints:
+            self.most_pages_held = MAX_LIVE_STATES - 1
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return max(0, cdiv(num_computed_tokens, self.block_tokens) - 1)
@@ -67,7 +74,7 @@ class MambaPolicy(LayerPolicy):
 
     def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
-        if checkpoint and newest >= 1:
+        if checkpoint and self.spec.exports_checkpoints and newest >= 1:
             return [b for b in (newest - 1, newest) if b >= have]
         return [newest] if newest >= have else []
 
@@ -75,7 +82,7 @@ class MambaPolicy(LayerPolicy):
         return 0  # one state, whatever the length (counted per request, not per token)
 
     def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
-        return min(self.num_blocks(num_tokens), MAX_LIVE_STATES)
+        return min(self.num_blocks(num_tokens), self.most_pages_held)
 
     def keeps_released(self, block: int, prompt_tokens: int | None) -> bool:
         return prompt_tokens is None or (block + 1) * self.block_tokens <= prompt_tokens
