@@ -438,11 +438,15 @@ class JengaKVCacheManager:
         ):
             return None
 
-        have = (
-            [0] * self.num_kv_cache_groups
-            if is_new
-            else [len(t) for t in cache.requests[request_id].tables[: self.num_kv_cache_groups]]
-        )
+        # vLLM's contract: the blocks this call allocated — for a new request the table past its
+        # prefix hit (the hit's blocks are the caller's already), for a running one the table's
+        # new tail (state types: positional, nulls for columns no step writes).
+        if not is_new:
+            have = [len(t) for t in cache.requests[request_id].tables[: self.num_kv_cache_groups]]
+        elif hit is not None:
+            have = [len(pages) for pages in hit.pages[: self.num_kv_cache_groups]]
+        else:
+            have = [0] * self.num_kv_cache_groups
         new_pages = cache.allocate(
             request_id,
             num_tokens,
@@ -470,8 +474,9 @@ class JengaKVCacheManager:
             check_invariants(cache)
         if not any(new_pages):
             return self.empty_kv_cache_blocks
-        # The worker appends these to the request's rows by position: each table's tail (a new
-        # request's whole table), null for the state columns no step writes.
+        # The worker appends a running request's blocks to its rows by position (a new request's
+        # rows come from get_blocks): each table's tail, null for the state columns no step
+        # writes.
         tables = cache.requests[request_id].tables
         return self._blocks([table[n:] for table, n in zip(tables, have, strict=False)])
 

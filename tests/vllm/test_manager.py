@@ -256,12 +256,9 @@ def test_cross_attention_pages_come_with_the_first_step_and_go_with_the_request(
     assert manager.usage == 0.0
 
 
-@pytest.mark.parametrize("watermark,reserved", [(0.0, 0), (0.1, 0), (0.25, 0), (0.0, 9)])
-def test_watermark_admission_decisions_equal_stock_vllms(watermark, reserved):
-    # vLLM's --watermark keeps int(watermark × num_blocks) blocks free when a waiting or
-    # preempted request is admitted while others are scheduled, in both admission checks. On a
-    # one-type model (a jenga page = a vLLM block) the same call sequence must get the same
-    # answers from both managers. Prompts end inside a page, so jenga's decode headroom is 0.
+def one_type_managers(watermark: float = 0.0) -> dict:
+    """Stock vLLM's KVCacheManager and jenga's on the same one-type model (two full-attention
+    layers, 64 blocks: a jenga page = a vLLM block), keyed "vllm" and "jenga"."""
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
     from vllm.v1.attention.backends.utils import (
@@ -312,6 +309,16 @@ def test_watermark_admission_decisions_equal_stock_vllms(watermark, reserved):
             hash_block_size=BLOCK,
             watermark=watermark,
         )
+    return managers
+
+
+@pytest.mark.parametrize("watermark,reserved", [(0.0, 0), (0.1, 0), (0.25, 0), (0.0, 9)])
+def test_watermark_admission_decisions_equal_stock_vllms(watermark, reserved):
+    # vLLM's --watermark keeps int(watermark × num_blocks) blocks free when a waiting or
+    # preempted request is admitted while others are scheduled, in both admission checks. On a
+    # one-type model (a jenga page = a vLLM block) the same call sequence must get the same
+    # answers from both managers. Prompts end inside a page, so jenga's decode headroom is 0.
+    managers = one_type_managers(watermark)
     decisions = {}
     for name, manager in managers.items():
         answers = []
@@ -386,3 +393,31 @@ def test_kv_events_name_exactly_the_index_entries(config):
     assert sum(manager.cache.allocator.counters.evicted_by_type) > 0
     assert manager.reset_prefix_cache()
     assert isinstance(replay()[-1], AllBlocksCleared) and not live
+
+
+def test_allocate_slots_returns_only_new_blocks_as_stock_vllm_does():
+    """vLLM's contract (KVCacheManager.allocate_slots): the blocks this call allocated — for a
+    new request with a prefix hit, not the hit's blocks. Same calls on both managers: a first
+    request caches 3 full blocks; a second one sharing them gets a 3-block hit and 2 new blocks;
+    a running request's growth returns its new block only."""
+    managers = one_type_managers()
+    counts = {}
+    for name, manager in managers.items():
+        shared = [500 + k for k in range(96)]
+        first = make_request(f"{name}-a", shared + [900 + k for k in range(4)])
+        assert len(manager.allocate_slots(first, 100).get_block_ids()[0]) == 4
+        manager.free(first)
+        second = make_request(f"{name}-b", shared + [700 + k for k in range(40)])
+        hit_blocks, hit_tokens = manager.get_computed_blocks(second)[:2]
+        hit_ids = set(hit_blocks.get_block_ids()[0])
+        new = manager.allocate_slots(second, 136 - hit_tokens, hit_tokens, hit_blocks)
+        new_ids = new.get_block_ids()[0]
+        assert not hit_ids & set(new_ids), name
+        assert manager.get_block_ids(second.request_id)[0] == [
+            *hit_blocks.get_block_ids()[0],
+            *new_ids,
+        ]
+        second.num_computed_tokens = 136
+        grown = manager.allocate_slots(second, 30)  # 166 tokens: one block more
+        counts[name] = (hit_tokens, len(hit_ids), len(new_ids), len(grown.get_block_ids()[0]))
+    assert counts["jenga"] == counts["vllm"] == (96, 3, 2, 1), counts
