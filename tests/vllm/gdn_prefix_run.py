@@ -79,28 +79,11 @@ def exact_scenarios() -> list[tuple[str, list[list[int]], int | None]]:
 
 
 def band_scenarios() -> dict[str, list[list[list[int]]]]:
-    from jenga_vllm.tools.zoo import word_token_ids
+    """The Mamba-2 oracle's scenarios (tests/vllm/mamba_prefix_run.py); twelve requests in
+    ``preempt`` so that three live state pages per request still overflow the small budget."""
+    from tests.vllm.mamba_prefix_run import scenarios
 
-    short = word_token_ids(9, 40)
-    system = word_token_ids(7, 300)
-    shared = word_token_ids(11, 200)
-    common = word_token_ids(13, 96)
-    return {
-        "short_shared": [
-            [word_token_ids(300, 30, prefix=short)],
-            [word_token_ids(300 + i, 30, prefix=short) for i in (1, 2)],
-        ],
-        "sysprompt": [
-            [word_token_ids(100, 20, prefix=system)],
-            [word_token_ids(100 + i, 20 + 13 * i, prefix=system) for i in (1, 2, 3)],
-        ],
-        "junction": [
-            [word_token_ids(500, 130, prefix=shared)],
-            [word_token_ids(501, 40, prefix=shared)],
-            [word_token_ids(502, 50, prefix=shared)],
-        ],
-        "preempt": [[word_token_ids(600 + i, 54 + 20 * i, prefix=common) for i in range(12)]],
-    }
+    return scenarios(preempt_requests=12)
 
 
 def apply_mutation(name: str) -> None:

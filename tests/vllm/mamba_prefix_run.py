@@ -41,7 +41,9 @@ BLOCK_SIZE = 32
 BUDGET_BYTES = 2_000_000
 
 
-def scenarios():
+def scenarios(preempt_requests: int = 6):
+    """The batches of each scenario (the module docstring); the GDN run shares them
+    (tests/vllm/gdn_prefix_run.py), with more requests in ``preempt``."""
     from jenga_vllm.tools.zoo import word_token_ids
 
     short = word_token_ids(9, 40)
@@ -62,7 +64,9 @@ def scenarios():
             [word_token_ids(501, 40, prefix=shared)],
             [word_token_ids(502, 50, prefix=shared)],
         ],
-        "preempt": [[word_token_ids(600 + i, 54 + 20 * i, prefix=common) for i in range(6)]],
+        "preempt": [
+            [word_token_ids(600 + i, 54 + 20 * i, prefix=common) for i in range(preempt_requests)]
+        ],
     }
 
 
