@@ -188,11 +188,14 @@ class JengaCache:
         hit: PrefixHit | None = None,
         encoder_tokens: int = 0,
         checkpoint: bool = True,
+        lookahead_tokens: int = 0,
     ) -> list[int]:
         """New small pages per type that allocate(request_id, num_tokens, hit) would take
         (encoder types: a new request's unshared encoder input of ``encoder_tokens``)."""
         req = self.requests.get(request_id)
-        return pages_needed(self.policies, req, num_tokens, hit, encoder_tokens, checkpoint)
+        return pages_needed(
+            self.policies, req, num_tokens, hit, encoder_tokens, checkpoint, lookahead_tokens
+        )
 
     def can_allocate(
         self,
@@ -202,12 +205,16 @@ class JengaCache:
         encoder_tokens: int = 0,
         in_flight_tokens: int | None = None,
         extra_needs: Sequence[int] | None = None,
+        lookahead_tokens: int = 0,
     ) -> bool:
         """Whether ``num_tokens`` tokens would fit for the request, each type holding at most
         what its policy keeps live at once (``max_live_blocks``; windows recycle their pages)
         while ``in_flight_tokens`` are scheduled, with ``extra_needs`` small pages per type
-        left over for others; changes nothing."""
-        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        left over for others; ``lookahead_tokens`` of ``num_tokens`` are speculative lookahead
+        slots (no state is written for them); changes nothing."""
+        needs = self.pages_needed(
+            request_id, num_tokens, hit, encoder_tokens, lookahead_tokens=lookahead_tokens
+        )
         needs = capped_at_live(self.policies, needs, num_tokens, in_flight_tokens)
         if extra_needs is not None:
             needs = [n + extra for n, extra in zip(needs, extra_needs, strict=True)]
@@ -220,12 +227,15 @@ class JengaCache:
         hit: PrefixHit | None = None,
         encoder_tokens: int = 0,
         in_flight_tokens: int | None = None,
+        lookahead_tokens: int = 0,
     ) -> int:
         """How much ``free_bytes`` drops if the request gets ``num_tokens`` tokens (capped like
         ``can_allocate``): every new small page, and every CACHED hit page it touches, leaves
         the free pool at its small-page size (a page from a FREE or EVICTABLE large page turns
         the rest of it into free slots). vLLM's count: new blocks + evictable hit blocks."""
-        needs = self.pages_needed(request_id, num_tokens, hit, encoder_tokens)
+        needs = self.pages_needed(
+            request_id, num_tokens, hit, encoder_tokens, lookahead_tokens=lookahead_tokens
+        )
         needs = capped_at_live(self.policies, needs, num_tokens, in_flight_tokens)
         return bytes_taken(self.plan, needs, hit)
 
@@ -260,6 +270,7 @@ class JengaCache:
         checkpoint: bool = True,
         prompt_tokens: int | None = None,
         junction_tokens: int | None = None,
+        lookahead_tokens: int = 0,
     ) -> Sequence[Sequence[SmallPage]] | None:
         """Make ``request_id`` hold pages for ``num_tokens`` tokens; returns new pages per type.
 
@@ -269,7 +280,9 @@ class JengaCache:
         state_retention.py). ``checkpoint``: whether the engine also writes the state at the
         last block boundary this growth crosses (state types; vLLM decides per step).
         ``junction_tokens``: where the new request's shared prefix ends (default: the hit's
-        ``junction_tokens``); the state written there is kept like a junction. Returns None
+        ``junction_tokens``); the state written there is kept like a junction.
+        ``lookahead_tokens``: how many of ``num_tokens`` are speculative lookahead slots (token
+        types get pages for them, state types do not: ``growth_tokens``). Returns None
         — changing nothing — when memory cannot cover it, or when the hit starts from a state
         written in this very step; the caller preempts or waits.
         """
@@ -293,7 +306,9 @@ class JengaCache:
         if not is_new and num_tokens < req.num_tokens:
             num_tokens = req.num_tokens  # never shrink; vLLM asks with computed+new ≥ before
 
-        plan = self._plan_allocation(req, num_tokens, hit, encoder_key, encoder_tokens, checkpoint)
+        plan = self._plan_allocation(
+            req, num_tokens, hit, encoder_key, encoder_tokens, checkpoint, lookahead_tokens
+        )
         if plan is None:
             return None
         if is_new:
@@ -308,7 +323,9 @@ class JengaCache:
                 junction_tokens,
             )
             self.requests[request_id] = req
-        return self._commit_allocation(req, num_tokens, plan, checkpoint, encoder_key)
+        return self._commit_allocation(
+            req, num_tokens, plan, checkpoint, encoder_key, lookahead_tokens
+        )
 
     def _plan_allocation(
         self,
@@ -318,11 +335,19 @@ class JengaCache:
         encoder_key: Hashable | None,
         encoder_tokens: int,
         checkpoint: bool,
+        lookahead_tokens: int = 0,
     ) -> AllocationPlan | None:
         """The plan step: each type's new pages, the pages shared with cached ones (the hit, an
         encoder input seen before) and the large-page budget covering them. Changes nothing;
         None when memory cannot cover them or the hit starts from a state of this step."""
-        needs = pages_needed(self.policies, req, num_tokens, hit, checkpoint=checkpoint)
+        needs = pages_needed(
+            self.policies,
+            req,
+            num_tokens,
+            hit,
+            checkpoint=checkpoint,
+            lookahead_tokens=lookahead_tokens,
+        )
         hit_pages = hit.reused_pages()
         if self._states_this_step and not self._states_this_step.isdisjoint(hit_pages):
             return None  # the state is written by this step's forward pass: wait one step
@@ -347,6 +372,7 @@ class JengaCache:
         plan: AllocationPlan,
         checkpoint: bool,
         encoder_key: Hashable | None,
+        lookahead_tokens: int = 0,
     ) -> list[list[SmallPage]]:
         """The commit step: take the plan's shared pages and place its new ones in the tables.
         Cannot fail: the plan's budget covers every page."""
@@ -369,7 +395,15 @@ class JengaCache:
                     if req.junction_tokens and not policy.is_token_indexed
                     else -1
                 )
-                blocks = policy.new_blocks(len(table), num_tokens, checkpoint)
+                grown = policy.growth_tokens(num_tokens, lookahead_tokens)
+                blocks = policy.new_blocks(len(table), grown, checkpoint)
+                moved: list[SmallPage] = []
+                if policy.speculative_blocks:
+                    running = policy.num_blocks(grown) - 1
+                    for c in req.skipped_slots(t, running):
+                        moved.append(table[c])
+                        table[c] = None
+                    _track_speculative_slots(req, t, running, blocks)
                 if blocks:  # state types skip intermediate states: those rows stay None
                     table.extend([None] * (blocks[-1] + 1 - len(table)))
                 order = blocks
@@ -383,11 +417,13 @@ class JengaCache:
                         order = [b for b in blocks if b >= first_lasting]
                         order += [b for b in blocks if b < first_lasting]
                 for block in order:
-                    page = self.allocator.allocate(req.owner, t, budget)
+                    page = moved.pop() if moved else self.allocator.allocate(req.owner, t, budget)
                     page.rank = policy.eviction_rank(block)
                     if block == junction_block:
                         page.at_junction = True
                     table[block] = page
+                if moved:  # more slots left behind than the step needs: they hold nothing
+                    self.allocator.release(moved, is_stale=True)
                 fresh.extend(table[b] for b in blocks)
             new_pages.append(fresh)
         for t, shared in plan.encoder_pages:
@@ -465,8 +501,11 @@ class JengaCache:
                 continue
             limit = min(full, len(hashes) // policy.hash_ratio)
             journal = self.stored_journal
+            unwritten = req.unwritten.get(t, ())
             for block in range(upto, limit):
                 page = table[block]
+                if block in unwritten:
+                    continue
                 if page is not None and page.block_hash is None and policy.is_cacheable(block):
                     key = hashes[policy.hash_index(block)]
                     if policy.is_token_indexed:
@@ -604,3 +643,15 @@ class JengaCache:
 
     def num_free_large_pages(self) -> int:
         return len(self.allocator.free_large)
+
+
+def _track_speculative_slots(
+    req: RequestPages, t: int, running: int, blocks: Sequence[int]
+) -> None:
+    """A state type with speculative slots: the step's running column is written (the engine
+    starts the step's state there); the new columns past it are slots that hold draft states
+    until a later step runs there. A slot the running column skips (a prefill chunk spanning
+    several blocks) never holds a boundary state: its page moves on (``skipped_slots``)."""
+    unwritten = req.unwritten.setdefault(t, set())
+    unwritten.difference_update([c for c in unwritten if c <= running])
+    unwritten.update(b for b in blocks if b > running)

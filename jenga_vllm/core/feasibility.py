@@ -36,10 +36,11 @@ def pages_needed(
     hit: PrefixHit | None,
     encoder_tokens: int = 0,
     checkpoint: bool = True,
+    lookahead_tokens: int = 0,
 ) -> list[int]:
     """New small pages per type a request (``req``; None: a new one starting from ``hit``)
-    takes to hold ``num_tokens`` tokens (encoder types: a new request's unshared encoder input
-    of ``encoder_tokens``)."""
+    takes to hold ``num_tokens`` tokens, ``lookahead_tokens`` of them speculative lookahead
+    slots (encoder types: a new request's unshared encoder input of ``encoder_tokens``)."""
     needs = []
     for t, policy in enumerate(policies):
         if not policy.uses_token_prefix:
@@ -47,7 +48,11 @@ def pages_needed(
             needs.append(policy.num_blocks(encoder_tokens) if new_input else 0)
             continue
         have = len(req.tables[t]) if req else (len(hit.pages[t]) if hit else 0)
-        needs.append(len(policy.new_blocks(have, num_tokens, checkpoint)))
+        grown = policy.growth_tokens(num_tokens, lookahead_tokens)
+        new = len(policy.new_blocks(have, grown, checkpoint))
+        if req is not None and policy.speculative_blocks:  # left-behind slots move, not grow
+            new = max(0, new - len(req.skipped_slots(t, policy.num_blocks(grown) - 1)))
+        needs.append(new)
     return needs
 
 

@@ -44,6 +44,10 @@ class RequestPages:
     # prefill-time one the request released (state_retention.py)
     decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
     prompt_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
+    # per state type with speculative slots: the columns allocated as slots that were never the
+    # running column of a step — the engine wrote no boundary state there (a draft's state at
+    # most), so they are never offered to the prefix index (cache_blocks)
+    unwritten: dict[int, set[int]] = field(default_factory=dict)
     # O(1) fast paths for the common decode step (refresh_thresholds):
     covered_tokens: float = 0  # tokens the current tables can hold without a new page
     next_full: float = 0  # token count at which some type completes a new block to cache
@@ -82,13 +86,24 @@ class RequestPages:
             hit_tokens=hit.num_tokens,
         )
 
+    def skipped_slots(self, t: int, running: int) -> list[int]:
+        """Columns of state type ``t`` allocated as speculative slots that a step whose running
+        column is ``running`` has left behind unwritten (a prefill chunk spanning several
+        blocks): their pages hold nothing and move to the step's new columns (vLLM relocates
+        its speculative blocks the same way)."""
+        unwritten = self.unwritten.get(t)
+        if not unwritten:
+            return []
+        table = self.tables[t]
+        return sorted(c for c in unwritten if c < running and table[c] is not None)
+
     def refresh_thresholds(self, policies: list[LayerPolicy], prefix_types: list[int]) -> None:
         """Recompute the fast-path thresholds after the tables changed."""
         covered = full = release = float("inf")
         for t in prefix_types:
             policy = policies[t]
             bt = policy.block_tokens
-            covered = min(covered, len(self.tables[t]) * bt)
+            covered = min(covered, policy.covered_tokens(len(self.tables[t])))
             full = min(full, (self.cached_upto[t] + 1) * bt)
             release = min(release, policy.release_threshold(self.released[t]))
         self.covered_tokens, self.next_full, self.next_release = covered, full, release

@@ -26,6 +26,9 @@ class LayerTypeSpec:
     ``exports_checkpoints`` (state types): the engine writes a prefill checkpoint from inside the
     forward pass, into a page of its own (vLLM's Mamba-2); False where states are written only
     at prefill-chunk ends (vLLM's Gated DeltaNet), so a request never holds that third page.
+    ``speculative_blocks`` (state types, speculative decoding): K slots after the running state
+    where the engine writes the state after each of a step's K draft tokens (vLLM's
+    ``MambaSpec.num_speculative_blocks``); a request holds them beside its running state.
     """
 
     name: str
@@ -36,6 +39,7 @@ class LayerTypeSpec:
     block_tokens: int | None = None
     layer_names: tuple[str, ...] = ()
     exports_checkpoints: bool = True
+    speculative_blocks: int = 0
 
     @staticmethod
     def of(
@@ -47,6 +51,7 @@ class LayerTypeSpec:
         block_tokens: int | None = None,
         layer_names: tuple[str, ...] = (),
         exports_checkpoints: bool = True,
+        speculative_blocks: int = 0,
     ) -> LayerTypeSpec:
         """The one builder engines and planners use: the type's name follows from its kind and
         its window or chunk (``full``, ``sliding_window_4096``, ``chunked_local_8192``,
@@ -54,7 +59,15 @@ class LayerTypeSpec:
         extent = window if window is not None else chunk
         name = kind if extent is None else f"{kind}_{extent}"
         return LayerTypeSpec(
-            name, kind, layer_bytes, window, chunk, block_tokens, layer_names, exports_checkpoints
+            name,
+            kind,
+            layer_bytes,
+            window,
+            chunk,
+            block_tokens,
+            layer_names,
+            exports_checkpoints,
+            speculative_blocks,
         )
 
     @staticmethod

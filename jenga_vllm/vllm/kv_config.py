@@ -103,17 +103,27 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
         # (vLLM disables prefix caching for encoder-decoder models).
         return "cross_attention", {}
     if isinstance(spec, MambaSpec):
-        assert not spec.num_speculative_blocks, "speculative decoding is refused (supported.py)"
+        # Speculative decoding: K state slots after the running one (vLLM's columns
+        # running .. running + K), verified on Gated DeltaNet only.
+        slots = spec.num_speculative_blocks
+        if slots and spec.mamba_type not in SPECULATIVE_STATE_TYPES:
+            raise refuse("speculative_hybrid", f"layer {layer} ({spec.mamba_type.name})")
         if spec.mamba_cache_mode == "align":  # prefix caching on: states on jenga's block grid
             _check_checkpointable(layer, spec, block_size)
             # Mamba-2 exports a prefill checkpoint from inside the forward pass (a third live
             # page); GDN's states are written at chunk ends only.
             exports = spec.num_prefill_checkpoint_blocks > 0
-            return "mamba", {"block_tokens": block_size, "exports_checkpoints": exports}
+            return "mamba", {
+                "block_tokens": block_size,
+                "exports_checkpoints": exports,
+                "speculative_blocks": slots,
+            }
         if spec.mamba_cache_mode != "none":
             raise refuse("mamba_cache_mode", f"layer {layer} ({spec.mamba_cache_mode!r})")
-        # vLLM's "none" mode: one state per request, table width cdiv(max_model_len, block).
-        return "mamba", {"block_tokens": cdiv(spec.block_size, block_size) * block_size}
+        # vLLM's "none" mode: one state per request (+ K speculative slots), table width
+        # cdiv(max_model_len, block).
+        block_tokens = cdiv(spec.block_size, block_size) * block_size
+        return "mamba", {"block_tokens": block_tokens, "speculative_blocks": slots}
     if isinstance(spec, SlidingWindowSpec):
         if spec.extra_retained_tokens:
             raise JengaUnsupportedError(
@@ -174,6 +184,8 @@ def _check_checkpointable(layer: str, spec: MambaSpec, block_size: int) -> None:
 # only at prefill-chunk ends). Others (Mamba-1: no CPU scan at all; short conv, KDA, ...) are
 # refused.
 CPU_CHECKPOINTABLE = (MambaAttentionBackendEnum.MAMBA2, MambaAttentionBackendEnum.GDN_ATTN)
+# State layers jenga serves speculative decoding on (their verify path gives stock's tokens).
+SPECULATIVE_STATE_TYPES = (MambaAttentionBackendEnum.GDN_ATTN,)
 
 
 def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> list[VllmLayerType]:

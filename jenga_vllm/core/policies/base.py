@@ -68,6 +68,7 @@ class LayerPolicy:
     junction_hits: ClassVar[int] = 1
     holds_items: ClassVar[bool] = False  # True: pages of item-cache entries (JengaCache.hold_item)
     most_pages_held: ClassVar[int | None] = None  # pages one request holds at most (None: grows)
+    speculative_blocks: int = 0  # state types: slots for the states after a step's draft tokens
     # Of the pages ``keeps_released`` does not keep, the request's newest stays cached (a state
     # type's turn end); False drops them all.
     keeps_newest_decode_state: ClassVar[bool] = True
@@ -100,6 +101,16 @@ class LayerPolicy:
         Lets the cache skip ``release_unneeded`` in O(1) on most steps; ``inf`` = never.
         """
         return float("inf")
+
+    def growth_tokens(self, num_tokens: int, lookahead_tokens: int) -> int:
+        """The tokens this type's table grows to when a step asks for ``num_tokens`` of which
+        ``lookahead_tokens`` are speculative lookahead slots (the next step's draft KV): all of
+        them for token-indexed types; a state type writes states for the model's tokens only."""
+        return num_tokens
+
+    def covered_tokens(self, table_len: int) -> int:
+        """Tokens a table of ``table_len`` blocks holds without a new page."""
+        return table_len * self.block_tokens
 
     def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> range | list[int]:
         """Blocks to allocate when a table of ``have`` blocks grows to ``num_tokens`` tokens.

@@ -31,6 +31,14 @@ split a prefill at is kept fresh at once (``SmallPage.at_junction``): a second r
 shares that prefix.
 Valid hits: multiples of B whose state is cached.
 
+Speculative decoding (``LayerTypeSpec.speculative_blocks`` = K): the engine writes the state after
+each of a step's draft tokens into the K columns after the running one (vLLM reads columns
+``running .. running + K``), and the next step starts from the slot of its last accepted token.
+Those columns get pages with the running one and stay with the request; when the running column
+moves on, the old running column keeps the state at its block's end (vLLM's worker copies the
+accepted boundary state there) and is released like any other. A step's lookahead tokens (the
+draft model's next KV slots) write no state (``growth_tokens``).
+
 Junctions: a hit on an attention prefix uses every block of it, so a block that served one hit
 sits on a shared prefix and the evictor keeps it fresh. A hit on a state uses only that state, and
 the request that started from it writes its own later ones: in a multi-turn chat each turn starts
@@ -61,8 +69,15 @@ class MambaPolicy(LayerPolicy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        if not self.spec.exports_checkpoints:
-            self.most_pages_held = MAX_LIVE_STATES - 1
+        self.speculative_blocks = self.spec.speculative_blocks
+        held = MAX_LIVE_STATES if self.spec.exports_checkpoints else MAX_LIVE_STATES - 1
+        self.most_pages_held = held + self.speculative_blocks
+
+    def growth_tokens(self, num_tokens: int, lookahead_tokens: int) -> int:
+        return num_tokens - lookahead_tokens
+
+    def covered_tokens(self, table_len: int) -> int:
+        return max(0, table_len - self.speculative_blocks) * self.block_tokens
 
     def first_needed_block(self, num_computed_tokens: int) -> int:
         return max(0, cdiv(num_computed_tokens, self.block_tokens) - 1)
@@ -74,15 +89,16 @@ class MambaPolicy(LayerPolicy):
 
     def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
-        if checkpoint and self.spec.exports_checkpoints and newest >= 1:
-            return [b for b in (newest - 1, newest) if b >= have]
-        return [newest] if newest >= have else []
+        first = (
+            newest - 1 if checkpoint and self.spec.exports_checkpoints and newest >= 1 else newest
+        )
+        return [b for b in range(max(first, have), newest + 1 + self.speculative_blocks)]
 
     def live_tokens(self, num_tokens: int) -> int:
         return 0  # one state, whatever the length (counted per request, not per token)
 
     def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
-        return min(self.num_blocks(num_tokens), self.most_pages_held)
+        return min(self.num_blocks(num_tokens) + self.speculative_blocks, self.most_pages_held)
 
     def keeps_released(self, block: int, prompt_tokens: int | None) -> bool:
         return prompt_tokens is None or (block + 1) * self.block_tokens <= prompt_tokens
