@@ -58,7 +58,7 @@ class _BatchRow:
 
 
 def boundary_copy(
-    block_size: int, running_col: int, computed: int, scheduled: int, drafts: int, accepted: int
+    block_size: int, computed: int, scheduled: int, drafts: int, accepted: int
 ) -> tuple[int, int] | None:
     """(boundary column, accepted-token bias) of the copy after a verify step, or None: the
     decision of vLLM's ``postprocess_mamba_fused_kernel``. The running state covers
@@ -78,30 +78,17 @@ def postprocess_mamba_align(original: Callable, is_active: Callable[[], bool]) -
     """Replacement of ``mamba_utils.postprocess_mamba_align_gpu`` in jenga workers."""
     from vllm.v1.worker.mamba_utils import collect_mamba_copy_meta, do_mamba_copy_block
 
-    def postprocess(
-        *,
-        bufs: Any,
-        num_reqs: int,
-        num_accepted_tokens_gpu: torch.Tensor,
-        num_accepted_tokens_cpu_tensor: torch.Tensor,
-        input_batch: Any,
-        kv_cache_config: Any,
-        forward_context: dict[str, Any],
-        mamba_state_copy_funcs: Any,
-    ) -> None:
+    def postprocess(**kwargs: Any) -> None:
+        # vLLM calls it with keywords only: bufs, num_reqs, num_accepted_tokens_gpu,
+        # num_accepted_tokens_cpu_tensor, input_batch, kv_cache_config, forward_context,
+        # mamba_state_copy_funcs.
         if not is_active():
-            return original(
-                bufs=bufs,
-                num_reqs=num_reqs,
-                num_accepted_tokens_gpu=num_accepted_tokens_gpu,
-                num_accepted_tokens_cpu_tensor=num_accepted_tokens_cpu_tensor,
-                input_batch=input_batch,
-                kv_cache_config=kv_cache_config,
-                forward_context=forward_context,
-                mamba_state_copy_funcs=mamba_state_copy_funcs,
-            )
+            return original(**kwargs)
+        bufs, num_reqs = kwargs["bufs"], kwargs["num_reqs"]
+        num_accepted_tokens_cpu_tensor = kwargs["num_accepted_tokens_cpu_tensor"]
+        input_batch, kv_cache_config = kwargs["input_batch"], kwargs["kv_cache_config"]
         ctx, copies = bufs.postprocess_align, bufs.preprocess
-        accepted = num_accepted_tokens_gpu[:num_reqs].tolist()
+        accepted = kwargs["num_accepted_tokens_gpu"][:num_reqs].tolist()
         running = ctx.mamba_state_idx_buf.np[:num_reqs].tolist()
         scheduled = ctx.num_scheduled_tokens_buf.np[:num_reqs].tolist()
         computed = ctx.num_computed_tokens_buf.np[:num_reqs].tolist()
@@ -109,9 +96,7 @@ def postprocess_mamba_align(original: Callable, is_active: Callable[[], bool]) -
         block_size = copies.mamba_spec.block_size
         copies.offset = 0
         for i in range(num_reqs):
-            decision = boundary_copy(
-                block_size, running[i], computed[i], scheduled[i], drafts[i], accepted[i]
-            )
+            decision = boundary_copy(block_size, computed[i], scheduled[i], drafts[i], accepted[i])
             if decision is None:
                 continue
             boundary_col, bias = decision
@@ -120,13 +105,13 @@ def postprocess_mamba_align(original: Callable, is_active: Callable[[], bool]) -
             collect_mamba_copy_meta(
                 copies,
                 kv_cache_config,
-                mamba_state_copy_funcs,
+                kwargs["mamba_state_copy_funcs"],
                 copies.mamba_group_ids,
                 running[i],
                 boundary_col,
                 bias,
                 _BatchRow(input_batch, i, copies.mamba_group_ids),
-                forward_context,
+                kwargs["forward_context"],
             )
         do_mamba_copy_block(copies)
         copies.offset = 0
