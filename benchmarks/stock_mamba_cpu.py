@@ -10,6 +10,8 @@ backing allocation once, through the first view it meets; all KV groups share on
 0.32, so a Mamba layer's narrow view went first and the attention block's copy-on-write lost the
 rest of its bytes. Feeding the widest view first copies whole blocks. The engine must run in this
 process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, the uni executor) for the worker to see it.
+With speculative decoding (``apply(speculative=True)``) stock also dies in the Triton-only state
+copies of its align mode; the peer then gets jenga's CPU copies too (vllm/mamba_spec_cpu.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def _widest_view_first(original: Callable) -> Callable:
     return copy
 
 
-def apply() -> None:
+def apply(speculative: bool = False) -> None:
     from vllm.model_executor.layers.mamba import mamba_mixer2
     from vllm.model_executor.layers.mamba.ops import ssd_combined
     from vllm.v1.worker import gpu_model_runner
@@ -44,3 +46,14 @@ def apply() -> None:
     gpu_model_runner.copy_kv_cache_blocks_inplace = _widest_view_first(
         gpu_model_runner.copy_kv_cache_blocks_inplace
     )
+    if speculative:
+        from vllm.v1.worker import mamba_utils
+
+        from jenga_vllm.vllm import mamba_spec_cpu
+
+        mamba_utils.preprocess_mamba = mamba_spec_cpu.preprocess_mamba(
+            mamba_utils.preprocess_mamba, lambda: True
+        )
+        mamba_utils.postprocess_mamba_align_gpu = mamba_spec_cpu.postprocess_mamba_align(
+            mamba_utils.postprocess_mamba_align_gpu, lambda: True
+        )

@@ -307,16 +307,16 @@ class JengaKVCacheManager:
         first = self.cache.find_longest_hit(request.block_hashes, request.num_tokens - 1)
         hit, junction = first, first.junction_tokens
         if self.use_eagle:
-            if first.num_tokens:
-                # The draft's KV at a cached block's last position was written with the token
-                # that followed it there; only a hit that stops a block short is sure to share it.
-                hit = self.cache.find_longest_hit(
-                    request.block_hashes, first.num_tokens - self.plan.block_size
-                )
-            # A later request sharing this prefix gets an attention hit one block shorter than
-            # the shared prefix (the same drop): the state worth writing is the one there.
-            if self.cache.state_types and (junction or first.num_tokens):
-                shared = max(junction, first.num_tokens) - self.plan.block_size
+            # The draft's KV at the last position the attention types match was written with the
+            # token that followed it there, which may differ here: only positions a block before
+            # that end are sure to be shared (vLLM's EAGLE block drop). A hit that a state type
+            # already stops that far short keeps its length (its next token is shared).
+            attention = first.junction_tokens or first.num_tokens
+            shared = attention - self.plan.block_size
+            if first.num_tokens > shared:
+                hit = self.cache.find_longest_hit(request.block_hashes, max(0, shared))
+            # The state worth writing for a later request with this prefix is the one there.
+            if self.cache.state_types:
                 junction = shared if shared > hit.num_tokens else 0
         if self.log_stats:
             if len(self._pending_hits_by_type) > PENDING_LOOKUPS_CAP:  # aborted while waiting
