@@ -39,8 +39,12 @@ own hits and blocks end: tokens are the same run to run within a peer, and the r
 share of requests whose tokens every peer agrees on (tests/vllm/test_gdn_prefix.py checks jenga's
 against stock split at the same points, exactly, and the rest by teacher forcing).
 
+``--spec mtp:K`` runs every peer with speculative decoding (the GDN model's MTP layer, K tokens a
+step); stock then also gets jenga's CPU state copies (it dies in Triton-only code without them),
+and the table adds accepted / drafted tokens (results: e2e_spec_hybrid.md).
+
 Run: python benchmarks/e2e_mamba_prefix.py [--models granite_hybrid_wide,granite_hybrid]
-[--repeats 5] [--block-size 32] [--quick] [--out FILE]. Writes
+[--repeats 5] [--block-size 32] [--quick] [--spec mtp:K] [--out FILE]. Writes
 benchmarks/results/e2e_mamba_prefix.md (Mamba-2), or FILE (the GDN runs: e2e_gdn_prefix.md).
 """
 
