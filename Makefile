@@ -41,7 +41,7 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest -q -m e2e $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) benchmarks/demo.py
+	$(PY) -m benchmarks.demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/allocator_overhead.py

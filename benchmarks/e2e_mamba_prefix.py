@@ -41,10 +41,12 @@ against stock split at the same points, exactly, and the rest by teacher forcing
 
 ``--spec mtp:K`` runs every peer with speculative decoding (the GDN model's MTP layer, K tokens a
 step); stock then also gets jenga's CPU state copies (it dies in Triton-only code without them),
-and the table adds accepted / drafted tokens (results: e2e_spec_hybrid.md).
+and the table adds accepted / drafted tokens (results: e2e_spec_hybrid.md, at 48 MB with
+``--kv-bytes 48000000``: K state pages per running request beside the running one — and at the
+default 24 MB).
 
 Run: python benchmarks/e2e_mamba_prefix.py [--models granite_hybrid_wide,granite_hybrid]
-[--repeats 5] [--block-size 32] [--quick] [--spec mtp:K] [--out FILE]. Writes
+[--repeats 5] [--block-size 32] [--quick] [--spec mtp:K] [--kv-bytes N] [--out FILE]. Writes
 benchmarks/results/e2e_mamba_prefix.md (Mamba-2), or FILE (the GDN runs: e2e_gdn_prefix.md).
 """
 
@@ -161,7 +163,13 @@ def speculative_config(spec: str | None) -> dict:
 
 
 def child(
-    peer: str, model: str, workload: str, quick: bool, block_size: int, spec: str | None = None
+    peer: str,
+    model: str,
+    workload: str,
+    quick: bool,
+    block_size: int,
+    spec: str | None = None,
+    kv_bytes: int | None = None,
 ) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the stock shim must reach the worker
     if peer.startswith("vllm"):
@@ -182,7 +190,7 @@ def child(
         dtype=ZOO[model].dtype,
         max_model_len=MAX_MODEL_LEN,
         block_size=block_size,
-        kv_cache_memory_bytes=KV_BYTES[model],
+        kv_cache_memory_bytes=kv_bytes or KV_BYTES[model],
         enable_prefix_caching=True,
         enforce_eager=True,
         disable_log_stats=False,
@@ -286,13 +294,20 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def run_child(
-    peer: str, model: str, workload: str, quick: bool, block_size: int, spec: str | None = None
+    peer: str,
+    model: str,
+    workload: str,
+    quick: bool,
+    block_size: int,
+    spec: str | None = None,
+    kv_bytes: int | None = None,
 ) -> dict:
     from jenga_vllm.tools.zoo import engine_env
 
     cmd = [sys.executable, __file__, "--child", peer, model, workload]
     cmd += ["--block-size", str(block_size)] + (["--quick"] if quick else [])
     cmd += ["--spec", spec] if spec else []
+    cmd += ["--kv-bytes", str(kv_bytes)] if kv_bytes else []
     with open(ENGINE_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         out = subprocess.run(
@@ -414,12 +429,19 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="results file (default e2e_mamba_prefix.md)")
     ap.add_argument("--no-simulator", action="store_true", help="skip the simulator prediction")
     ap.add_argument("--spec", default=None, help="speculative decoding in every peer, e.g. mtp:1")
+    ap.add_argument("--kv-bytes", type=int, default=None, help="KV bytes for every model")
     ap.add_argument(
         "--child", nargs=3, metavar=("PEER", "MODEL", "WORKLOAD"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
     if args.child:
-        result = child(*args.child, quick=args.quick, block_size=args.block_size, spec=args.spec)
+        result = child(
+            *args.child,
+            quick=args.quick,
+            block_size=args.block_size,
+            spec=args.spec,
+            kv_bytes=args.kv_bytes,
+        )
         print("MAMBA_PREFIX_RESULT " + json.dumps(result), flush=True)
         return 0
     if args.quick:
@@ -434,7 +456,13 @@ def main() -> int:
                 order = peers[rep % len(peers) :] + peers[: rep % len(peers)]
                 for peer in order:
                     result = run_child(
-                        peer, model, workload, args.quick, args.block_size, args.spec
+                        peer,
+                        model,
+                        workload,
+                        args.quick,
+                        args.block_size,
+                        args.spec,
+                        args.kv_bytes,
                     )
                     runs[peer].append(result)
                     print(
@@ -455,7 +483,7 @@ def main() -> int:
             summaries[peers[0]]["agreeing_requests"] = f"{agreeing} of {len(reference)}"
             results.setdefault(model, {})[workload] = summaries
             traces[(model, workload)] = runs["jenga"][0]["trace"] if "jenga" in runs else []
-    simulated = {} if args.no_simulator else simulate_traces(traces, args.block_size)
+    simulated = {} if args.no_simulator else simulate_traces(traces, args.block_size, args.kv_bytes)
     command = "python benchmarks/e2e_mamba_prefix.py " + " ".join(sys.argv[1:])
     text = report(results, args.repeats, simulated, args.block_size, command.strip())
     print(text)
@@ -465,7 +493,7 @@ def main() -> int:
 
 
 def simulate_traces(
-    traces: dict[tuple[str, str], list[dict]], block_size: int
+    traces: dict[tuple[str, str], list[dict]], block_size: int, kv_bytes: int | None = None
 ) -> dict[tuple[str, str], float]:
     """The simulator's jenga hit rate for each measured trace (same model shapes, KV bytes)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -475,7 +503,7 @@ def simulate_traces(
         key: predict_hit_rate(
             model=key[0],
             trace=trace,
-            kv_bytes=KV_BYTES[key[0]],
+            kv_bytes=kv_bytes or KV_BYTES[key[0]],
             block_size=block_size,
             max_model_len=MAX_MODEL_LEN,
             output_tokens=OUTPUT_TOKENS,

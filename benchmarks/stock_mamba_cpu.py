@@ -47,13 +47,6 @@ def apply(speculative: bool = False) -> None:
         gpu_model_runner.copy_kv_cache_blocks_inplace
     )
     if speculative:
-        from vllm.v1.worker import mamba_utils
-
         from jenga_vllm.vllm import mamba_spec_cpu
 
-        mamba_utils.preprocess_mamba = mamba_spec_cpu.preprocess_mamba(
-            mamba_utils.preprocess_mamba, lambda: True
-        )
-        mamba_utils.postprocess_mamba_align_gpu = mamba_spec_cpu.postprocess_mamba_align(
-            mamba_utils.postprocess_mamba_align_gpu, lambda: True
-        )
+        mamba_spec_cpu.install_unguarded()

@@ -400,7 +400,8 @@ class JengaCache:
                 moved: list[SmallPage] = []
                 if policy.speculative_blocks:
                     running = policy.num_blocks(grown) - 1
-                    for c in req.skipped_slots(t, running):
+                    kept = policy.checkpoint_blocks(grown, checkpoint)
+                    for c in req.skipped_slots(t, running, kept):
                         moved.append(table[c])
                         table[c] = None
                     _track_speculative_slots(req, t, running, blocks)
@@ -568,10 +569,8 @@ class JengaCache:
                 if len(to_release) > stale_from and t in self.window_types:
                     # its next page of the type recycles one of these slots (allocator.py)
                     req.owner.released_window_pages(t, to_release[stale_from:])
-            if t in req.decode_state:
-                gone = superseded_at_block_end(policy, req, t, num_computed_tokens)
-                if gone is not None:
-                    superseded.append(gone)
+            if t in req.decode_states:
+                superseded += superseded_at_block_end(policy, req, t, num_computed_tokens)
         for pages, is_stale in ((fresh, False), (to_release, True)):
             if pages:
                 for page in pages:

@@ -51,7 +51,9 @@ def pages_needed(
         grown = policy.growth_tokens(num_tokens, lookahead_tokens)
         new = len(policy.new_blocks(have, grown, checkpoint))
         if req is not None and policy.speculative_blocks:  # left-behind slots move, not grow
-            new = max(0, new - len(req.skipped_slots(t, policy.num_blocks(grown) - 1)))
+            running = policy.num_blocks(grown) - 1
+            kept = policy.checkpoint_blocks(grown, checkpoint)
+            new = max(0, new - len(req.skipped_slots(t, running, kept)))
         needs.append(new)
     return needs
 

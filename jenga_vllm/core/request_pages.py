@@ -40,9 +40,9 @@ class RequestPages:
     prompt_tokens: int | None = None  # None: unknown (every released state stays cached)
     junction_tokens: int = 0  # the shared-prefix junction its hit reported (0: none)
     hit_tokens: int = 0  # the prefix hit it was admitted with
-    # per state type: (page, hash) of the newest decode-time state kept cached and of the newest
-    # prefill-time one the request released (state_retention.py)
-    decode_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
+    # per state type: (page, hash) of the newest decode-time states kept cached, oldest first,
+    # and of the newest prefill-time one the request released (state_retention.py)
+    decode_states: dict[int, list[tuple[SmallPage, Hashable]]] = field(default_factory=dict)
     prompt_state: dict[int, tuple[SmallPage, Hashable]] = field(default_factory=dict)
     # per state type with speculative slots: the columns allocated as slots that were never the
     # running column of a step — the engine wrote no boundary state there (a draft's state at
@@ -86,16 +86,19 @@ class RequestPages:
             hit_tokens=hit.num_tokens,
         )
 
-    def skipped_slots(self, t: int, running: int) -> list[int]:
+    def skipped_slots(self, t: int, running: int, checkpoints: tuple[int, ...] = ()) -> list[int]:
         """Columns of state type ``t`` allocated as speculative slots that a step whose running
         column is ``running`` has left behind unwritten (a prefill chunk spanning several
         blocks): their pages hold nothing and move to the step's new columns (vLLM relocates
-        its speculative blocks the same way)."""
+        its speculative blocks the same way) — except the step's ``checkpoints`` columns, which
+        the step writes."""
         unwritten = self.unwritten.get(t)
         if not unwritten:
             return []
         table = self.tables[t]
-        return sorted(c for c in unwritten if c < running and table[c] is not None)
+        return sorted(
+            c for c in unwritten if c < running and c not in checkpoints and table[c] is not None
+        )
 
     def refresh_thresholds(self, policies: list[LayerPolicy], prefix_types: list[int]) -> None:
         """Recompute the fast-path thresholds after the tables changed."""

@@ -29,6 +29,11 @@ class LayerTypeSpec:
     ``speculative_blocks`` (state types, speculative decoding): K slots after the running state
     where the engine writes the state after each of a step's K draft tokens (vLLM's
     ``MambaSpec.num_speculative_blocks``); a request holds them beside its running state.
+    ``hits_drop_last_block`` (state types, EAGLE/MTP): a prefix hit ends one block before the
+    attention types' match (vLLM's ``use_eagle_block_drop``), so the prefill checkpoint sits one
+    block before the last boundary (vLLM's ``get_mamba_prefill_checkpoint_position(...,
+    drop_eagle_block=True)``) and the decode-time state a later hit ends at is the one a block
+    before the newest.
     """
 
     name: str
@@ -40,6 +45,7 @@ class LayerTypeSpec:
     layer_names: tuple[str, ...] = ()
     exports_checkpoints: bool = True
     speculative_blocks: int = 0
+    hits_drop_last_block: bool = False
 
     @staticmethod
     def of(
@@ -52,6 +58,7 @@ class LayerTypeSpec:
         layer_names: tuple[str, ...] = (),
         exports_checkpoints: bool = True,
         speculative_blocks: int = 0,
+        hits_drop_last_block: bool = False,
     ) -> LayerTypeSpec:
         """The one builder engines and planners use: the type's name follows from its kind and
         its window or chunk (``full``, ``sliding_window_4096``, ``chunked_local_8192``,
@@ -68,6 +75,7 @@ class LayerTypeSpec:
             layer_names,
             exports_checkpoints,
             speculative_blocks,
+            hits_drop_last_block,
         )
 
     @staticmethod

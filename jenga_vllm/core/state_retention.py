@@ -2,15 +2,16 @@
 
 What it owns: the bookkeeping behind the retention rule of policies/mamba.py, run by
 ``JengaCache.release_unneeded`` for state types (``not policy.is_token_indexed``): each request's
-newest kept decode-time state and newest released prefill-time state (``RequestPages.
-decode_state`` / ``prompt_state``, per state type), and dropping the states they supersede.
+newest kept decode-time states and newest released prefill-time state (``RequestPages.
+decode_states`` / ``prompt_state``, per state type), and dropping the states they supersede.
 
 The policy in plain words (docs/design.md §4, "Mamba retention"): a state is a whole-model-depth
 snapshot, and caching one every block of every request would fill the cache with states nobody
 starts from. States written while the prompt was prefilled (``policy.keeps_released``) stay
 cached when superseded, stale; of the decode-time states only the request's newest complete one
 stays (``policy.keeps_newest_decode_state``) — it supersedes the previous one and the last state
-the prompt's prefill left. A superseded state is dropped at the end of each block, before the
+the prompt's prefill left — or, when hits drop their last block (EAGLE/MTP), its two newest: a
+later hit ends a block before the newest (``policy.decode_states_kept``). A superseded state is dropped at the end of each block, before the
 next block's page is allocated, so crossing a block in decode never takes a page more than it
 frees. A junction state (``SmallPage.at_junction``) is never the prompt's remembered last state.
 
@@ -37,33 +38,47 @@ def retain_state(
 ) -> list[KeptState]:
     """A running request lets one of its cached states of type ``t`` go: a prefill-time state
     stays cached (stale), and the newest one is remembered; a decode-time state stays cached
-    only while it is the request's newest. Returns the states to drop now."""
+    only while it is one of the request's ``policy.decode_states_kept`` newest. Returns the
+    states to drop now."""
     if policy.keeps_released(block, req.prompt_tokens):
         if not page.at_junction:
             req.prompt_state[t] = (page, page.block_hash)
         return []
-    dropped = [x for x in (req.decode_state.pop(t, None), req.prompt_state.pop(t, None)) if x]
-    if policy.keeps_newest_decode_state:
-        req.decode_state[t] = (page, page.block_hash)
-    else:
-        dropped.append((page, page.block_hash))
-    return dropped
+    req.decode_states.setdefault(t, []).append((page, page.block_hash))
+    return _oldest_beyond(req, t, policy.decode_states_kept)
 
 
 def superseded_at_block_end(
     policy: LayerPolicy, req: RequestPages, t: int, num_computed_tokens: int
-) -> KeptState | None:
-    """The kept decode-time state of type ``t`` to drop now: at a block's end the running state
-    is complete and will be the newest, so the one it supersedes goes before the next step
-    allocates its successor (crossing a block in decode never needs a page more than it frees).
-    The caller checks ``t in req.decode_state`` first."""
+) -> list[KeptState]:
+    """The kept states of type ``t`` to drop now: at a block's end the running state is complete
+    and will be the newest, so the one it pushes out goes before the next step allocates its
+    successor (crossing a block in decode never needs a page more than it frees). The caller
+    checks ``t in req.decode_states`` first."""
     if num_computed_tokens % policy.block_tokens:
-        return None
+        return []
     running = num_computed_tokens // policy.block_tokens - 1
     table = req.tables[t]
     if running < len(table) and table[running] is not None:
-        return req.decode_state.pop(t)
-    return None
+        return _oldest_beyond(req, t, policy.decode_states_kept - 1)
+    return []
+
+
+def _oldest_beyond(req: RequestPages, t: int, keep: int) -> list[KeptState]:
+    """Forget the request's oldest remembered states of type ``t`` — the prompt's last one
+    first, then decode-time ones — until at most ``keep`` remain; returns them."""
+    kept = req.decode_states.get(t, [])
+    excess = len(kept) + (t in req.prompt_state) - max(keep, 0)
+    dropped: list[KeptState] = []
+    if excess > 0 and t in req.prompt_state:
+        dropped.append(req.prompt_state.pop(t))
+        excess -= 1
+    if excess > 0:
+        dropped += kept[:excess]
+        del kept[:excess]
+    if not kept:
+        req.decode_states.pop(t, None)
+    return dropped
 
 
 def drop_superseded(

@@ -95,8 +95,11 @@ class VllmLayerType:
         )
 
 
-def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]:
-    """(Jenga kind, extra LayerTypeSpec fields) for one vLLM layer spec."""
+def _kind_of(
+    layer: str, spec: KVCacheSpec, block_size: int, drops_eagle_block: bool = False
+) -> tuple[str, dict]:
+    """(Jenga kind, extra LayerTypeSpec fields) for one vLLM layer spec; ``drops_eagle_block``:
+    vLLM's ``use_eagle_block_drop`` (EAGLE/MTP), which moves prefill checkpoints a block back."""
     if isinstance(spec, CrossAttentionSpec):
         # Encoder-decoder (Whisper): the encoder's K/V, written once at the request's first
         # step and read by every decode step; held until the request ends, never prefix-cached
@@ -117,6 +120,7 @@ def _kind_of(layer: str, spec: KVCacheSpec, block_size: int) -> tuple[str, dict]
                 "block_tokens": block_size,
                 "exports_checkpoints": exports,
                 "speculative_blocks": slots,
+                "hits_drop_last_block": drops_eagle_block,
             }
         if spec.mamba_cache_mode != "none":
             raise refuse("mamba_cache_mode", f"layer {layer} ({spec.mamba_cache_mode!r})")
@@ -155,7 +159,6 @@ def _with_cpu_gdn_checkpoints(spec: KVCacheSpec) -> KVCacheSpec:
         and spec.mamba_type == MambaAttentionBackendEnum.GDN_ATTN
         and spec.mamba_cache_mode == "align"
         and not spec.num_prefill_checkpoint_blocks
-        and not spec.num_speculative_blocks
         and current_platform.is_cpu()
     ):
         from jenga_vllm.vllm.gdn_cpu import with_checkpoint_block
@@ -188,7 +191,9 @@ CPU_CHECKPOINTABLE = (MambaAttentionBackendEnum.MAMBA2, MambaAttentionBackendEnu
 SPECULATIVE_STATE_TYPES = (MambaAttentionBackendEnum.GDN_ATTN,)
 
 
-def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> list[VllmLayerType]:
+def layer_types_from_specs(
+    specs: dict[str, KVCacheSpec], block_size: int, drops_eagle_block: bool = False
+) -> list[VllmLayerType]:
     """Group layers into layer types; every spec gets the common ``block_size``."""
     buckets: dict[tuple, list[tuple[str, KVCacheSpec]]] = {}
     extras: dict[tuple, dict] = {}
@@ -196,7 +201,7 @@ def layer_types_from_specs(specs: dict[str, KVCacheSpec], block_size: int) -> li
         if getattr(spec, "page_size_padded", None) is not None:
             raise refuse("padded_pages", f"layer {layer}")
         spec = _with_cpu_gdn_checkpoints(spec)
-        kind, extra = _kind_of(layer, spec, block_size)
+        kind, extra = _kind_of(layer, spec, block_size, drops_eagle_block)
         key = (kind, *sorted(extra.items()))
         if POLICY_REGISTRY[kind].is_token_indexed:  # a state's table keeps vLLM's width
             spec = replace(spec, block_size=block_size)
@@ -291,7 +296,9 @@ def plan_for(vllm_config, specs: dict[str, KVCacheSpec], memory_bytes: int | Non
     embeddings in the pool (``encoder_cache.in_pool``) the plan has one more type after vLLM's,
     ``vision_embedding``, and the budget grows by vLLM's encoder-cache bytes."""
     block_size = vllm_config.cache_config.block_size
-    types = layer_types_from_specs(specs, block_size)
+    speculative = vllm_config.speculative_config
+    drops = speculative is not None and speculative.use_eagle_block_drop()
+    types = layer_types_from_specs(specs, block_size, drops)
     max_model_len = vllm_config.model_config.max_model_len
     all_specs = [t.spec for t in types]
     if encoder_cache.in_pool(vllm_config):

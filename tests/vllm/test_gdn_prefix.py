@@ -28,7 +28,7 @@ from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 _RUNS: dict[tuple[str, ...], dict] = {}
-BAND = ("short_shared", "sysprompt", "junction", "multiturn", "preempt")
+BAND = ("short_shared", "sysprompt", "junction", "multiturn", "preempt", "chunked")
 SMALL_KV = "9000000"  # jenga's band runs: small enough that the preempt scenario preempts
 
 

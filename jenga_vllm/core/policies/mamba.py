@@ -15,7 +15,8 @@ Allocation (``new_blocks``): a step that grows the request to ``n`` tokens write
 state into block ``cdiv(n, B) - 1``, and — when the engine says it exports one (vLLM: the
 prefill checkpoint its ``is_mamba_prefill_checkpoint_valid`` allows) — the state after
 ``(cdiv(n, B) - 1)·B`` tokens, the last boundary a later prompt can hit (a hit leaves one token
-to compute), into block ``cdiv(n, B) - 2``. Only those blocks get pages: a page
+to compute), into block ``cdiv(n, B) - 2`` (under the EAGLE/MTP block drop also one block
+earlier: ``checkpoint_blocks``). Only those blocks get pages: a page
 that no step writes would serve garbage as a prefix hit. Intermediate blocks of a long chunk
 stay None.
 
@@ -26,7 +27,8 @@ decode only the request's newest complete one stays cached, stale (a chat's turn
 preempted request resumes); it supersedes the older one and the last state the prompt's prefill
 left: caching a whole-model state every B tokens of every request would fill the cache with
 states no later request starts from (``keeps_newest_decode_state``; the bookkeeping that applies
-the rule is core/state_retention.py). The state written at a shared-prefix junction the engine
+the rule is core/state_retention.py). When hits drop their last block (EAGLE/MTP) the two newest
+stay: such a hit ends a block before the newest (``decode_states_kept``). The state written at a shared-prefix junction the engine
 split a prefill at is kept fresh at once (``SmallPage.at_junction``): a second request already
 shares that prefix.
 Valid hits: multiples of B whose state is cached.
@@ -71,6 +73,8 @@ class MambaPolicy(LayerPolicy):
         super().__init__(*args, **kwargs)
         self.speculative_blocks = self.spec.speculative_blocks
         held = MAX_LIVE_STATES if self.spec.exports_checkpoints else MAX_LIVE_STATES - 1
+        if self.spec.exports_checkpoints and self.spec.hits_drop_last_block:
+            held += 1  # two prefill checkpoints a step (checkpoint_blocks)
         self.most_pages_held = held + self.speculative_blocks
 
     def growth_tokens(self, num_tokens: int, lookahead_tokens: int) -> int:
@@ -89,10 +93,27 @@ class MambaPolicy(LayerPolicy):
 
     def new_blocks(self, have: int, num_tokens: int, checkpoint: bool = True) -> list[int]:
         newest = self.num_blocks(num_tokens) - 1
-        first = (
-            newest - 1 if checkpoint and self.spec.exports_checkpoints and newest >= 1 else newest
-        )
-        return [b for b in range(max(first, have), newest + 1 + self.speculative_blocks)]
+        blocks = list(range(max(newest, have), newest + 1 + self.speculative_blocks))
+        return [c for c in self.checkpoint_blocks(num_tokens, checkpoint) if c >= have] + blocks
+
+    def checkpoint_blocks(self, num_tokens: int, checkpoint: bool = True) -> tuple[int, ...]:
+        """The columns a step growing the request to ``num_tokens`` tokens exports prefill
+        checkpoints into, ascending, all before the running column: the state after the last
+        block boundary a later prompt can hit — one token left to compute (``(cdiv(n, B) -
+        1)·B``, block ``cdiv(n, B) - 2``). Under the EAGLE/MTP block drop a repeat of the prompt
+        hits one block before its last whole block (``(n // B - 1)·B``, block ``n // B - 2``,
+        vLLM's checkpoint), and a continuation (the next turn, a resumed request) a block before
+        its own attention match — the prompt's last whole boundary (block ``n // B - 1``) when
+        the answer crosses one boundary: both are exported."""
+        if not (checkpoint and self.spec.exports_checkpoints):
+            return ()
+        bt = self.block_tokens
+        if not self.spec.hits_drop_last_block:
+            return ((num_tokens - 1) // bt - 1,) if num_tokens > bt else ()
+        repeat = num_tokens // bt - 2
+        if repeat < 0:
+            return ()
+        return (repeat, repeat + 1) if num_tokens % bt else (repeat,)
 
     def live_tokens(self, num_tokens: int) -> int:
         return 0  # one state, whatever the length (counted per request, not per token)
