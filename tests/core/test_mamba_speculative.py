@@ -14,8 +14,10 @@ from tests.core.helpers import BS, make_cache
 K = 2
 
 
-def _specs(slots: int = K):
-    """Full attention beside a Gated-DeltaNet-like state (no in-forward checkpoint export)."""
+def _specs(slots: int = K, exports: bool = False, drop: bool = False):
+    """Full attention beside a Gated-DeltaNet-like state with ``slots`` speculative slots; by
+    default without an in-forward checkpoint export (vLLM's GDN), ``exports``: with one, and
+    ``drop``: under the EAGLE/MTP block drop."""
     return [
         LayerTypeSpec.uniform("full", "full", 1, 64),
         LayerTypeSpec.uniform(
@@ -24,8 +26,9 @@ def _specs(slots: int = K):
             1,
             2048,
             block_tokens=BS,
-            exports_checkpoints=False,
+            exports_checkpoints=exports,
             speculative_blocks=slots,
+            hits_drop_last_block=drop,
         ),
     ]
 
@@ -90,20 +93,8 @@ def test_lookahead_tokens_take_attention_pages_and_no_state():
 
 
 def _exporting_specs(slots: int = 1, one_block_back: bool = True):
-    """Full attention beside a state type that exports prefill checkpoints, under the EAGLE/MTP
-    block drop (the checkpoint one block before the last boundary)."""
-    return [
-        LayerTypeSpec.uniform("full", "full", 1, 64),
-        LayerTypeSpec.uniform(
-            "mamba",
-            "mamba",
-            1,
-            2048,
-            block_tokens=BS,
-            speculative_blocks=slots,
-            hits_drop_last_block=one_block_back,
-        ),
-    ]
+    """A state type that exports prefill checkpoints, under the EAGLE/MTP block drop by default."""
+    return _specs(slots, exports=True, drop=one_block_back)
 
 
 @pytest.mark.parametrize(
