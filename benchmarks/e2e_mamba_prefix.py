@@ -46,7 +46,11 @@ and the table adds accepted / drafted tokens (results: e2e_spec_hybrid.md, at 48
 default 24 MB).
 
 Run: python benchmarks/e2e_mamba_prefix.py [--models granite_hybrid_wide,granite_hybrid]
-[--repeats 5] [--block-size 32] [--quick] [--spec mtp:K] [--kv-bytes N] [--out FILE]. Writes
+[--repeats 5] [--block-size 32] [--quick] [--spec mtp:K] [--kv-bytes N] [--out FILE].
+``--paired PAIRS --peers A,B`` runs the two peers at the same time instead, each engine pinned to
+its own core (OpenMP threads and process), cores swapped every pair, and appends the per-pair
+ratios (tokens/s, TTFT, CPU per output token) to FILE; ``--peers A,A`` gives the machine's A/A
+band the same way. Writes
 benchmarks/results/e2e_mamba_prefix.md (Mamba-2), or FILE (the GDN runs: e2e_gdn_prefix.md).
 """
 
