@@ -294,24 +294,33 @@ def main() -> None:
 
 def teacher_force(llm, answers: dict[str, list[list[list[int]]]]) -> dict[str, list[float]]:
     """Per answer, the largest regret of its generated tokens under this engine (one request at
-    a time, the prompt and answer scored whole with ``prompt_logprobs``)."""
+    a time, the prompt and answer scored whole with ``prompt_logprobs``; a sequence scored once
+    however many answers repeat it: one request at a time, its score depends on it alone)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+    seen: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}  # many answers repeat
+
+    def worst_regret(prompt: list[int], output: list[int]) -> float:
+        (out,) = llm.generate(
+            [TokensPrompt(prompt_token_ids=prompt + output)], params, use_tqdm=False
+        )
+        worst = 0.0
+        for position, token in enumerate(output):
+            scored = out.prompt_logprobs[len(prompt) + position]
+            best = max(lp.logprob for lp in scored.values())
+            worst = max(worst, best - scored[token].logprob)
+        return worst
+
     regrets: dict[str, list[float]] = {}
     for name, pairs in answers.items():
         regrets[name] = []
         for prompt, output in pairs:
-            (out,) = llm.generate(
-                [TokensPrompt(prompt_token_ids=prompt + output)], params, use_tqdm=False
-            )
-            worst = 0.0
-            for position, token in enumerate(output):
-                scored = out.prompt_logprobs[len(prompt) + position]
-                best = max(lp.logprob for lp in scored.values())
-                worst = max(worst, best - scored[token].logprob)
-            regrets[name].append(worst)
+            key = (tuple(prompt), tuple(output))
+            if key not in seen:
+                seen[key] = worst_regret(prompt, output)
+            regrets[name].append(seen[key])
     return regrets
 
 

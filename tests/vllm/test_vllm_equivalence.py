@@ -97,9 +97,13 @@ def test_block_size_16_on_cpu_same_tokens_as_stock():
 def test_priority_scheduling_same_tokens_as_stock():
     """--scheduling-policy priority: vLLM's scheduler picks admissions and preemption victims by
     priority whichever manager says "no room"; with mixed priorities and forced preemption,
-    jenga gives stock's tokens."""
-    stock = run_scenarios("gemma3", "vllm", policy="priority")
-    jenga = run_scenarios("gemma3", "jenga", policy="priority")
+    jenga gives stock's tokens. On the full-attention model both managers hold the same pages,
+    so the long batch preempts in both whatever the order the requests reach the engine core
+    (measured: 6 and 6 in each of three runs). On the Gemma-3-like model jenga's freed window pages
+    leave it room for a second request, and whether it preempts once or never depended on that
+    arrival timing (measured 0, 1, 1, 1 in four runs; CI drew 0)."""
+    stock = run_scenarios("llama", "vllm", policy="priority")
+    jenga = run_scenarios("llama", "jenga", policy="priority")
     for name in ("prefix", "long"):
         assert jenga.scenarios[name].outputs == stock.scenarios[name].outputs, name
     assert jenga.scenarios["prefix"].prefix_hits > 0
