@@ -11,7 +11,7 @@ with a shared system prompt (prefix-cache lookup + allocate + cache). vLLM side:
 allocate_new_blocks, cache_blocks, free). Jenga side: `JengaCache` (find_longest_hit, allocate,
 cache_blocks, release_unneeded, free). Target (benchmark, not a test): jenga / vLLM ≤ 1.10.
 
-Run: python benchmarks/allocator_overhead.py [--steps N] [--repeats R] [--quick]
+Run: python -m benchmarks.allocator_overhead [--steps N] [--repeats R] [--quick]
 Writes benchmarks/results/allocator_overhead.md.
 """
 
@@ -231,7 +231,7 @@ def main() -> int:
         f"Homogeneous full-attention model (32 layers, 8 KV heads × 128, bf16), block {BLOCK}, "
         f"{args.pages:,} pages, {args.concurrency} concurrent requests, {args.steps} scheduler "
         f"steps, CPU time of the replaying thread (`time.thread_time`), {args.repeats} interleaved runs. Python {platform.python_version()}, "
-        f"{platform.machine()}; `python benchmarks/allocator_overhead.py`.",
+        f"{platform.machine()}; `python -m benchmarks.allocator_overhead`.",
         "",
         "| peer | µs per step, best | µs per step, median | runs (µs/step) |",
         "|---|---|---|---|",

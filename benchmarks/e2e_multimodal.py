@@ -6,7 +6,7 @@ jenga serve what stock serves, with fewer encoder runs on an image-heavy mix, at
 and no slower on text? Same total memory: stock gets a KV budget plus its encoder cache
 (``encoder_cache_size`` embeddings, reserved beside the KV pool); jenga one pool of both.
 For each zoo VLM (``jenga_vllm/tools/zoo_vlm.py``: LLaVA-like, full attention; Gemma-3-like,
-sliding-window + full text layers) and each mix of ``tests/vllm/vlm_mix_run.py`` (``images``:
+sliding-window + full text layers) and each mix of ``benchmarks/common/vlm_mix_run.py`` (``images``:
 128 requests at once, 96 with one image drawn Zipf(0.8) from 32, placed after each request's
 own question so no prefix hit covers it; ``text``: the same prompts without images; ``tight``:
 ``images`` on 1.5 instead of 4 max-length requests of KV; each mix generated ``--rounds`` times
@@ -31,15 +31,12 @@ import statistics
 import sys
 from pathlib import Path
 
+from benchmarks.common.engines import run_module
+from benchmarks.common.phases import PHASES
+from jenga_vllm.tools.zoo import engine_env
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
-
-from e2e_throughput import PHASES  # noqa: E402
-
-from jenga_vllm.tools.zoo import engine_env  # noqa: E402
-from tests.vllm.harness import run_module  # noqa: E402
 
 PEERS = ("vllm", "jenga+pool")
 
@@ -47,7 +44,7 @@ PEERS = ("vllm", "jenga+pool")
 def run(manager: str, model: str, mix: str, rounds: int) -> dict:
     env = engine_env()
     return run_module(
-        "tests.vllm.vlm_mix_run",
+        "benchmarks.common.vlm_mix_run",
         manager,
         model,
         mix,

@@ -32,33 +32,24 @@ Writes benchmarks/results/e2e_throughput.md (+ .png).
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
-ENGINE_LOCK = "/tmp/jenga-engine.lock"
+from benchmarks.common.engines import (
+    RESULTS,
+    module_command,
+    process_cpu_seconds,
+    run_locked,
+    run_pinned_pair,
+)
+from benchmarks.common.phases import PHASES, PhaseProfile
+from benchmarks.common.workloads import full_bytes_per_token, workload
+
 DEFAULT_MODELS = ("gemma4", "gemma3", "gpt_oss", "llama4", "granite_hybrid", "llama")
-
-
-def workload(num_requests: int, seed: int = 11, max_length: int = 0) -> list[list[int]]:
-    """Prompts: 96–223 tokens, half sharing a 128-token prefix; or ``max_length`` tokens each."""
-    from jenga_vllm.tools.zoo import word_token_ids
-
-    if max_length:
-        return [word_token_ids(500 + i, max_length) for i in range(num_requests)]
-    shared = word_token_ids(seed, 128)
-    prompts = []
-    for i in range(num_requests):
-        length = 96 + (37 * i) % 128
-        prefix = shared if i % 2 == 0 else None
-        prompts.append(word_token_ids(seed * 1000 + i, length, prefix=prefix))
-    return prompts
 
 
 def metric_values(llm) -> dict[str, float]:
@@ -189,114 +180,135 @@ def child(args: argparse.Namespace) -> None:
     print("JENGA_E2E_RESULT " + json.dumps(result), flush=True)
 
 
-def process_cpu_seconds() -> dict[str, float]:
-    """User + system CPU seconds so far of this process ("frontend": the LLM API, output
-    processing) and of each engine process it started, by vLLM's process title (EngineCore;
-    a worker process where the executor starts one)."""
-    import psutil
-
-    me = psutil.Process()
-    times = me.cpu_times()
-    seconds = {"frontend": times.user + times.system}
-    for proc in me.children(recursive=True):
-        try:
-            name = proc.name().removeprefix("VLLM::") or f"pid {proc.pid}"
-            t = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        seconds[name] = seconds.get(name, 0.0) + t.user + t.system
-    return seconds
-
-
-# The phases of EngineCore.step (v1/engine/core.py) the profile times, and what each includes.
-PHASES = {
-    "schedule": "Scheduler.schedule",
-    "update": "Scheduler.update_from_output",
-    "kv_manager": "the KV-cache manager's methods (inside schedule and update)",
-    "execute": "model executor: execute_model + sample_tokens",
-    "attention": "the attention op (CPUAttentionBackendImpl.forward, inside execute)",
-    "step": "EngineCore.step_fn as a whole (the engine's step)",
-}
-
-
-class PhaseProfile:
-    """In-process profile (the engine core runs in this process, VLLM_ENABLE_V1_MULTIPROCESSING=0):
-    process CPU seconds (all threads: torch's intra-op pool included) spent in each phase of
-    EngineCore.step. Phases nest (kv_manager in schedule/update, attention in execute), so each
-    is timed on its own and the remainder is step minus schedule, update and execute."""
-
-    def __init__(self, llm) -> None:
-        from scheduler_overhead import MANAGER_CALLS
-        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
-
-        core = llm.llm_engine.engine_core.engine_core  # InprocClient -> EngineCore
-        self.seconds = dict.fromkeys(PHASES, 0.0)
-        self.depth = dict.fromkeys(PHASES, 0)
-        self._wrap(core, "step_fn", "step")  # the bound step EngineCore picked at start-up
-        self._wrap(core.scheduler, "schedule", "schedule")
-        self._wrap(core.scheduler, "update_from_output", "update")
-        for name in MANAGER_CALLS:
-            if hasattr(core.scheduler.kv_cache_manager, name):
-                self._wrap(core.scheduler.kv_cache_manager, name, "kv_manager")
-        self._wrap(core.model_executor, "execute_model", "execute")
-        self._wrap(core.model_executor, "sample_tokens", "execute")
-        self._wrap(CPUAttentionBackendImpl, "forward", "attention", on_class=True)
-
-    def _wrap(self, owner, name: str, phase: str, on_class: bool = False) -> None:
-        method = getattr(owner, name)
-        clock = time.process_time
-        seconds, depth = self.seconds, self.depth
-
-        def timed(*a, **kw):
-            depth[phase] += 1
-            t = clock()
-            try:
-                return method(*a, **kw)
-            finally:
-                depth[phase] -= 1
-                if not depth[phase]:  # outermost call only (a wrapped method may recurse)
-                    seconds[phase] += clock() - t
-
-        setattr(owner, name, timed)
-
-    def totals(self) -> dict[str, float]:
-        out = dict(self.seconds)
-        out["other"] = out["step"] - out["schedule"] - out["update"] - out["execute"]
-        return out
-
-
-def run_engine(model: str, manager: str, args: argparse.Namespace, profile: bool = False) -> dict:
+def engine_command(
+    model: str, manager: str, args: argparse.Namespace, profile: bool = False
+) -> tuple[list[str], dict]:
+    """The child's command line and environment for one engine of this benchmark."""
     cmd = [
-        sys.executable, __file__, "--child", "--manager", manager, "--model", model,
-        "--kv-bytes", str(args.kv_bytes_for(model)), "--num-requests", str(args.num_requests),
-        "--output-len", str(args.output_len), "--max-model-len", str(args.max_model_len),
-        "--block-size", str(args.block_size), "--dtype", args.dtype,
-        "--max-num-seqs", str(args.max_num_seqs),
+        *module_command("benchmarks.e2e_throughput"), "--child", "--manager", manager,
+        "--model", model, "--kv-bytes", str(args.kv_bytes_for(model)),
+        "--num-requests", str(args.num_requests), "--output-len", str(args.output_len),
+        "--max-model-len", str(args.max_model_len), "--block-size", str(args.block_size),
+        "--dtype", args.dtype, "--max-num-seqs", str(args.max_num_seqs),
     ] + (["--max-length"] if args.max_length else []) + (
         [] if args.warmup else ["--no-warmup"]
     )  # fmt: skip
     if args.model_path:
         cmd += ["--model-path", args.model_path]
     env = dict(os.environ)
-    if profile:
+    if profile or args.paired_phases:
         cmd.append("--profile")
+    if profile or args.paired:
         env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in the child itself
-    with open(ENGINE_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
-    for line in done.stdout.splitlines():
-        if line.startswith("JENGA_E2E_RESULT "):
-            return json.loads(line.split(" ", 1)[1])
-    raise RuntimeError(
-        f"{model}/{manager} engine failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
+    return cmd, env
+
+
+def run_engine(model: str, manager: str, args: argparse.Namespace, profile: bool = False) -> dict:
+    cmd, env = engine_command(model, manager, args, profile)
+    return run_locked(cmd, f"{model}/{manager}", "JENGA_E2E_RESULT", env=env, timeout=1800)
+
+
+def run_pair(model: str, managers: tuple[str, str], args: argparse.Namespace, swap: bool):
+    """Both engines at once, in-process, each pinned to its own core (cores swapped when
+    ``swap``)."""
+    commands, envs = zip(*(engine_command(model, m, args) for m in managers), strict=True)
+    return run_pinned_pair(
+        list(commands),
+        [f"{model}/{m}" for m in managers],
+        "JENGA_E2E_RESULT",
+        list(envs),
+        swap,
+        timeout=1800,
     )
 
 
-def full_bytes_per_token(model: str) -> int:
-    """KV budget yardstick: bytes a token costs if every layer kept it (jenga_vllm.tools.zoo)."""
-    from jenga_vllm.tools.zoo import FULL_KV_BYTES_PER_TOKEN
+def cpu_per_token(result: dict) -> float:
+    """CPU seconds (every process and thread of the engine) per output token."""
+    return sum(result["cpu_s"].values()) / result["output_tokens"]
 
-    return FULL_KV_BYTES_PER_TOKEN[model]
+
+def paired(models: list[str], args: argparse.Namespace) -> str:
+    """For each model, ``args.paired`` pinned pairs of stock against jenga interleaved with as
+    many A/A pairs (stock against itself): the A/A spread is the band a jenga/stock ratio must
+    leave to mean anything."""
+    rows, detail = [], []
+    for model in models:
+        ratios: dict[str, dict[str, list[float]]] = {
+            kind: {"tok/s": [], "cpu/token": []} for kind in ("aa", "js")
+        }
+        facts: dict[str, dict] = {}
+        phases: dict[str, list[dict]] = {"vllm": [], "jenga": []}
+        for rep in range(args.paired):
+            for kind, managers in (("aa", ("vllm", "vllm")), ("js", ("vllm", "jenga"))):
+                a, b = run_pair(model, managers, args, swap=rep % 2 == 1)
+                ratios[kind]["tok/s"].append(b["output_tokens_per_s"] / a["output_tokens_per_s"])
+                ratios[kind]["cpu/token"].append(cpu_per_token(b) / cpu_per_token(a))
+                if kind == "js":
+                    if a["outputs_digest"] != b["outputs_digest"]:
+                        raise RuntimeError(f"{model}: jenga's tokens differ from stock's")
+                    facts = {"vllm": a, "jenga": b}
+                    if args.paired_phases:
+                        phases["vllm"].append(a)
+                        phases["jenga"].append(b)
+                print(
+                    f"{model} pair {rep + 1}/{args.paired} {kind}: tok/s "
+                    f"{a['output_tokens_per_s']:.1f} / {b['output_tokens_per_s']:.1f}",
+                    flush=True,
+                )
+        if args.paired_phases:
+            detail.append(phase_lines(model, phases))
+        aa, js = ratios["aa"], ratios["js"]
+        lo, hi = min(aa["tok/s"]), max(aa["tok/s"])
+        median = statistics.median(js["tok/s"])
+        verdict = "inside" if lo <= median <= hi else ("above" if median > hi else "BELOW")
+        rows.append(
+            f"| {model} | {_spread(aa['tok/s'])} | {_spread(js['tok/s'])} | {verdict} | "
+            f"{_spread(aa['cpu/token'])} | {_spread(js['cpu/token'])} | "
+            f"{facts['vllm']['peak_running']} → {facts['jenga']['peak_running']} | "
+            f"{facts['vllm']['preemptions']:.0f} → {facts['jenga']['preemptions']:.0f} |"
+        )
+        detail.append(
+            f"- {model}: jenga ÷ stock tok/s per pair "
+            + " ".join(f"{x:.2f}" for x in js["tok/s"])
+            + "; A/A "
+            + " ".join(f"{x:.2f}" for x in aa["tok/s"])
+        )
+    return "\n".join(
+        [
+            f"## Concurrent pinned pairs ({args.paired} jenga/stock + {args.paired} A/A per model)",
+            "",
+            f"`python -m benchmarks.e2e_throughput --paired {args.paired} --models "
+            f"{','.join(models)}`; {args.num_requests} requests, {args.output_len} output "
+            "tokens, fp32, greedy, same KV bytes; tokens identical to stock's in every pair.",
+            "",
+            "| model | A/A tok/s | jenga ÷ stock tok/s | vs the A/A band | A/A CPU/token | "
+            "jenga ÷ stock CPU/token | peak running (stock → jenga) | preemptions |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            "Median [min–max] of the per-pair ratios (second engine ÷ first, cores swapped every "
+            "pair). Per pair, in run order:",
+            "",
+            *detail,
+            "",
+        ]
+    )
+
+
+def phase_lines(model: str, runs: dict[str, list[dict]]) -> str:
+    """CPU seconds per 1,000 output tokens in each phase of the engine step, median over the
+    pairs, stock → jenga (the pairs ran with the in-process profile: ``--paired-phases``)."""
+    stock, jenga = (_median_phases_per_1k(runs[m]) for m in ("vllm", "jenga"))
+    cells = ", ".join(
+        f"{phase} {stock[phase]:.3f} → {jenga[phase]:.3f} ({jenga[phase] / stock[phase]:.2f}x)"
+        for phase in (*PHASES, "other")
+        if stock.get(phase)
+    )
+    return f"- {model}, CPU s per 1k output tokens by phase (stock → jenga): {cells}"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} [{min(values):.3f}–{max(values):.3f}]"
 
 
 def plot(rows: list[tuple[str, dict, dict]], path: Path) -> None:
@@ -425,6 +437,20 @@ def main() -> int:
         help="measure the machine's noise instead: PAIRS pairs of stock against itself on the "
         "first model, with and without the warm-up (writes e2e_throughput_aa.md)",
     )
+    ap.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="the side-by-side method: per model PAIRS pairs of stock and jenga at the same time, "
+        "each engine in-process and pinned to its own core, cores swapped every pair, "
+        "interleaved with PAIRS A/A pairs (writes e2e_throughput.md's paired section)",
+    )
+    ap.add_argument(
+        "--paired-phases",
+        action="store_true",
+        help="with --paired: time each phase of the engine step in every pair (both peers)",
+    )
     ap.add_argument("--quick", action="store_true", help="one small model, few requests (CI)")
     ap.add_argument("--out", help="results file stem under benchmarks/results (default by mode)")
     ap.add_argument(
@@ -448,6 +474,12 @@ def main() -> int:
         args.output_len = 16
     args.kv_bytes_for = lambda m: args.kv_bytes or 4 * full_bytes_per_token(m) * args.max_model_len
     models = [args.model_path] if args.model_path else args.models.split(",")
+    if args.paired:
+        text = paired(models, args)
+        print(text)
+        if not args.quick:
+            (RESULTS / (args.out or "e2e_throughput_paired.md")).write_text(text)
+        return 0
     if args.a_a:
         text = a_a(models[0], args.a_a, args)
         print(text)

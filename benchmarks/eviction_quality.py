@@ -10,7 +10,7 @@ Workload (seeded): multi-turn chat sessions sharing a 2k-token system prompt; ea
 is the whole history (user 100–400 tokens, answers 100–300); 8 requests run at once; sessions
 interleave randomly. Hit rate = prompt tokens served from cache / prompt tokens.
 
-Run: python benchmarks/eviction_quality.py [--quick]   → benchmarks/results/eviction_quality.md
+Run: python -m benchmarks.eviction_quality [--quick]   → benchmarks/results/eviction_quality.md
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def main() -> int:
         "",
         f"{args.sessions} multi-turn sessions × {args.turns} turns sharing a 2,048-token system "
         "prompt, 8 requests at a time, bf16, block 16. Pool size in tokens of the *whole* model "
-        "(every layer storing the token). `python benchmarks/eviction_quality.py`.",
+        "(every layer storing the token). `python -m benchmarks.eviction_quality`.",
         "",
         "| model | pool (tokens) | hit rate, prefix-subset (jenga) | hit rate, strict "
         "stale-first (ablation) | hit rate, per-type LRU (baseline) | jenga / LRU | "

@@ -6,7 +6,7 @@ the compiled kernels: once with each case's own tile config and once with the GP
 ``choose_config`` (64-key tiles, 128-row prefill blocks, split-key decode); then bigger
 Gemma/gpt-oss-like shapes; then the KV write cases. Exits non-zero on any failure.
 
-Run: ``python benchmarks/gpu_check.py`` (repo root on PYTHONPATH or the package installed).
+Run: ``python -m benchmarks.gpu_check`` from the repo root (package installed or not).
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ import dataclasses
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import torch
 import triton
 
-ROOT = Path(__file__).resolve().parents[1]
 try:
     import jenga_vllm.kernels  # noqa: F401
-except ImportError:  # not installed: alias the top-level kernels/ folder
-    sys.path.insert(0, str(ROOT))
+except ImportError:  # not installed (run from the repo root): alias the top-level kernels/ folder
     import jenga_vllm
     import kernels
     import kernels.geometry

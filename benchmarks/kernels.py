@@ -20,7 +20,7 @@ sequence's pages are scattered at random over the large pages, and pages behind 
 null page. Data is fresh random bf16 (never zeros); timings are ``triton.testing.do_bench``
 medians (L2 flushed between runs) rotating over several page-table sets when a case is small.
 
-Run: ``python benchmarks/kernels.py`` (``--quick`` for a short subset, ``--sweep`` to also time
+Run: ``python -m benchmarks.kernels`` (``--quick`` for a short subset, ``--sweep`` to also time
 alternative tile configs). Prints a markdown table and writes benchmarks/results/kernels.md.
 """
 
@@ -50,8 +50,7 @@ T_START = time.time()
 def import_kernels():
     try:
         from jenga_vllm import kernels
-    except ImportError:  # repo root on PYTHONPATH, package not installed (the GPU box)
-        sys.path.insert(0, str(ROOT))
+    except ImportError:  # run from the repo root, package not installed (the GPU box)
         import kernels  # type: ignore[no-redef]
     return kernels
 
@@ -364,7 +363,9 @@ def main() -> None:
         name = "CPU (Triton interpreter; timings meaningless)"
         copy_gbs = mm_tflops = 1.0
     elif not torch.cuda.is_available():
-        sys.exit("benchmarks/kernels.py needs a CUDA GPU (--smoke checks the plumbing on CPU)")
+        sys.exit(
+            "python -m benchmarks.kernels needs a CUDA GPU (--smoke checks the plumbing on CPU)"
+        )
     else:
         device = torch.device("cuda")
         name = torch.cuda.get_device_name()

@@ -15,28 +15,24 @@ same seeded traces, 40 GiB, bf16:
 Reported per (model, workload): prefix hit rate, max running requests, preemptions, and state
 pages evicted (how much caching work a rule causes).
 
-Run: python benchmarks/mamba_retention.py [--max-requests 1500]; writes
+Run: python -m benchmarks.mamba_retention [--max-requests 1500]; writes
 benchmarks/results/mamba_retention.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from benchmarks.sim.config import BLOCK_SIZE, GIB
+from benchmarks.sim.loop import run_trace
+from benchmarks.sim.managers import JengaManager
+from benchmarks.sim.workloads import make_trace
+from jenga_vllm.core.policies import POLICY_REGISTRY, MambaPolicy
+from jenga_vllm.tools.cli import plan_for_budget
+from jenga_vllm.tools.model_shapes import load_model_shapes
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from sim.config import BLOCK_SIZE, GIB  # noqa: E402
-from sim.loop import run_trace  # noqa: E402
-from sim.managers import JengaManager  # noqa: E402
-from sim.workloads import make_trace  # noqa: E402
-
-from jenga_vllm.core.policies import POLICY_REGISTRY, MambaPolicy  # noqa: E402
-from jenga_vllm.tools.cli import plan_for_budget  # noqa: E402
-from jenga_vllm.tools.model_shapes import load_model_shapes  # noqa: E402
 
 MODELS = ["jamba-1.5-mini", "nemotron-h-8b-base-8k", "qwen3-next-80b-a3b-thinking"]
 WORKLOADS = ["multiturn", "sysprompt", "chat1k"]
@@ -63,7 +59,7 @@ def main() -> int:
     lines = [
         "# Mamba state retention: jenga's rule vs keeping every state vs prompt states only",
         "",
-        f"`python benchmarks/mamba_retention.py` — the jenga core in the simulator, {args.kv_gib:.0f} "
+        f"`python -m benchmarks.mamba_retention` — the jenga core in the simulator, {args.kv_gib:.0f} "
         f"GiB, bf16, states checkpointed every {BLOCK_SIZE} tokens, the simulator's seeded traces "
         f"(≤ {args.max_requests} requests). Rules: see the script's docstring.",
         "",

@@ -7,7 +7,7 @@ triton_utils, KVQuantMode). With ``<out>`` on PYTHONPATH,
 ``from vllm.v1.attention.ops.triton_unified_attention import unified_attention`` then runs the very
 kernel vLLM 0.32's Triton backend launches. Run here (where vLLM is installed):
 
-    python benchmarks/peer_shim.py            # writes .device/peer (git-ignored)
+    python -m benchmarks.peer_shim            # writes .device/peer (git-ignored)
 """
 
 from __future__ import annotations

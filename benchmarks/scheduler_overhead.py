@@ -24,7 +24,7 @@ manager's fastest run and the median of the per-pair ratios. The decisions are c
 (steps, peak running, preemptions, a digest of every step's scheduled tokens): equal decisions
 make the per-step times comparable.
 
-Run: python benchmarks/scheduler_overhead.py [--models gpt-oss-20b] [--rounds 3] [--quick]
+Run: python -m benchmarks.scheduler_overhead [--models gpt-oss-20b] [--rounds 3] [--quick]
 Writes benchmarks/results/scheduler_overhead.md (not with --quick).
 """
 
@@ -36,14 +36,14 @@ import hashlib
 import logging
 import random
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common.phases import MANAGER_CALLS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = Path(__file__).resolve().parent / "model_configs"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 GiB = 1 << 30
 # name -> (config file, KV bytes): the sizes the issue measured (#13), one GPU's worth each
@@ -54,21 +54,6 @@ MODELS = {
     "gemma-4-26b": ("gemma-4-26b-a4b.json", 40 * GiB),
 }
 SAMPLED_TOKEN = 7
-# The KV-manager methods vLLM's Scheduler calls (v1/core/sched/scheduler.py), timed per call.
-MANAGER_CALLS = (
-    "get_computed_blocks",
-    "allocate_slots",
-    "free",
-    "get_blocks",
-    "get_block_ids",
-    "cache_blocks",
-    "remove_skipped_blocks",
-    "take_new_block_ids",
-    "take_events",
-    "make_prefix_cache_stats",
-    "record_prefix_cache_stats",
-    "new_step_starts",
-)
 
 
 @dataclass(frozen=True)
@@ -137,9 +122,9 @@ def workload(args: Args) -> list[list[int]]:
 def build_scheduler(model: str, manager: str, args: Args):
     """(scheduler, block hasher) for the real shapes of ``model``: EngineCore's start-up path
     (``scheduler_replay.scheduler_from_specs``) with the GPU Triton backend's layout."""
-    from scheduler_replay import scheduler_from_specs
     from vllm.plugins import load_general_plugins
 
+    from benchmarks.common.scheduler import scheduler_from_specs
     from jenga_vllm.tools.model_shapes import load_model_shapes
     from jenga_vllm.tools.vllm_layout import _gpu_attention_backend, build_vllm_config, layer_specs
 

@@ -32,7 +32,7 @@ page), so both sides store the same states; for K = 0 they equal
 ``jenga_vllm.tools.model_shapes`` (checked). A drafter's own KV layers (the MTP layer's
 attention, an EAGLE head) are left out on both sides.
 
-Run: python benchmarks/sim_spec_capacity.py [--kv-gib 40] [--models a,b] [--lengths 512,1024]
+Run: python -m benchmarks.sim_spec_capacity [--kv-gib 40] [--models a,b] [--lengths 512,1024]
      [--k 0,1,3]
 Writes benchmarks/results/sim_spec_capacity.md.
 """
@@ -47,13 +47,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from jenga_vllm.core.layout import LayoutPlan, plan_layout
+from jenga_vllm.core.policies import make_policies
+from jenga_vllm.core.spec import LayerTypeSpec
+from jenga_vllm.tools.model_shapes import ModelShapes, load_model_shapes
 
-from jenga_vllm.core.layout import LayoutPlan, plan_layout  # noqa: E402
-from jenga_vllm.core.policies import make_policies  # noqa: E402
-from jenga_vllm.core.spec import LayerTypeSpec  # noqa: E402
-from jenga_vllm.tools.model_shapes import ModelShapes, load_model_shapes  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CONFIG_DIR = REPO / "benchmarks" / "model_configs"
 RESULTS = REPO / "benchmarks" / "results" / "sim_spec_capacity.md"
@@ -288,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in measure(model, int(args.kv_gib * GIB), lengths, ks)
     ]
     command = " ".join(
-        ["python benchmarks/sim_spec_capacity.py", *(sys.argv[1:] if argv is None else argv)]
+        ["python -m benchmarks.sim_spec_capacity", *(sys.argv[1:] if argv is None else argv)]
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(rows, args.out, args.kv_gib, command, time.time() - start)

@@ -24,7 +24,7 @@ previous turn finishes.
 Writes benchmarks/results/simulate.md and PNG plots; ``--report NAME`` writes a partial run
 (some ``--models``) to its own file, without plots, leaving the whole-run table alone.
 
-Usage: python benchmarks/simulate.py [--quick] [--kv-gib 40] [--models a,b] [--workloads x,y]
+Usage: python -m benchmarks.simulate [--quick] [--kv-gib 40] [--models a,b] [--workloads x,y]
            [--out DIR] [--report NAME.md]
 """
 
@@ -36,19 +36,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.sim.config import BLOCK_SIZE, GIB, LONG_CONTEXT
+from benchmarks.sim.loop import run_trace
+from benchmarks.sim.managers import JengaManager, Manager, VllmManager
+from benchmarks.sim.oracle import OracleManager
+from benchmarks.sim.report import Case, write_plots, write_report
+from benchmarks.sim.workloads import make_trace
+from jenga_vllm.tools.cli import plan_for_budget
+from jenga_vllm.tools.model_shapes import ModelShapes, load_model_shapes
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from sim.config import BLOCK_SIZE, GIB, LONG_CONTEXT  # noqa: E402
-from sim.loop import run_trace  # noqa: E402
-from sim.managers import JengaManager, Manager, VllmManager  # noqa: E402
-from sim.oracle import OracleManager  # noqa: E402
-from sim.report import Case, write_plots, write_report  # noqa: E402
-from sim.workloads import make_trace  # noqa: E402
-
-from jenga_vllm.tools.cli import plan_for_budget  # noqa: E402
-from jenga_vllm.tools.model_shapes import ModelShapes, load_model_shapes  # noqa: E402
 
 CONFIG_DIR = REPO / "benchmarks" / "model_configs"
 RESULTS_DIR = REPO / "benchmarks" / "results"
@@ -178,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         failures,
         plots=plots,
         command=" ".join(
-            ["python benchmarks/simulate.py", *(sys.argv[1:] if argv is None else argv)]
+            ["python -m benchmarks.simulate", *(sys.argv[1:] if argv is None else argv)]
         ),
     )
     if plots:

@@ -7,21 +7,17 @@ samples ``/metrics`` for the peak number running together. Prints one table and 
 benchmarks/results/zoo_capacity.md. Expected from the layouts' arithmetic (a target, not a
 test): ≥1.5x on Gemma-4-like, ≥1.0x on Llama-like.
 
-Run: ``python benchmarks/zoo_capacity.py [--models gemma4,llama] [--requests 12]``.
+Run: ``python -m benchmarks.zoo_capacity [--models gemma4,llama] [--requests 12]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from demo import ENGINE_LOCK, RESULTS, serve_and_measure  # noqa: E402
-
-from jenga_vllm.tools.zoo import (  # noqa: E402
+from benchmarks.common.engines import ENGINE_LOCK, RESULTS
+from benchmarks.common.serve import serve_and_measure
+from jenga_vllm.tools.zoo import (
     FULL_KV_BYTES_PER_TOKEN,
     ZOO,
     build_model,

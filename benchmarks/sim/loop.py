@@ -17,11 +17,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from benchmarks.sim.config import BLOCK_SIZE, DECODE_STRIDE, PREFILL_BUDGET
+from benchmarks.sim.managers import Manager, Running
+from benchmarks.sim.oracle import ExactNeed
+from benchmarks.sim.workloads import TraceRequest
 from jenga_vllm.tools.model_shapes import ModelShapes
-from sim.config import BLOCK_SIZE, DECODE_STRIDE, PREFILL_BUDGET
-from sim.managers import Manager, Running
-from sim.oracle import ExactNeed
-from sim.workloads import TraceRequest
 
 
 @dataclass

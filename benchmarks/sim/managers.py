@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from benchmarks.sim.config import BLOCK_SIZE, PREFILL_CHUNK
 from jenga_vllm.core.accounting import pool_usage
 from jenga_vllm.core.cache import JengaCache
 from jenga_vllm.core.layout import LayoutPlan
 from jenga_vllm.core.prefix import block_hashes
 from jenga_vllm.tools.model_shapes import ModelShapes
-from sim.config import BLOCK_SIZE, PREFILL_CHUNK
 
 
 @dataclass(slots=True)
@@ -111,7 +111,7 @@ class JengaManager(Manager):
         self.block_size = block_size
         self.cache = JengaCache(plan, guards_same_step_states=True)
         if with_images:  # vision embeddings in the pool (plan has a vision_embedding type)
-            from sim.vision import jenga_cache
+            from benchmarks.sim.vision import jenga_cache
 
             self.images = jenga_cache(self)
         self.checkpoint_tokens = block_size if shapes.is_hybrid_state else 0
@@ -230,7 +230,7 @@ class VllmManager(Manager):
         ) // max(1, max(g.num_layers for g in layout.groups))
         self._retained: list = []  # copy-on-write endpoints the last step kept alive
         if with_images:  # vLLM's encoder cache, its own budget beside the pool
-            from sim.vision import stock_cache
+            from benchmarks.sim.vision import stock_cache
 
             self.images = stock_cache()
 

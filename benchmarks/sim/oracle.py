@@ -8,10 +8,10 @@ counted per request. Live ranges come from the layer types' own policies (``live
 
 from __future__ import annotations
 
+from benchmarks.sim.config import BLOCK_SIZE
+from benchmarks.sim.managers import Manager, Running
 from jenga_vllm.core.prefix import block_hashes
 from jenga_vllm.tools.model_shapes import ModelShapes
-from sim.config import BLOCK_SIZE
-from sim.managers import Manager, Running
 
 
 class ExactNeed:

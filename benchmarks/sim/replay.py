@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from benchmarks.sim.loop import run_trace
+from benchmarks.sim.managers import JengaManager
+from benchmarks.sim.workloads import TraceRequest
 from jenga_vllm.tools.cli import plan_for_budget
 from jenga_vllm.tools.model_shapes import load_model_shapes
 from jenga_vllm.tools.zoo import ZOO, build_model
-from sim.loop import run_trace
-from sim.managers import JengaManager
-from sim.workloads import TraceRequest
 
 
 def to_sim_trace(trace: list[dict], output_tokens: int) -> list[TraceRequest]:

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.config import BLOCK_SIZE, GIB
-from sim.loop import RunResult
+from benchmarks.sim.config import BLOCK_SIZE, GIB
+from benchmarks.sim.loop import RunResult
 
 
 @dataclass

@@ -31,8 +31,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from benchmarks.sim.config import DECODE_STRIDE, LONG_CONTEXT, SYSPROMPT_LOAD
 from jenga_vllm.tools.model_shapes import ModelShapes
-from sim.config import DECODE_STRIDE, LONG_CONTEXT, SYSPROMPT_LOAD
 
 
 @dataclass(slots=True)

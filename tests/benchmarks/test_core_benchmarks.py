@@ -13,7 +13,8 @@ def run(script: str, *args: str) -> str:
     # Timings with the whole-pool invariant check on (make test sets it) would be meaningless.
     env = {k: v for k, v in os.environ.items() if k != "JENGA_DEBUG_INVARIANTS"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        [sys.executable, "-m", "benchmarks." + script.removesuffix(".py"), *args],
+        cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
@@ -58,9 +59,7 @@ def test_the_replay_sweep_runs_a_different_workload_per_seed():
     # The sweep totals seeds × budgets schedules per model, and reports the spread over quarters
     # of the seeds; they are that many only if each seed changes the workload's shape
     # (e2e_throughput's lengths are fixed: its seed changes only token ids).
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from scheduler_replay import SWEEP_QUARTERS, SWEEP_SEEDS, sweep_workload
-
+    from benchmarks.scheduler_replay import SWEEP_QUARTERS, SWEEP_SEEDS, sweep_workload
     from jenga_vllm.tools.zoo import word_token_ids
 
     shapes = set()

@@ -21,7 +21,8 @@ def test_e2e_mamba_prefix_quick_run_is_well_formed():
     done = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "e2e_mamba_prefix.py"),
+            "-m",
+            "benchmarks.e2e_mamba_prefix",
             "--quick",
             "--workloads",
             "multiturn",
@@ -32,6 +33,7 @@ def test_e2e_mamba_prefix_quick_run_is_well_formed():
         text=True,
         timeout=1500,
         env=env,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     rows = {

@@ -19,11 +19,12 @@ pytestmark = pytest.mark.e2e
 def test_e2e_throughput_quick_run_is_well_formed():
     env = {k: v for k, v in os.environ.items() if k != "JENGA_DEBUG_INVARIANTS"}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "e2e_throughput.py"), "--quick"],
+        [sys.executable, "-m", "benchmarks.e2e_throughput", "--quick"],
         capture_output=True,
         text=True,
         timeout=1500,
         env=env,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     row = next(line for line in done.stdout.splitlines() if line.startswith("| gemma4 |"))

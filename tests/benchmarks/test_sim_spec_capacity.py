@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import sim_spec_capacity as spec
+from jenga_vllm.core.layout import plan_layout
+from jenga_vllm.tools.cli import jenga_max_requests
+from jenga_vllm.tools.model_shapes import load_model_shapes
+from jenga_vllm.tools.vllm_layout import vllm_layout
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import sim_spec_capacity as spec  # noqa: E402
-
-from jenga_vllm.core.layout import plan_layout  # noqa: E402
-from jenga_vllm.tools.cli import jenga_max_requests  # noqa: E402
-from jenga_vllm.tools.model_shapes import load_model_shapes  # noqa: E402
-from jenga_vllm.tools.vllm_layout import vllm_layout  # noqa: E402
 
 CONFIGS = REPO / "benchmarks" / "model_configs"
 

@@ -5,19 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from benchmarks import simulate
+from benchmarks.sim import loop, managers, oracle, workloads
+from jenga_vllm.tools.model_shapes import load_model_shapes
+from jenga_vllm.tools.vllm_layout import VllmLayoutError, vllm_layout
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import simulate  # noqa: E402
-from sim import loop, managers, oracle, workloads  # noqa: E402
-
-from jenga_vllm.tools.model_shapes import load_model_shapes  # noqa: E402
-from jenga_vllm.tools.vllm_layout import VllmLayoutError, vllm_layout  # noqa: E402
 
 CONFIGS = REPO / "benchmarks" / "model_configs"
 
@@ -206,8 +203,8 @@ def test_vision_images_in_the_pool_never_encode_more_than_vllms_encoder_cache() 
     """benchmarks/sim_vision.py's case on Gemma-4-26B shapes, small: both peers serve the same
     trace; jenga's pool encodes each image at least once and never more often than vLLM's own
     EncoderCacheManager with its 8,192-embedding budget."""
-    import sim_vision
-    from sim import vision
+    from benchmarks import sim_vision
+    from benchmarks.sim import vision
 
     shapes = load_model_shapes(CONFIGS / "gemma-4-26b-a4b.json")
     kv = 1 << 30

@@ -25,16 +25,13 @@ from __future__ import annotations
 
 import fcntl
 import gc
-import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common.engines import ENGINE_LOCK, MAX_MODEL_LEN
 from jenga_vllm.tools.zoo import build_model, whisper_prompt, word_token_ids
 
-MAX_MODEL_LEN = 512
 BLOCK_SIZE = 32
 LONG_DECODE = 160
 # Bytes of KV per token summed over every layer, read off the zoo recipes (fp32, K and V).
@@ -62,7 +59,6 @@ BUDGET_BYTES = {"granite_hybrid": 2_000_000, "whisper": 1_200_000}
 # Gemma-3-like: at 1.2 jenga's decode headroom at admission avoids every preemption.
 BUDGET_REQUESTS = {"gemma4": 2.0, "gemma3": 1.1}
 DEFAULT_BUDGET_REQUESTS = 1.2
-ENGINE_LOCK = "/tmp/jenga-engine.lock"  # one engine at a time on shared CI/dev machines
 
 
 @dataclass
@@ -237,23 +233,6 @@ def run_scenarios(
 
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_module(module: str, *args: str, marker: str, env: dict | None = None) -> dict:
-    """Run ``python -m module args`` (one engine in a fresh process) from the repository root and
-    return the JSON its stdout prints after ``marker``; fail with its stderr tail if none."""
-    done = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env=env,
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith(marker + " "):
-            return json.loads(line.split(" ", 1)[1])
-    raise AssertionError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
 
 
 def zoo_models() -> list[str]:

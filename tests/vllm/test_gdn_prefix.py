@@ -23,8 +23,8 @@ import tempfile
 
 import pytest
 
+from benchmarks.common.engines import run_module
 from jenga_vllm.tools.zoo import engine_env
-from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 _RUNS: dict[tuple[str, ...], dict] = {}

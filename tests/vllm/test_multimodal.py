@@ -17,8 +17,8 @@ import json
 
 import pytest
 
+from benchmarks.common.engines import run_module
 from jenga_vllm.tools.zoo import engine_env
-from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def _run(manager: str, model: str, *batched_tokens: str) -> dict:
     key = (manager, model, *batched_tokens)
     if key not in _RUNS:
         env = engine_env()
-        _RUNS[key] = run_module("tests.vllm.vlm_run", *key, marker="VLM_RESULT", env=env)
+        _RUNS[key] = run_module("benchmarks.common.vlm_run", *key, marker="VLM_RESULT", env=env)
     return _RUNS[key]
 
 
@@ -68,7 +68,7 @@ def test_vision_pages_in_the_pool_run_the_encoder_less_with_the_same_tokens():
     def mix(manager: str) -> dict:
         env = engine_env()
         return run_module(
-            "tests.vllm.vlm_mix_run",
+            "benchmarks.common.vlm_mix_run",
             manager,
             "gemma3_vlm",
             "images",
@@ -79,7 +79,7 @@ def test_vision_pages_in_the_pool_run_the_encoder_less_with_the_same_tokens():
     stock, jenga = mix("vllm"), mix("jenga+pool")
     assert jenga["outputs"] == stock["outputs"]
     assert jenga["output_tokens"] == stock["output_tokens"] == 128 * 32
-    distinct = 28  # the mix's images (tests/vllm/vlm_mix_run.py, seeded)
+    distinct = 28  # the mix's images (benchmarks/common/vlm_mix_run.py, seeded)
     assert distinct <= jenga["encoder_runs"] < distinct + 4
     assert stock["encoder_runs"] >= 1.3 * jenga["encoder_runs"]
     # the worker holds them in the pool's pages, not in vLLM's dict
@@ -111,10 +111,10 @@ def test_bad_images_get_vllms_400_and_the_server_keeps_serving(tmp_path):
     import fcntl
     import io
 
+    from benchmarks.common.vlm_run import BYTES_PER_TOKEN, text
     from jenga_vllm.tools.server import VllmServer
     from jenga_vllm.tools.zoo_vlm import build_vlm, make_image
     from tests.vllm.harness import ENGINE_LOCK
-    from tests.vllm.vlm_run import BYTES_PER_TOKEN, text
 
     png = io.BytesIO()
     make_image(1).save(png, format="PNG")

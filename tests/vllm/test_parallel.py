@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from tests.vllm.harness import run_module
+from benchmarks.common.engines import run_module
 
 pytestmark = pytest.mark.e2e
 

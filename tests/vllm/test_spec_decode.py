@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.common.engines import run_module
 from jenga_vllm.core.errors import JengaUnsupportedError
-from tests.vllm.harness import run_module
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,7 @@ _RUNS: dict[tuple[str, ...], dict] = {}
 def run_spec(manager: str, method: str, *batched_tokens: str) -> dict:
     key = (manager, method, *batched_tokens)
     if key not in _RUNS:
-        _RUNS[key] = run_module("tests.vllm.spec_decode_run", *key, marker="SPEC_RESULT")
+        _RUNS[key] = run_module("benchmarks.common.spec_decode_run", *key, marker="SPEC_RESULT")
     return _RUNS[key]
 
 

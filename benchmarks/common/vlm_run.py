@@ -1,6 +1,6 @@
 """One real engine serving a tiny vision-language model; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.vlm_run MANAGER MODEL [BATCHED_TOKENS]`` (MODEL: ``llava`` or
+``python -m benchmarks.common.vlm_run MANAGER MODEL [BATCHED_TOKENS]`` (MODEL: ``llava`` or
 ``gemma3_vlm``; MANAGER: ``vllm``, ``jenga``, or ``jenga+pool`` — jenga with vision embeddings
 in its pool; BATCHED_TOKENS: a prefill budget, ``max_num_batched_tokens``, that splits every
 prompt), fp32:
@@ -24,7 +24,7 @@ import json
 import os
 import sys
 
-from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN
+from benchmarks.common.engines import ENGINE_LOCK, MAX_MODEL_LEN
 
 # Text layers' KV bytes per token (fp32, K and V): llava 4 full layers, gemma3_vlm 6 layers.
 BYTES_PER_TOKEN = {"llava": 2048, "gemma3_vlm": 3072}

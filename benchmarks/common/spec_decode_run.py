@@ -1,6 +1,6 @@
 """One real engine with speculative decoding; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.spec_decode_run MANAGER METHOD [BATCHED_TOKENS]``: greedy fp32 token ids
+``python -m benchmarks.common.spec_decode_run MANAGER METHOD [BATCHED_TOKENS]``: greedy fp32 token ids
 for prompts that share a prefix (prefix hits) and for a batch that outgrows a small KV budget
 (preemption), with repetitive prompts so the ngram proposer finds drafts, then a batch with
 seeded sampling (temperature 0.8, a seed per request; rejection sampling draws from each
@@ -21,7 +21,8 @@ import sys
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process
 
-from tests.vllm.harness import ENGINE_LOCK, MAX_MODEL_LEN, word_token_ids  # noqa: E402
+from benchmarks.common.engines import ENGINE_LOCK, MAX_MODEL_LEN
+from jenga_vllm.tools.zoo import word_token_ids
 
 # method → (target zoo model, KV bytes per token of target + draft layers (fp32), KV budget in
 # max-length requests: small enough that the last batch preempts in both managers)

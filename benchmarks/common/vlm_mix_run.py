@@ -1,6 +1,6 @@
 """One engine, a request mix on a tiny zoo VLM; prints JSON (``python -m`` this module).
 
-``python -m tests.vllm.vlm_mix_run MANAGER MODEL [MIX] [rounds=N] [profile]`` (MANAGER as in
+``python -m benchmarks.common.vlm_mix_run MANAGER MODEL [MIX] [rounds=N] [profile]`` (MANAGER as in
 ``vlm_run``: ``vllm``, ``jenga``, ``jenga+pool``; ``rounds``: the mix is generated N times one
 after the other, each round new questions and image draws (default 1); ``profile``: also CPU
 seconds per phase of the engine step, ``benchmarks/e2e_throughput.PhaseProfile``). MIX:
@@ -32,8 +32,8 @@ import statistics
 import sys
 import time
 
-from tests.vllm.harness import ENGINE_LOCK
-from tests.vllm.vlm_run import count_encoder_runs, encoder_storage, text, vlm_engine
+from benchmarks.common.engines import ENGINE_LOCK
+from benchmarks.common.vlm_run import count_encoder_runs, encoder_storage, text, vlm_engine
 
 BUDGET_REQUESTS = {"images": 4.0, "text": 4.0, "tight": 1.5}  # max-length requests of KV
 OUTPUT_TOKENS = 32
@@ -92,8 +92,7 @@ if __name__ == "__main__":
         encoder = count_encoder_runs(llm)
         profile = None
         if profiled:
-            sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
-            from e2e_throughput import PhaseProfile
+            from benchmarks.common.phases import PhaseProfile
 
             profile = PhaseProfile(llm)
         params = SamplingParams(temperature=0.0, max_tokens=OUTPUT_TOKENS, ignore_eos=True)
