@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[cpu,test]"
+	# NIXL for prefill/decode disaggregation (NixlConnector): without --no-deps it pulls a CUDA
+	# torch; its UCX backend moves DRAM to DRAM on these CPU machines.
+	$(PIP) install -q --no-deps "nixl==1.5.1" "nixl-cu12==1.5.1"
 	-$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	touch $(STAMP)
 
@@ -44,7 +47,7 @@ demo: $(STAMP)
 	$(PY) -m benchmarks.demo
 
 bench: $(STAMP)
-	$(PY) benchmarks/allocator_overhead.py
+	$(PY) -m benchmarks.allocator_overhead
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

@@ -47,7 +47,7 @@ JENGA_DEBUG_INVARIANTS=1.
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from jenga_vllm.core.allocator import TwoLevelAllocator
 from jenga_vllm.core.errors import JengaAllocationError, JengaConfigError
@@ -621,6 +621,30 @@ class JengaCache:
 
     def evict_one(self) -> bool:
         return self.allocator.evict_one()
+
+    def evict_units(self, unit_ids: Iterable[int]) -> int:
+        """Take the small pages that start at these unit ids (a KV connector's failed load wrote
+        them) out of the prefix index: a cached page is evicted, a page in use loses its name
+        and stays with its request (as vLLM's BlockPool.evict_blocks); unknown ids are left
+        alone. Returns how many pages were named."""
+        allocator, per_large = self.allocator, self.plan.units_per_large
+        evicted = 0
+        for unit in set(unit_ids):
+            index = unit // per_large
+            if not 0 < index < len(allocator.large_pages):
+                continue  # the null page, or no page of this pool
+            large = allocator.large_pages[index]
+            if large.type_idx < 0:
+                continue
+            for page in large.pages:
+                if page.unit_id != unit or page.block_hash is None:
+                    continue
+                if page.is_cached:
+                    allocator.evict_cached(page)
+                else:
+                    allocator.index.remove(page)
+                evicted += 1
+        return evicted
 
     # ---- views -------------------------------------------------------------------------------
     def block_ids(self, request_id: str) -> tuple[list[int], ...]:

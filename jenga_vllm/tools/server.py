@@ -126,8 +126,11 @@ class VllmServer:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
-    def complete(self, prompt: str, max_tokens: int = 16) -> tuple[int, Any]:
-        """(HTTP status, JSON body) of a greedy /v1/completions request."""
+    def complete(
+        self, prompt: str | list[int], max_tokens: int = 16, **extra: Any
+    ) -> tuple[int, Any]:
+        """(HTTP status, JSON body) of a greedy /v1/completions request (``prompt``: text or
+        token ids); ``extra``: more body fields (e.g. ``kv_transfer_params``)."""
         return self._post(
             "/v1/completions",
             {
@@ -136,6 +139,7 @@ class VllmServer:
                 "max_tokens": max_tokens,
                 "temperature": 0.0,
                 "ignore_eos": True,
+                **extra,
             },
         )
 

@@ -248,7 +248,7 @@ def _placements(
     cache (vLLM's CPU MLA backend: ``kv_cache.view(-1, …)``) require. Not when new pages are
     zeroed: jenga's zeroer clears whole units of the interleaved layout.
     """
-    if len(plan.types) == 1 and plan.types[0].units_per_small == 1 and not zeroing:
+    if _is_layer_outermost(plan, zeroing):
         return _layer_outermost(plan, types[0], size)
     tensors = []
     # Item types (vision embeddings) follow vLLM's layer types and have no vLLM layer.
@@ -269,6 +269,11 @@ def _placements(
                 )
             )
     return tensors
+
+
+def _is_layer_outermost(plan: LayoutPlan, zeroing: bool) -> bool:
+    """One layer type whose small page is one unit, no zeroing: vLLM's own per-layer regions."""
+    return len(plan.types) == 1 and plan.types[0].units_per_small == 1 and not zeroing
 
 
 def _layer_outermost(plan: LayoutPlan, vtype: VllmLayerType, size: int) -> list[KVCacheTensor]:
@@ -343,6 +348,8 @@ def build_kv_cache_configs(
     evictor = (vllm_config.additional_config or {}).get("jenga_evictor", "prefix_subset")
     zeroing = JengaKVCacheConfig(plan.num_units, [], groups).needs_kv_cache_zeroing
     placements = _placements(plan, types, size, zeroing)
+    if vllm_config.kv_transfer_config is not None and not _is_layer_outermost(plan, zeroing):
+        raise refuse("nixl_multi_type", f"{len(types)} layer types")
     configs = []
     for worker_specs in kv_cache_specs:
         worker_groups = [

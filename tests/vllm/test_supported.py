@@ -39,7 +39,29 @@ def _layout_cases() -> dict:
         )
 
     attention = {"block_size": 32, "num_kv_heads": 2, "head_size": 32, "dtype": torch.float32}
+
+    def nixl_on_two_types() -> None:
+        """NixlConnector with a sliding-window + full model: refused where the pool is planned."""
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.v1.kv_cache_interface import SlidingWindowSpec
+
+        from jenga_vllm.tools.zoo import build_model
+        from jenga_vllm.vllm.kv_config import build_kv_cache_configs
+
+        config = EngineArgs(
+            model=str(build_model("gemma3")),
+            dtype="float32",
+            block_size=32,
+            max_model_len=512,
+            additional_config={"kv_cache_manager": "jenga"},
+            kv_transfer_config={"kv_connector": "NixlConnector", "kv_role": "kv_both"},
+        ).create_engine_config()
+        specs = {"f": FullAttentionSpec(**attention),
+                 "s": SlidingWindowSpec(**attention, sliding_window=64)}  # fmt: skip
+        build_kv_cache_configs(config, [specs], [1 << 22])
+
     return {
+        "nixl_multi_type": nixl_on_two_types,
         "cpu_mamba_mixer": {"m": mamba(MambaAttentionBackendEnum.MAMBA1)},
         "mamba_cache_mode": {"m": mamba(MambaAttentionBackendEnum.MAMBA2, "all")},
         "padded_pages": {"a": FullAttentionSpec(**attention, page_size_padded=1 << 20)},
@@ -102,7 +124,8 @@ def test_every_refusal_row_is_triggered_and_names_its_fix(tmp_path):
             continue
         with pytest.raises(JengaUnsupportedError) as error:
             if row.stage == "layout":
-                layer_types_from_specs(layout[row.key], 32)
+                case = layout[row.key]
+                case() if callable(case) else layer_types_from_specs(case, 32)
             else:
                 args = dict(config[row.key])
                 EngineArgs(

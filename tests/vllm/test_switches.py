@@ -78,7 +78,7 @@ def test_unknown_name_in_additional_config():
 
 # One engine argument that turns each "args" refusal of supported.py on.
 REFUSED_ARGS = {
-    "kv_connector": {
+    "kv_connector": {  # any connector but NixlConnector (test_disagg.py serves that one)
         "kv_transfer_config": {"kv_connector": "ExampleConnector", "kv_role": "kv_both"}
     },
     "kv_offloading": {"kv_offloading_size": 1.0},
