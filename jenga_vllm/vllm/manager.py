@@ -336,6 +336,10 @@ class JengaKVCacheManager:
         # new tail (state types: positional, nulls for columns no step writes).
         if not is_new:
             have = [len(t) for t in cache.requests[request_id].tables[: self.num_kv_cache_groups]]
+        elif num_external_computed_tokens:
+            # A connector's loaded tokens are computed tokens too: their blocks are the request's
+            # (get_blocks), not this call's new ones (vLLM's allocate_new_computed_blocks).
+            have = [cdiv(total_computed, t.block_tokens) for t in self._group_types]
         elif hit is not None:
             have = [len(pages) for pages in hit.pages[: self.num_kv_cache_groups]]
         else:

@@ -470,12 +470,10 @@ def test_a_kv_connectors_load_allocates_and_caches_as_stock_vllm_does():
             num_external_computed_tokens=196 - hit_tokens,
             delay_cache_blocks=True,
         )
-        loaded = manager.get_blocks(second.request_id).get_unhashed_block_ids_all_groups()
+        (loaded,) = manager.get_blocks(second.request_id).get_unhashed_block_ids_all_groups()
         second.num_computed_tokens = 196
         manager.cache_blocks(second, 196)
-        cached_after = len(
-            manager.get_blocks(second.request_id).get_unhashed_block_ids_all_groups()
-        )
+        (unhashed,) = manager.get_blocks(second.request_id).get_unhashed_block_ids_all_groups()
         manager.evict_blocks(set(loaded))
         manager.free(second)
         third = make_request(f"{name}-c", tokens)
@@ -483,10 +481,11 @@ def test_a_kv_connectors_load_allocates_and_caches_as_stock_vllm_does():
             hit_tokens,
             len(new.get_block_ids()[0]),
             len(loaded),
-            cached_after,
+            len(unhashed),
             manager.get_computed_blocks(third)[1],
         )
-    # 3 hit blocks; 4 more for tokens 96..195 (the 197th is computed); all 4 were load
-    # targets; after the load only the partial last block is unhashed; after the eviction a
-    # repeat hits the 3 blocks that were not loaded.
-    assert seen["jenga"] == seen["vllm"] == (96, 4, 4, 1, 96), seen
+    # 3 hit blocks; the 4 blocks of tokens 96..195 (the 197th is computed) are the request's,
+    # not the call's new blocks (none); all 4 were load targets; after the load only the
+    # partial last block is unhashed; after the eviction a repeat hits the 3 blocks that were
+    # not loaded.
+    assert seen["jenga"] == seen["vllm"] == (96, 0, 4, 1, 96), seen
