@@ -64,26 +64,34 @@ def serve_pair(
 
 
 def disaggregate(
-    prefill: VllmServer, decode: VllmServer, prompts: list[list[int]], max_tokens: int
+    prefill: VllmServer,
+    decode: VllmServer,
+    prompts: list[list[int]],
+    max_tokens: int,
+    sampling: list[dict] | None = None,
 ) -> list[dict]:
     """Each prompt prefilled on ``prefill`` (one token) and decoded on ``decode`` with the
-    transfer parameters it returned; all prompts at once. Per prompt: the decode engine's
-    completion text and both engines' transfer parameters."""
+    transfer parameters it returned. Greedy prompts all at once; with ``sampling`` (one dict of
+    sampling fields per prompt, e.g. temperature, top_p, seed) one prompt at a time, as a seeded
+    request's tokens are compared only without batch neighbours. Per prompt: the decode
+    engine's completion text and both engines' transfer parameters."""
 
-    def one(prompt: list[int]) -> dict:
+    def one(prompt: list[int], fields: dict) -> dict:
         status, body = prefill.complete(prompt, 1, kv_transfer_params=REMOTE_DECODE)
         if status != 200:
             raise RuntimeError(f"prefill failed ({status}): {body}")
         params = body.get("kv_transfer_params")
         if not params:
             raise RuntimeError(f"the prefill engine returned no kv_transfer_params: {body}")
-        status, out = decode.complete(prompt, max_tokens, kv_transfer_params=params)
+        status, out = decode.complete(prompt, max_tokens, kv_transfer_params=params, **fields)
         if status != 200:
             raise RuntimeError(f"decode failed ({status}): {out}")
         return {"text": out["choices"][0]["text"], "params": params}
 
+    if sampling is not None:
+        return [one(prompt, fields) for prompt, fields in zip(prompts, sampling, strict=True)]
     with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-        return list(pool.map(one, prompts))
+        return list(pool.map(one, prompts, [{}] * len(prompts)))
 
 
 def transferred_tokens(server: VllmServer) -> dict[str, float]:

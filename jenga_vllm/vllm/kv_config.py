@@ -23,7 +23,8 @@ Invariants
       with prefix caching off it keeps vLLM's "none"-mode spec (block = max_model_len: one state
       page per request);
     - ``num_blocks`` = the number of units; the backing allocation is the pool plus one largest
-      small page (less one unit) of slack, so strided views of the last unit ids stay inside;
+      small page (less one unit; with a KV connector not less) of slack, so strided views of
+      the last unit ids, and each layer's NIXL region (vllm/nixl_regions.py), stay inside;
     - unit id 0 (large page 0) is the null page that padded block-table entries point at;
     - new small pages are zeroed when vLLM would zero blocks (Mamba hybrids, mixed precision),
       by jenga's unit zeroer in the worker: vLLM's assumes one page size per block id.
@@ -271,6 +272,11 @@ def _placements(
     return tensors
 
 
+def is_layer_outermost(config: JengaKVCacheConfig) -> bool:
+    """Whether a built config's pool is vLLM's own per-layer layout (``_layer_outermost``)."""
+    return _is_layer_outermost(config.plan, config.needs_kv_cache_zeroing)
+
+
 def _is_layer_outermost(plan: LayoutPlan, zeroing: bool) -> bool:
     """One layer type whose small page is one unit, no zeroing: vLLM's own per-layer regions."""
     return len(plan.types) == 1 and plan.types[0].units_per_small == 1 and not zeroing
@@ -290,10 +296,12 @@ def _layer_outermost(plan: LayoutPlan, vtype: VllmLayerType, size: int) -> list[
     return tensors
 
 
-def _view_slack(plan: LayoutPlan) -> int:
+def view_slack(plan: LayoutPlan, vllm_config) -> int:
     """Bytes past the pool that strided views may span: every unit id is a view row, and the
-    row of the last unit spans a whole small page from its start."""
-    return max(t.small_page_bytes for t in plan.types) - plan.unit_bytes
+    row of the last unit spans a whole small page from its start. With a KV connector one unit
+    more, so each layer's NIXL region (its offset + every unit) fits (vllm/nixl_regions.py)."""
+    transfer = vllm_config.kv_transfer_config is not None
+    return max(t.small_page_bytes for t in plan.types) - plan.unit_bytes * (not transfer)
 
 
 def plan_for(vllm_config, specs: dict[str, KVCacheSpec], memory_bytes: int | None):
@@ -313,7 +321,7 @@ def plan_for(vllm_config, specs: dict[str, KVCacheSpec], memory_bytes: int | Non
     geometry = plan_layout(all_specs, block_size, max_model_len=max_model_len)
     if memory_bytes is None:
         return types, geometry
-    slack = _view_slack(geometry)
+    slack = view_slack(geometry, vllm_config)
     try:
         plan = plan_layout(
             all_specs,
@@ -343,13 +351,14 @@ def build_kv_cache_configs(
     memory = min(available_memory)
     types, plan = plan_for(vllm_config, merged, memory)
     _check_fits_one_request(vllm_config, types, plan)
-    size = plan.pool_bytes + _view_slack(plan)
+    size = plan.pool_bytes + view_slack(plan, vllm_config)
     groups = [KVCacheGroupSpec(list(t.spec.layer_names), t.group_spec) for t in types]
     evictor = (vllm_config.additional_config or {}).get("jenga_evictor", "prefix_subset")
     zeroing = JengaKVCacheConfig(plan.num_units, [], groups).needs_kv_cache_zeroing
     placements = _placements(plan, types, size, zeroing)
-    if vllm_config.kv_transfer_config is not None and not _is_layer_outermost(plan, zeroing):
-        raise refuse("nixl_multi_type", f"{len(types)} layer types")
+    states = [t.spec.name for t in types if not POLICY_REGISTRY[t.spec.kind].is_token_indexed]
+    if vllm_config.kv_transfer_config is not None and states:
+        raise refuse("nixl_state_layers", ", ".join(states))
     configs = []
     for worker_specs in kv_cache_specs:
         worker_groups = [

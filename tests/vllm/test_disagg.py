@@ -2,19 +2,30 @@
 
 Two ``vllm serve`` engines on 127.0.0.1 (benchmarks/common/disagg.py), NIXL over UCX moving the
 prompt's KV from the prefill engine's pool into the decode engine's; prefix caching on in
-both. The decode engine's greedy text must equal one stock engine's serving the whole request,
-and it must have loaded the prompts, not computed them (vLLM's prompt-token counters by
-source). Same on stock's own P/D pair, the peer. A model of more than one layer type is refused
-at start-up with one error naming the fix (supported.py: ``nixl_multi_type``).
+both. The decode engine's text must equal one stock engine's serving the whole request —
+greedy prompts all at once, then seeded ones (temperature 0.8, top-p 0.95, a seed each) one
+at a time — and it must have loaded the prompts, not computed them (vLLM's prompt-token
+counters by source). Models: the Llama-like zoo model (one layer type: jenga's pool regions are
+vLLM's own) and the Gemma-3-like one (sliding window + full: jenga's interleaved pool, each
+layer registered with NIXL as a unit-strided region, nixl_regions.py). Same on stock's own P/D
+pair, the peer. A jenga engine of a multi-type layout paired with a stock engine stops at
+NIXL's handshake with vLLM's compatibility-hash error, and the decode engine lives on. Mamba
+hybrids are refused at start-up (supported.py: ``nixl_state_layers``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 
 import pytest
 
-from benchmarks.common.disagg import disaggregate, serve_pair, transferred_tokens
+from benchmarks.common.disagg import (
+    REMOTE_DECODE,
+    disaggregate,
+    serve_pair,
+    transferred_tokens,
+)
 from benchmarks.common.engines import ENGINE_LOCK
 from jenga_vllm.tools.server import VllmServer
 from jenga_vllm.tools.zoo import build_model, word_token_ids
@@ -23,15 +34,21 @@ pytestmark = pytest.mark.e2e
 
 KV_BYTES = 4 * 2048 * 512  # four max-length requests of the Llama-like zoo model (fp32)
 MAX_TOKENS = 12
+SEEDED = [{"temperature": 0.8, "top_p": 0.95, "seed": 100 + i} for i in range(3)]
 
 
 def prompts() -> list[list[int]]:
-    """Eight prompts of 70–290 tokens; four share a 128-token prefix (a prefix hit on either
-    engine must not change what is transferred or generated)."""
+    """Eight prompts of 70–290 tokens (past the Gemma-3-like model's 64-token window); four
+    share a 128-token prefix (a prefix hit on either engine must not change what is
+    transferred or generated)."""
     shared = word_token_ids(41, 128)
     return [
         word_token_ids(900 + i, 70 + 31 * i, prefix=shared if i % 2 else None) for i in range(8)
     ]
+
+
+def seeded_prompts() -> list[list[int]]:
+    return [word_token_ids(700 + i, 90 + 60 * i) for i in range(len(SEEDED))]
 
 
 @pytest.fixture(scope="module")
@@ -41,29 +58,37 @@ def engine_lock():
         yield
 
 
-@pytest.fixture(scope="module")
-def single_stock(engine_lock) -> list[str]:
-    """The reference: one stock engine serves each request whole."""
-    with VllmServer(build_model("llama"), "vllm", kv_cache_memory_bytes=KV_BYTES) as server:
-        out = []
-        for prompt in prompts():
-            status, body = server.complete(prompt, MAX_TOKENS)
+@functools.cache
+def single_stock(model: str) -> tuple[list[str], list[str]]:
+    """The reference: one stock engine serves each request whole (greedy, then seeded)."""
+    with VllmServer(build_model(model), "vllm", kv_cache_memory_bytes=KV_BYTES) as server:
+        texts = []
+        for prompt, fields in [(p, {}) for p in prompts()] + list(
+            zip(seeded_prompts(), SEEDED, strict=True)
+        ):
+            status, body = server.complete(prompt, MAX_TOKENS, **fields)
             assert status == 200, body
-            out.append(body["choices"][0]["text"])
-        return out
+            texts.append(body["choices"][0]["text"])
+        return texts[: len(prompts())], texts[len(prompts()) :]
 
 
-def run_pair(prefill: str, decode: str) -> tuple[list[dict], dict, dict]:
-    with serve_pair(build_model("llama"), prefill, decode, KV_BYTES) as (p, d):
-        results = disaggregate(p, d, prompts(), MAX_TOKENS)
-        return results, transferred_tokens(p), transferred_tokens(d)
+def run_pair(model: str, prefill: str, decode: str) -> tuple[list[dict], list[dict], dict, dict]:
+    with serve_pair(build_model(model), prefill, decode, KV_BYTES) as (p, d):
+        greedy = disaggregate(p, d, prompts(), MAX_TOKENS)
+        seeded = disaggregate(p, d, seeded_prompts(), MAX_TOKENS, sampling=SEEDED)
+        return greedy, seeded, transferred_tokens(p), transferred_tokens(d)
 
 
-@pytest.mark.parametrize("prefill,decode", [("jenga", "jenga"), ("vllm", "vllm")])
-def test_decode_engine_gives_a_single_stock_engines_tokens(single_stock, prefill, decode):
-    results, on_prefill, on_decode = run_pair(prefill, decode)
-    assert [r["text"] for r in results] == single_stock
-    total = sum(len(p) for p in prompts())
+@pytest.mark.parametrize(
+    "model,prefill,decode",
+    [("llama", "jenga", "jenga"), ("gemma3", "jenga", "jenga"), ("gemma3", "vllm", "vllm")],
+)
+def test_decode_engine_gives_a_single_stock_engines_tokens(engine_lock, model, prefill, decode):
+    greedy_ref, seeded_ref = single_stock(model)
+    greedy, seeded, on_prefill, on_decode = run_pair(model, prefill, decode)
+    assert [r["text"] for r in greedy] == greedy_ref
+    assert [r["text"] for r in seeded] == seeded_ref
+    total = sum(map(len, prompts())) + sum(map(len, seeded_prompts()))
     # The decode engine computed none of the prompts (vLLM's count by source): it loaded them,
     # or hit them in its own prefix cache (a shared prefix an earlier request had loaded: how
     # many depends on timing).
@@ -71,20 +96,42 @@ def test_decode_engine_gives_a_single_stock_engines_tokens(single_stock, prefill
     assert on_decode["external_kv_transfer"] + on_decode.get("local_cache_hit", 0) == total
     assert on_decode["external_kv_transfer"] > total / 2, on_decode
     assert on_prefill.get("external_kv_transfer", 0) == 0, on_prefill
-    assert all(r["params"]["remote_block_ids"] for r in results)
+    assert all(r["params"]["remote_block_ids"] for r in greedy + seeded)
+    if model == "gemma3":  # block ids per KV-cache group: jenga's two layer types, stock's
+        groups = 2 if prefill == "jenga" else 3  # full + its sliding layers split in two
+        assert all(len(r["params"]["remote_block_ids"]) == groups for r in greedy)
 
 
-def test_jenga_prefill_with_stock_decode_gives_the_same_tokens(single_stock):
+def test_jenga_prefill_with_stock_decode_gives_the_same_tokens(engine_lock):
     """On a one-type model jenga's pool regions are vLLM's own layout (layer after layer, a page
     per unit id), so a stock decode engine reads a jenga prefill engine's blocks as its own."""
-    results, _, on_decode = run_pair("jenga", "vllm")
-    assert [r["text"] for r in results] == single_stock
+    greedy_ref, seeded_ref = single_stock("llama")
+    greedy, seeded, _, on_decode = run_pair("llama", "jenga", "vllm")
+    assert [r["text"] for r in greedy] == greedy_ref
+    assert [r["text"] for r in seeded] == seeded_ref
     assert on_decode.get("external_kv_transfer", 0) > 0
 
 
-def test_a_model_of_two_layer_types_is_refused_at_start_up(engine_lock):
+def test_a_multi_type_jenga_engine_and_a_stock_engine_stop_at_the_handshake(engine_lock):
+    """Gemma-3-like: jenga's unit ids and stock's block ids name different bytes, so the pair
+    must never move them. The decode request fails with vLLM's handshake error; the decode
+    engine still serves a plain request, with a single stock engine's tokens."""
+    prompt = prompts()[3]
+    with serve_pair(build_model("gemma3"), "jenga", "vllm", KV_BYTES) as (p, d):
+        status, body = p.complete(prompt, 1, kv_transfer_params=REMOTE_DECODE)
+        assert status == 200, body
+        status, out = d.complete(prompt, MAX_TOKENS, kv_transfer_params=body["kv_transfer_params"])
+        assert status == 500, out
+        assert "NIXL compatibility hash mismatch" in d.log_text()
+        assert transferred_tokens(d).get("external_kv_transfer", 0) == 0
+        status, out = d.complete(prompt, MAX_TOKENS)
+        assert status == 200, out
+        assert out["choices"][0]["text"] == single_stock("gemma3")[0][3]
+
+
+def test_a_mamba_hybrid_is_refused_at_start_up(engine_lock):
     server = VllmServer(
-        build_model("gemma3"),
+        build_model("granite_hybrid"),
         "jenga",
         kv_cache_memory_bytes=KV_BYTES,
         extra_args=(
@@ -97,5 +144,5 @@ def test_a_model_of_two_layer_types_is_refused_at_start_up(engine_lock):
         server.__enter__()
     server.stop()
     log = server.log_text()
-    assert "does not support NixlConnector on a model of more than one layer type" in log
+    assert "does not support NixlConnector on Mamba / linear-attention hybrids" in log
     assert "--kv-cache-manager vllm" in log

@@ -40,16 +40,15 @@ def _layout_cases() -> dict:
 
     attention = {"block_size": 32, "num_kv_heads": 2, "head_size": 32, "dtype": torch.float32}
 
-    def nixl_on_two_types() -> None:
-        """NixlConnector with a sliding-window + full model: refused where the pool is planned."""
+    def nixl_on_a_mamba_hybrid() -> None:
+        """NixlConnector with a Mamba-2 + attention model: refused where the pool is planned."""
         from vllm.engine.arg_utils import EngineArgs
-        from vllm.v1.kv_cache_interface import SlidingWindowSpec
 
         from jenga_vllm.tools.zoo import build_model
         from jenga_vllm.vllm.kv_config import build_kv_cache_configs
 
         config = EngineArgs(
-            model=str(build_model("gemma3")),
+            model=str(build_model("granite_hybrid")),
             dtype="float32",
             block_size=32,
             max_model_len=512,
@@ -57,11 +56,11 @@ def _layout_cases() -> dict:
             kv_transfer_config={"kv_connector": "NixlConnector", "kv_role": "kv_both"},
         ).create_engine_config()
         specs = {"f": FullAttentionSpec(**attention),
-                 "s": SlidingWindowSpec(**attention, sliding_window=64)}  # fmt: skip
-        build_kv_cache_configs(config, [specs], [1 << 22])
+                 "m": mamba(MambaAttentionBackendEnum.MAMBA2)}  # fmt: skip
+        build_kv_cache_configs(config, [specs], [1 << 24])
 
     return {
-        "nixl_multi_type": nixl_on_two_types,
+        "nixl_state_layers": nixl_on_a_mamba_hybrid,
         "cpu_mamba_mixer": {"m": mamba(MambaAttentionBackendEnum.MAMBA1)},
         "mamba_cache_mode": {"m": mamba(MambaAttentionBackendEnum.MAMBA2, "all")},
         "padded_pages": {"a": FullAttentionSpec(**attention, page_size_padded=1 << 20)},
