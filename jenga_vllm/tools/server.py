@@ -126,43 +126,37 @@ class VllmServer:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"null")
 
+    def _completion(self, prompt: str | list[int], max_tokens: int, extra: dict) -> dict:
+        return {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            **extra,
+        }
+
     def complete(
         self, prompt: str | list[int], max_tokens: int = 16, **extra: Any
     ) -> tuple[int, Any]:
         """(HTTP status, JSON body) of a greedy /v1/completions request (``prompt``: text or
         token ids); ``extra``: more body fields (e.g. ``kv_transfer_params``)."""
-        return self._post(
-            "/v1/completions",
-            {
-                "model": self.model,
-                "prompt": prompt,
-                "max_tokens": max_tokens,
-                "temperature": 0.0,
-                "ignore_eos": True,
-                **extra,
-            },
-        )
+        return self._post("/v1/completions", self._completion(prompt, max_tokens, extra))
 
     def abandon(
         self, prompt: str | list[int], max_tokens: int, after_s: float, **extra: Any
     ) -> bool:
-        """Send a greedy completion and disconnect after ``after_s`` seconds, as a client that
-        gives up does (vLLM aborts the request); True if it was still running then."""
+        """Send ``complete``'s request and disconnect after ``after_s`` seconds, as a client
+        that gives up does (vLLM aborts the request); True if it was still running then."""
+        body = self._completion(prompt, max_tokens, extra)
         try:
-            self._post(
-                "/v1/completions",
-                {
-                    "model": self.model,
-                    "prompt": prompt,
-                    "max_tokens": max_tokens,
-                    "temperature": 0.0,
-                    "ignore_eos": True,
-                    **extra,
-                },  # fmt: skip
-                timeout=after_s,
-            )
-        except (TimeoutError, urllib.error.URLError):
+            self._post("/v1/completions", body, timeout=after_s)
+        except TimeoutError:
             return True
+        except urllib.error.URLError as err:
+            if isinstance(err.reason, TimeoutError):
+                return True
+            raise
         return False
 
     def chat(self, content: list[dict[str, Any]], max_tokens: int = 16) -> tuple[int, Any]:
