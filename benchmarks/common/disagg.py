@@ -40,14 +40,14 @@ def nixl_server(
     core: int,
     kv_bytes: int,
     *extra: str,
-    connector: dict | None = None,
+    transfer: dict | None = None,
     **kwargs: Any,
 ) -> VllmServer:
     """One engine of a pair: NixlConnector (kv_both), its own side-channel port and core;
-    ``connector``: the connector's ``kv_connector_extra_config`` (e.g. ``kv_lease_duration``,
-    the seconds a prefill engine holds a request's pages for a decode engine that never reads
-    them)."""
-    config = {**NIXL, "kv_connector_extra_config": connector} if connector else NIXL
+    ``transfer``: more ``--kv-transfer-config`` fields (e.g. ``kv_load_failure_policy``, or
+    ``kv_connector_extra_config: {kv_lease_duration: s}``, how long a prefill engine holds a
+    request's pages for a decode engine that never reads them)."""
+    config = {**NIXL, **(transfer or {})}
     return VllmServer(
         model,
         manager,
@@ -69,14 +69,14 @@ def serve_pair(
     decode: str,
     kv_bytes: int,
     *extra: str,
-    connector: dict | None = None,
+    transfer: dict | None = None,
 ) -> Iterator[tuple[VllmServer, VllmServer]]:
     """The prefill engine on core 0, the decode engine on core 1, both started and healthy,
     every thread of each on its own core, NIXL's polling thread at idle priority
     (``pin_session``: why)."""
     with (
-        nixl_server(model, prefill, 0, kv_bytes, *extra, connector=connector) as p,
-        nixl_server(model, decode, 1, kv_bytes, *extra, connector=connector) as d,
+        nixl_server(model, prefill, 0, kv_bytes, *extra, transfer=transfer) as p,
+        nixl_server(model, decode, 1, kv_bytes, *extra, transfer=transfer) as d,
     ):
         for core, server in enumerate((p, d)):
             assert server.process is not None

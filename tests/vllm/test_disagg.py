@@ -5,11 +5,12 @@ prompt's KV from the prefill engine's pool into the decode engine's; prefix cach
 both. The decode engine's text must equal one stock engine's serving the whole request —
 greedy prompts all at once, then seeded ones (temperature 0.8, top-p 0.95, a seed each) one
 at a time — and it must have loaded the prompts, not computed them (vLLM's prompt-token
-counters by source). Models: the Llama-like zoo model (one layer type: jenga's pool regions are
-vLLM's own) and the Gemma-3-like one (sliding window + full: jenga's interleaved pool, each
-layer registered with NIXL as a unit-strided region, nixl_regions.py). Same on stock's own P/D
-pair, the peer. Decode requests abandoned while their KV is in flight leak no page on either
-engine. A jenga engine of a multi-type layout paired with a stock engine stops at
+counters by source). Gemma-3-like model (sliding window + full: jenga's interleaved pool, each
+layer registered with NIXL as a unit-strided region, nixl_regions.py): jenga's pair and stock's
+own, the peer; jenga's pair then meets failures — decode requests abandoned while their KV is
+in flight, a prefill engine that dies before its KV is read (recomputed) — and leaks no page.
+Llama-like (one type: jenga's regions are vLLM's own): a jenga prefill engine with a stock
+decode engine. A jenga engine of a multi-type layout paired with a stock engine stops at
 NIXL's handshake with vLLM's compatibility-hash error, and the decode engine lives on. Mamba
 hybrids are refused at start-up (supported.py: ``nixl_state_layers``).
 """
@@ -76,17 +77,22 @@ def single_stock(model: str) -> tuple[list[str], list[str]]:
 
 
 def run_pair(
-    model: str, prefill: str, decode: str, abandon: bool = False
+    model: str, prefill: str, decode: str, failures: bool = False
 ) -> tuple[list[dict], list[dict], dict, dict]:
     """Greedy prompts at once, then seeded ones one at a time, through a pair; with
-    ``abandon``, then ``abandon_in_flight`` on the same pair."""
-    lease = {"kv_lease_duration": 6} if abandon else None
-    with serve_pair(build_model(model), prefill, decode, KV_BYTES, connector=lease) as (p, d):
+    ``failures``, then ``abandon_in_flight`` and ``prefill_engine_dies`` on the same pair."""
+    failing = {
+        "kv_connector_extra_config": {"kv_lease_duration": 6},
+        "kv_load_failure_policy": "recompute",
+    }
+    transfer = failing if failures else None
+    with serve_pair(build_model(model), prefill, decode, KV_BYTES, transfer=transfer) as (p, d):
         greedy = disaggregate(p, d, prompts(), MAX_TOKENS)
         seeded = disaggregate(p, d, seeded_prompts(), MAX_TOKENS, sampling=SEEDED)
         counts = transferred_tokens(p), transferred_tokens(d)
-        if abandon:
+        if failures:
             abandon_in_flight(p, d, single_stock(model)[0])
+            prefill_engine_dies(p, d, single_stock(model)[0])
         return greedy, seeded, *counts
 
 
@@ -121,15 +127,40 @@ def abandon_in_flight(p: VllmServer, d: VllmServer, greedy_ref: list[str]) -> No
         time.sleep(1)
 
 
+def prefill_engine_dies(p: VllmServer, d: VllmServer, greedy_ref: list[str]) -> None:
+    """``kv_load_failure_policy: recompute``: the prefill engine prefills three prompts and dies
+    before the decode engine reads them; the loads fail and the decode engine recomputes those
+    prompts — a single stock engine's tokens, no token counted as transferred — and holds no
+    page afterwards."""
+    batch = prompts()[4:7]
+    params = []
+    for prompt in batch:
+        status, body = p.complete(prompt, 1, kv_transfer_params=REMOTE_DECODE)
+        assert status == 200, body
+        params.append(body["kv_transfer_params"])
+    p.stop()
+    before = transferred_tokens(d)
+    for prompt, param, expected in zip(batch, params, greedy_ref[4:7], strict=True):
+        status, out = d.complete(prompt, MAX_TOKENS, kv_transfer_params=param)
+        assert status == 200, out
+        assert out["choices"][0]["text"] == expected
+    after = transferred_tokens(d)
+    gained = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    assert gained.get("external_kv_transfer", 0) == 0, gained
+    assert gained.get("local_compute", 0) > 0, gained
+    assert used_bytes(d) == 0
+
+
 @pytest.mark.parametrize(
     "model,prefill,decode",
-    [("llama", "jenga", "jenga"), ("gemma3", "jenga", "jenga"), ("gemma3", "vllm", "vllm")],
+    [("gemma3", "jenga", "jenga"), ("gemma3", "vllm", "vllm")],
 )
 def test_decode_engine_gives_a_single_stock_engines_tokens(engine_lock, model, prefill, decode):
-    """Jenga's Gemma-3-like pair also abandons decode requests in flight, and leaks no page."""
+    """Jenga's pair then also meets failures: decode requests abandoned in flight, a prefill
+    engine that dies before its KV is read (the one-type layout's pair is the next test's)."""
     greedy_ref, seeded_ref = single_stock(model)
-    abandon = (model, prefill) == ("gemma3", "jenga")
-    greedy, seeded, on_prefill, on_decode = run_pair(model, prefill, decode, abandon)
+    failures = prefill == "jenga"
+    greedy, seeded, on_prefill, on_decode = run_pair(model, prefill, decode, failures)
     assert [r["text"] for r in greedy] == greedy_ref
     assert [r["text"] for r in seeded] == seeded_ref
     total = sum(map(len, prompts())) + sum(map(len, seeded_prompts()))
