@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix jenga_vllm kernels tests benchmarks
 
 test: $(STAMP) lint
-	JENGA_DEBUG_INVARIANTS=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+	JENGA_DEBUG_INVARIANTS=1 $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-core: $(STAMP)
 	JENGA_DEBUG_INVARIANTS=1 $(PY) -m pytest -q -m core $(PYTEST_ARGS)

@@ -197,6 +197,19 @@ class TwoLevelAllocator:
             else t.pages_per_large > states[i]
             for i, t in enumerate(plan.types)
         ]
+        # Beside a state type whose page fills a large page (Mamba, linear attention: every
+        # hybrid), a request-aware attention type keeps at most one large page's worth of
+        # CACHED pages in its ACTIVE large pages (finished requests' pages beside running
+        # ones'): past that it reuses the least recently cached of them (step 5) before taking
+        # a large page, which a state could have used. A packed type's large pages hold many
+        # requests' pages by design: no cap (docs/design.md §4; e2e_gdn_prefix.md).
+        whole_states = any(t.pages_per_large == 1 and not t.is_token_indexed for t in plan.types)
+        self._cached_in_active_cap = [
+            t.pages_per_large
+            if whole_states and t.is_token_indexed and t.pages_per_large > 1 and not packed
+            else float("inf")
+            for t, packed in zip(plan.types, self._packed, strict=True)
+        ]
 
     def pinned_in(self, large: LargePage) -> int:
         """Pinned (missing) slots of a large page: counted in its ``num_used``, held by nobody."""
@@ -305,13 +318,17 @@ class TwoLevelAllocator:
             and (not fills_a_large_page or not self.free_large)
             or not (fills_a_large_page or self.free_large)
             and evictor.small_goes_before_large(type_idx)
+            or len(evictor.small_fresh[type_idx]) >= self._cached_in_active_cap[type_idx]
+            and (not fills_a_large_page or not self.free_large)
         ):
             # Step 5 early. A stale CACHED page (out of a running request's window, or
             # superseded) is worth less than a large page: a FREE one serves every type, an
             # EVICTABLE one holds a finished request's prefix. With no FREE large page, a
             # remainder evicts by LRU across granularities: its type's least recently cached
             # small page if that is older than the large page step 3 would evict. CACHED slots
-            # serve their type only; a large page serves every type. docs/design.md §4.
+            # serve their type only; a large page serves every type. docs/design.md §4. Beside
+            # whole-page states, also once the type's CACHED pages in ACTIVE large pages fill a
+            # large page (``_cached_in_active_cap``).
             counters.evicted_small += 1
             return self._reuse_cached(evictor.pop_small(type_idx))
         if budget.may_claim(type_idx):

@@ -337,7 +337,7 @@ def _nixl_register_kv_caches(original: Callable) -> Callable:
                 "layer type use kv_buffer_device 'cuda' or --kv-cache-manager vllm"
             )
         original(self, nixl_regions.transfer_views(kv_caches, config.plan))
-        return nixl_regions.seal_handshake(self, config.plan)
+        nixl_regions.seal_handshake(self, config.plan)
 
     return register_kv_caches
 

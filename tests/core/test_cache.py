@@ -676,3 +676,44 @@ def test_free_releases_in_the_evictors_order_without_sorting(sizes):
         cache.free(f"r{i}")
         assert [p.unit_id for p in released[-1]] == [p.unit_id for p in expected]
         check_invariants(cache)
+
+
+@pytest.mark.parametrize("beside", ["mamba", "sliding_window"])
+def test_beside_whole_page_states_attention_reuses_its_stranded_cached_slots(beside):
+    """A full-attention page is a quarter of a large page; the other type's page fills one.
+    Requests of one block each fill large pages four at a time; three of every four finish
+    while the fourth runs, so their attention pages stay CACHED in ACTIVE large pages —
+    stranded: no state can use a slot. Once they add up to a large page, a new request's
+    attention page reuses the least recently cached of them when the other type is a state (a
+    FREE large page is what a state needs), and takes a FREE large page when it is a window
+    (attention-only pools keep the paper's order; docs/design.md §4)."""
+    second = (
+        LayerTypeSpec.uniform("mamba", "mamba", 1, 4096, block_tokens=BS)
+        if beside == "mamba"
+        else LayerTypeSpec.uniform("swa", "sliding_window", 1, 256, window=2 * BS)
+    )
+    cache = make_cache([LayerTypeSpec.uniform("full", "full", 1, 64), second], 24)
+    starts = iter(range(10_000, 10_000 + 40 * BS, BS))
+
+    def one_block(rid):
+        start = next(starts)
+        run_prompt(cache, rid, list(range(start, start + BS)), hit=False)
+        return cache.requests[rid].tables[0][0]
+
+    for group in range(2):
+        one_block(f"run{group}")
+        for i in range(3):
+            one_block(f"done{group}{i}")
+        for i in range(3):
+            cache.free(f"done{group}{i}")
+    stranded = list(cache.evictor.small_fresh[0])  # CACHED attention slots, ACTIVE large pages
+    assert len(stranded) >= cache.plan.types[0].pages_per_large
+    free_before = len(cache.allocator.free_large)
+    page = one_block("new")
+    check_invariants(cache)
+    if beside == "mamba":
+        assert page is stranded[0]  # the least recently cached slot, reused
+        assert len(cache.allocator.free_large) == free_before - 1  # the state's page only
+    else:
+        assert page.large not in {p.large for p in stranded}
+        assert all(p.is_cached for p in stranded)

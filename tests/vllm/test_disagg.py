@@ -8,11 +8,12 @@ at a time — and it must have loaded the prompts, not computed them (vLLM's pro
 counters by source). Gemma-3-like model (sliding window + full: jenga's interleaved pool, each
 layer registered with NIXL as a unit-strided region, nixl_regions.py): jenga's pair and stock's
 own, the peer; jenga's pair then meets failures — decode requests abandoned while their KV is
-in flight, a prefill engine that dies before its KV is read (recomputed) — and leaks no page.
-Llama-like (one type: jenga's regions are vLLM's own): a jenga prefill engine with a stock
-decode engine. A jenga engine of a multi-type layout paired with a stock engine stops at
-NIXL's handshake with vLLM's compatibility-hash error, and the decode engine lives on. Mamba
-hybrids are refused at start-up (supported.py: ``nixl_state_layers``).
+in flight, a prefill engine that dies before its KV is read (recomputed) — and leaks no page;
+then a stock prefill engine in the dead one's place stops at NIXL's handshake with vLLM's
+compatibility-hash error (a multi-type jenga layout is not stock's), nothing is moved and the
+decode engine recomputes the prompt. Llama-like (one type: jenga's regions are vLLM's own): a
+jenga prefill engine with a stock decode engine. Mamba hybrids are refused at start-up
+(supported.py: ``nixl_state_layers``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import pytest
 from benchmarks.common.disagg import (
     REMOTE_DECODE,
     disaggregate,
+    nixl_server,
     serve_pair,
     transferred_tokens,
 )
-from benchmarks.common.engines import ENGINE_LOCK
+from benchmarks.common.engines import ENGINE_LOCK, pin_session
 from jenga_vllm.tools.server import VllmServer
 from jenga_vllm.tools.zoo import build_model, word_token_ids
 
@@ -93,6 +95,7 @@ def run_pair(
         if failures:
             abandon_in_flight(p, d, single_stock(model)[0])
             prefill_engine_dies(p, d, single_stock(model)[0])
+            a_stock_prefill_engine_meets_the_handshake(model, d, transfer)
         return greedy, seeded, *counts
 
 
@@ -151,13 +154,39 @@ def prefill_engine_dies(p: VllmServer, d: VllmServer, greedy_ref: list[str]) -> 
     assert used_bytes(d) == 0
 
 
+def a_stock_prefill_engine_meets_the_handshake(model: str, d: VllmServer, transfer: dict) -> None:
+    """A stock engine takes the dead prefill engine's core: its block ids and the jenga decode
+    engine's unit ids name different bytes, so the pair must never move them. NIXL's handshake
+    refuses (vLLM's compatibility-hash error in the decode engine's log), no token is loaded,
+    and the decode engine, whose load-failure policy is recompute, serves the request from
+    the prompt: a single stock engine's tokens (the same for a plain request afterwards)."""
+    prompt, expected = prompts()[3], single_stock(model)[0][3]
+    with nixl_server(build_model(model), "vllm", 0, KV_BYTES, transfer=transfer) as stock:
+        assert stock.process is not None
+        pin_session(stock.process.pid, 0)
+        status, body = stock.complete(prompt, 1, kv_transfer_params=REMOTE_DECODE)
+        assert status == 200, body
+        before = transferred_tokens(d)
+        status, out = d.complete(prompt, MAX_TOKENS, kv_transfer_params=body["kv_transfer_params"])
+        assert "NIXL compatibility hash mismatch" in d.log_text()
+        assert status == 200, out
+        assert out["choices"][0]["text"] == expected
+        assert transferred_tokens(d).get("external_kv_transfer", 0) == before.get(
+            "external_kv_transfer", 0
+        )
+        status, out = d.complete(prompt, MAX_TOKENS)
+        assert status == 200, out
+        assert out["choices"][0]["text"] == expected
+
+
 @pytest.mark.parametrize(
     "model,prefill,decode",
     [("gemma3", "jenga", "jenga"), ("gemma3", "vllm", "vllm")],
 )
 def test_decode_engine_gives_a_single_stock_engines_tokens(engine_lock, model, prefill, decode):
     """Jenga's pair then also meets failures: decode requests abandoned in flight, a prefill
-    engine that dies before its KV is read (the one-type layout's pair is the next test's)."""
+    engine that dies before its KV is read, a stock prefill engine in its place (the handshake
+    refuses); the one-type layout's pair is the next test's."""
     greedy_ref, seeded_ref = single_stock(model)
     failures = prefill == "jenga"
     greedy, seeded, on_prefill, on_decode = run_pair(model, prefill, decode, failures)
@@ -185,23 +214,6 @@ def test_jenga_prefill_with_stock_decode_gives_the_same_tokens(engine_lock):
     assert [r["text"] for r in greedy] == greedy_ref
     assert [r["text"] for r in seeded] == seeded_ref
     assert on_decode.get("external_kv_transfer", 0) > 0
-
-
-def test_a_multi_type_jenga_engine_and_a_stock_engine_stop_at_the_handshake(engine_lock):
-    """Gemma-3-like: jenga's unit ids and stock's block ids name different bytes, so the pair
-    must never move them. The decode request fails with vLLM's handshake error; the decode
-    engine still serves a plain request, with a single stock engine's tokens."""
-    prompt = prompts()[3]
-    with serve_pair(build_model("gemma3"), "jenga", "vllm", KV_BYTES) as (p, d):
-        status, body = p.complete(prompt, 1, kv_transfer_params=REMOTE_DECODE)
-        assert status == 200, body
-        status, out = d.complete(prompt, MAX_TOKENS, kv_transfer_params=body["kv_transfer_params"])
-        assert status == 500, out
-        assert "NIXL compatibility hash mismatch" in d.log_text()
-        assert transferred_tokens(d).get("external_kv_transfer", 0) == 0
-        status, out = d.complete(prompt, MAX_TOKENS)
-        assert status == 200, out
-        assert out["choices"][0]["text"] == single_stock("gemma3")[0][3]
 
 
 def test_a_mamba_hybrid_is_refused_at_start_up(engine_lock):
