@@ -26,7 +26,10 @@ simulate.md): for a stale page of
 the type (when the new page is a remainder, or no large page is FREE), and, for a remainder page
 when no large page is FREE, for a CACHED page of the type cached less recently than the EVICTABLE
 large page step 3 would evict (the evictor's clock) — true LRU across the two granularities,
-where the paper's order always gives up a whole large page first. A sliding window recycles
+where the paper's order always gives up a whole large page first. Beside a state type whose
+page fills a large page (a Mamba / linear-attention hybrid), a request-aware attention type
+also takes step 5 first once its CACHED pages in ACTIVE large pages add up to a large page:
+those slots are memory no state can use. A sliding window recycles
 its own slots: the next page of a window that slid takes the slot of the page that just left it
 (step 1b, before step 4), so a window keeps to the large pages it was placed in and a finished
 or preempted request frees them whole. A type whose small page is a whole large page (gpt-oss,
@@ -202,7 +205,7 @@ class TwoLevelAllocator:
         # CACHED pages in its ACTIVE large pages (finished requests' pages beside running
         # ones'): past that it reuses the least recently cached of them (step 5) before taking
         # a large page, which a state could have used. A packed type's large pages hold many
-        # requests' pages by design: no cap (docs/design.md §4; e2e_gdn_prefix.md).
+        # requests' pages by design: no cap (docs/design.md §4; e2e_gdn_prefix_long_sysprompt.md).
         whole_states = any(t.pages_per_large == 1 and not t.is_token_indexed for t in plan.types)
         self._cached_in_active_cap = [
             t.pages_per_large
