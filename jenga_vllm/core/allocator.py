@@ -317,12 +317,13 @@ class TwoLevelAllocator:
             return self._use_slot_in(owner, next(iter(anywhere)))
         evictor = self.evictor
         if self._token_indexed[type_idx] and (
-            evictor.small_stale[type_idx]
-            and (not fills_a_large_page or not self.free_large)
+            (not fills_a_large_page or not self.free_large)
+            and (
+                evictor.small_stale[type_idx]
+                or len(evictor.small_fresh[type_idx]) >= self._cached_in_active_cap[type_idx]
+            )
             or not (fills_a_large_page or self.free_large)
             and evictor.small_goes_before_large(type_idx)
-            or len(evictor.small_fresh[type_idx]) >= self._cached_in_active_cap[type_idx]
-            and (not fills_a_large_page or not self.free_large)
         ):
             # Step 5 early. A stale CACHED page (out of a running request's window, or
             # superseded) is worth less than a large page: a FREE one serves every type, an
